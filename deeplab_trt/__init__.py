@@ -1,0 +1,1 @@
+"""The ``deeplab-trt`` command: a thin dispatcher over subcommands that live next to their code."""

@@ -1,0 +1,3 @@
+from deeplab_trt.cli import main
+
+raise SystemExit(main())

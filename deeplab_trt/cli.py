@@ -1,0 +1,67 @@
+"""``deeplab-trt`` console entry point.
+
+Why a separate package: the dispatcher needs every subcommand (builder, calibration,
+runtime, benchmarks) but the layering forbids ``runtime`` from importing the higher
+packages, so the table of subcommands lives above all of them. Each command module
+exposes ``add_parser(subparsers)`` and keeps heavy imports (torch, tensorrt) inside the
+function that runs, so ``deeplab-trt run`` works on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from runtime import __version__
+from runtime.errors import ToolkitError
+
+#: subcommand -> module defining ``add_parser(subparsers)`` (which sets ``func``).
+COMMANDS = {
+    "export": "builder.export_command",
+    "build": "builder.build_command",
+    "calibrate": "calibration.command",
+    "run": "runtime.run_command",
+    "info": "deeplab_trt.info_command",
+    "eval": "benchmarks.eval_command",
+    "demo": "benchmarks.demo_command",
+    "bench": "benchmarks.bench_command",
+    "scenes": "benchmarks.scenes_command",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deeplab-trt", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"deeplab-trt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(module_name.split(".")[0]):
+                continue  # subcommand not written yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except ToolkitError as exc:
+        print(f"deeplab-trt {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"deeplab-trt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

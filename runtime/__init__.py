@@ -1,0 +1,3 @@
+"""deeplab-trt runtime: the deployable core (never imports torch)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""Write outputs under a temporary name and rename them into place.
+
+Why: an interrupted export, build or video must never leave a file that looks complete.
+Every writer in the toolkit (ONNX, engines, sidecars, caches, videos, reports) goes
+through :func:`atomic_path`, the one way to do this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it to ``final`` only on success.
+
+    The temporary keeps ``final``'s suffix (OpenCV picks the container from it). On any
+    exception, KeyboardInterrupt included, the temporary is removed and ``final`` is
+    untouched.
+    """
+    final = Path(final)
+    if final.parent and not final.parent.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=suffix if suffix is not None else final.suffix,
+                               dir=str(final.parent or "."))
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)
