@@ -34,3 +34,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def onnx_factory(tmp_path_factory):
+    """Export (once per distinct option set, cached for the session) a small ONNX model.
+
+    ``onnx_factory(head="lowres", height=64, width=128, num_classes=5, **export_kwargs) -> Path``.
+    Random weights: tests about numerics compare backends on the same graph, not accuracy.
+    """
+    from builder.export import export_onnx
+
+    cache: dict[tuple, Path] = {}
+    root = tmp_path_factory.mktemp("onnx")
+
+    def make(head: str = "lowres", height: int = 64, width: int = 128, num_classes: int | None = 5,
+             model: str = "deeplabv3_mobilenet_v3_large", **kwargs) -> Path:
+        key = (head, height, width, num_classes, model, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            out = root / f"{model}_{head}_{height}x{width}_{len(cache)}.onnx"
+            export_onnx(out, model=model, weights=kwargs.pop("weights", "none"), num_classes=num_classes,
+                        height=height, width=width, head=head, progress=False, **kwargs)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(onnx_factory):
+    """The committed demo model exported at its native size with the low-res head."""
+    return onnx_factory(model="demo", head="lowres", height=None, width=None, num_classes=None)
