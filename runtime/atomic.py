@@ -29,7 +29,11 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
                                dir=str(final.parent or "."))
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; the final file should get the usual permissions (0666 & ~umask).
+    umask = os.umask(0o022)
+    os.umask(umask)
     try:
+        os.chmod(tmp_path, 0o666 & ~umask)
         yield tmp_path
         os.replace(tmp_path, final)
     except BaseException:

@@ -1,0 +1,89 @@
+"""ONNX Runtime backend: the CPU reference path (CUDA execution provider used when present).
+
+Why it exists next to TensorRT: it runs everywhere ``pip install`` works, so it is the
+reference every engine's output is compared with, and the way to run the toolkit on a
+machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import BackendBase
+from runtime.errors import ToolkitError
+from runtime.spec import spec_from_onnx
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, CPU always (ORT falls back to it)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OrtBackend(BackendBase):
+    """An ``onnxruntime.InferenceSession`` over a ``deeplab-trt export`` ONNX file.
+
+    ``threads``: intra-op threads (``None``/0: ONNX Runtime's default, one per physical core).
+    ``providers``: execution providers in priority order (default :func:`default_providers`).
+    """
+
+    pipeline = "cpu"
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.spec = spec_from_onnx(self.path)  # one-line errors for missing / not ONNX / truncated
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: warnings (e.g. CUDA EP fallback) are not the user's problem
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                providers=providers or default_providers())
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            raise ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
+                               f"{_first_line(exc)})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ToolkitError(f"{self.path}: expected one image input, the graph has {len(inputs)}")
+        inp = inputs[0]
+        if inp.type not in _DTYPES:
+            raise ToolkitError(f"{self.path}: input {inp.name!r} is {inp.type}; expected float or float16")
+        self.input_name = inp.name
+        self.input_dtype = _DTYPES[inp.type]
+        shape = list(inp.shape)
+        if len(shape) != 4:
+            raise ToolkitError(f"{self.path}: input {inp.name!r} has shape {shape}; expected N×3×H×W")
+        fixed_hw = [d for d in shape[2:] if isinstance(d, int)]
+        if len(fixed_hw) == 2 and tuple(fixed_hw) != self.spec.input_size:
+            raise ToolkitError(f"{self.path}: graph input is {shape[2]}×{shape[3]} but the metadata says "
+                               f"{self.spec.input_height}×{self.spec.input_width}")
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        names = [o.name for o in outputs]
+        self.output_name = self.spec.output_name if self.spec.output_name in names else names[0]
+        self.providers = self.session.get_providers()
+        self.name = f"onnxruntime ({self.providers[0]})"
+        log.debug("%s: %s, input %s %s, output %s", self.path, self.name, self.input_name, shape, self.output_name)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = self.check_batch(batch)
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,163 @@
+"""The CPU video pipeline: source → preprocess → infer → labels → render → sinks.
+
+Why this shape: every stage is the numpy/OpenCV reference (:mod:`runtime.preprocess`,
+:mod:`runtime.postprocess`), so this loop is also the definition of what ``deeplab-trt run``
+produces; the CUDA pipeline (``runtime.gpu_pipeline``) replaces the stages with kernels and
+returns the same :class:`Stats` from a ``run_video`` with the same signature, so the ``run``
+command, the benchmarks and the report code do not care which one ran.
+
+Decoding runs on a thread (:class:`runtime.video.BackgroundReader`): lossless for files,
+dropping the oldest frame for live sources. Ctrl-C stops the loop between frames; the
+caller's sinks then finalise what was written (a playable file) and the stats say
+``interrupted``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from runtime.postprocess import MODES, labels_from_output, palette_bgr, render
+from runtime.preprocess import POLICIES, preprocess
+from runtime.errors import ToolkitError
+from runtime.video import BackgroundReader, Sink, VideoSource
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+
+
+@dataclass
+class RunOptions:
+    """What to do with each frame (the ``run`` command's options, minus files)."""
+
+    mode: str = "overlay"
+    alpha: float = 0.5
+    policy: str = "stretch"
+    max_frames: int | None = None
+    progress: bool = True
+    queue_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ToolkitError(f"unknown output mode {self.mode!r} (expected one of {', '.join(MODES)})")
+        if self.policy not in POLICIES:
+            raise ToolkitError(f"unknown resize policy {self.policy!r} (expected one of {', '.join(POLICIES)})")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ToolkitError(f"--alpha must be within [0, 1], got {self.alpha}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ToolkitError(f"--max-frames must be at least 1, got {self.max_frames}")
+
+
+@dataclass
+class Stats:
+    """What a run did and how long each stage took (wall-clock seconds, summed over frames).
+
+    ``decode`` is time spent inside the decoder (on the reader thread, overlapping the other
+    stages); ``postprocess`` includes rendering; ``encode`` is time in the sinks' ``write``.
+    ``fps`` is end-to-end: frames / wall time of the loop (first frame to last write).
+    """
+
+    frames: int = 0
+    wall_s: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    dropped: int = 0
+    interrupted: bool = False
+    stopped_by_sink: bool = False
+    pipeline: str = "cpu"
+    backend: str = ""
+    model: str = ""
+    input_size: tuple[int, int] | None = None  # (h, w) the model takes
+    policy: str = "stretch"
+    mode: str = "overlay"
+    source: str = ""
+    source_size: tuple[int, int] | None = None  # (w, h) decoded
+    source_fps: float | None = None
+    source_frames: int | None = None
+    outputs: list[dict] = field(default_factory=list)  # {"path", "size", "fps", "frames"}
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def ms_per_frame(self) -> dict[str, float]:
+        n = max(self.frames, 1)
+        return {s: 1000.0 * t / n for s, t in self.stage_s.items()}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fps"] = self.fps
+        d["ms_per_frame"] = self.ms_per_frame()
+        return d
+
+    def report_lines(self) -> list[str]:
+        """The human summary ``run`` prints at the end."""
+        ms = self.ms_per_frame()
+        h, w = self.input_size or (0, 0)
+        lines = [f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS "
+                 f"({self.backend}, {self.pipeline} pipeline, {h}x{w} input, {self.policy})",
+                 "ms/frame: " + "  ".join(f"{s} {ms[s]:.1f}" for s in STAGES)]
+        if self.dropped:
+            lines.append(f"dropped {self.dropped} live frames (the pipeline was slower than the source)")
+        for out in self.outputs:
+            ow, oh = out["size"]
+            lines.append(f"wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
+        if self.interrupted:
+            lines.append("interrupted (Ctrl-C): stopped early; what was written is finalised")
+        return lines
+
+
+def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunOptions | None = None) -> Stats:
+    """Segment every frame of ``source`` with ``backend`` and write the rendering to ``sinks``.
+
+    Sinks are the caller's: it opens them before and closes (finalises) them after, so a
+    Ctrl-C here ends the loop and still leaves a playable file.
+    """
+    from tqdm import tqdm
+
+    options = options or RunOptions()
+    spec = backend.spec
+    stats = Stats(pipeline="cpu", backend=backend.name, model=spec.name, input_size=spec.input_size,
+                  policy=options.policy, mode=options.mode, source=source.description,
+                  source_size=source.size, source_fps=source.fps, source_frames=source.frame_count)
+    lut = palette_bgr(spec)
+    batch = np.zeros((backend.fixed_batch or 1, 3, spec.input_height, spec.input_width), backend.input_dtype)
+    total = source.frame_count
+    if options.max_frames is not None:
+        total = min(total, options.max_frames) if total else options.max_frames
+    timing = stats.stage_s
+    reader = BackgroundReader(source, max_frames=options.max_frames, queue_size=options.queue_size)
+    bar = tqdm(total=total, unit="frame", desc="run", disable=not options.progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for frame, decode_s in reader:
+            timing["decode"] += decode_s
+            t0 = time.perf_counter()
+            _, geo = preprocess(frame, spec, options.policy, backend.input_dtype, out=batch[0])
+            t1 = time.perf_counter()
+            output = backend.infer(batch)
+            t2 = time.perf_counter()
+            labels = labels_from_output(output[0], spec, geo)
+            picture = render(frame, labels, lut, options.mode, options.alpha)
+            t3 = time.perf_counter()
+            for sink in sinks:
+                sink.write(picture)
+            t4 = time.perf_counter()
+            timing["preprocess"] += t1 - t0
+            timing["infer"] += t2 - t1
+            timing["postprocess"] += t3 - t2
+            timing["encode"] += t4 - t3
+            stats.frames += 1
+            bar.update(1)
+            if any(s.wants_stop for s in sinks):
+                stats.stopped_by_sink = True
+                break
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    finally:
+        stats.wall_s = time.perf_counter() - start
+        reader.close()
+        bar.close()
+        stats.dropped = reader.dropped
+    return stats

@@ -1,0 +1,125 @@
+"""``deeplab-trt run``: segment a video (file, camera, URL, GStreamer) with a model file.
+
+Why the order of work below: every input is checked (options, model, source) before any
+output file is created, so a bad input never leaves a file behind; the output is written
+under a temporary name and renamed at the end (or on Ctrl-C, finalised with the frames so
+far, then the summary is still printed and the exit code is 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from runtime.errors import ToolkitError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from runtime.backends.base import BACKENDS
+    from runtime.postprocess import MODES
+    from runtime.preprocess import POLICIES
+
+    p = subparsers.add_parser(
+        "run", help="segment a video with an ONNX model or TensorRT engine",
+        description="Segment every frame of a video file, camera, RTSP/HTTP URL or GStreamer pipeline; "
+                    "write an overlay/mask/label video (same size and fps as the source; odd sizes are "
+                    "cropped to even), show it, or just measure. Prints per-stage timings and FPS.")
+    p.add_argument("model", help="model file: .onnx (ONNX Runtime) or .engine/.plan (TensorRT)")
+    p.add_argument("--source", "-s", required=True,
+                   help="video file, image sequence (dir/%%04d.png), camera index (0), rtsp://... or "
+                        "http://... URL, or a GStreamer pipeline ending in appsink")
+    p.add_argument("--output", "-o", type=Path, help="output video (.mp4, .avi, .mkv; .mkv is lossless FFV1)")
+    p.add_argument("--show", action="store_true", help="show the result in a window (q/Esc stops)")
+    p.add_argument("--mode", choices=MODES, default="overlay",
+                   help="overlay: palette blended over the frame; mask: palette colours; "
+                        "labels: class index as grey level (default: overlay)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: by model file type (default)")
+    p.add_argument("--policy", choices=POLICIES, default="stretch",
+                   help="resize to the model input: stretch (default) or letterbox (keep aspect)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    p.add_argument("--json", type=Path, metavar="STATS.json", help="also write the run statistics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+    return p
+
+
+def _check_paths(args) -> None:
+    """Output-side checks that need no model or video (fail before the slow work)."""
+    from runtime.video import FOURCCS, LOSSLESS_SUFFIXES, classify_source
+
+    if args.output is not None:
+        suffix = args.output.suffix.lower()
+        if suffix not in FOURCCS:
+            raise ToolkitError(f"{args.output}: unsupported video file type {suffix or '(none)'} "
+                               f"(use {', '.join(FOURCCS)})")
+        if args.output.is_dir():
+            raise ToolkitError(f"{args.output}: is a directory, expected a video file name")
+        if classify_source(args.source) == "file" and Path(args.source).exists() \
+                and Path(args.source).resolve() == args.output.resolve():
+            raise ToolkitError(f"{args.output}: output would overwrite the source")
+        if args.mode == "labels" and suffix not in LOSSLESS_SUFFIXES:
+            log.warning("%s: --mode labels through a lossy codec changes label values; use .mkv (lossless)",
+                        args.output)
+    for path in (args.output, args.json):
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            raise ToolkitError(f"{path}: {path.parent} is not a directory")
+
+
+def _runner(backend):
+    """The pipeline loop for this backend: CPU (numpy) or GPU (CUDA kernels, device buffers)."""
+    if getattr(backend, "pipeline", "cpu") == "gpu":
+        from runtime.gpu_pipeline import run_video
+    else:
+        from runtime.pipeline import run_video
+    return run_video
+
+
+def main(args) -> int:
+    from runtime.atomic import write_text_atomic
+    from runtime.backends import open_backend
+    from runtime.pipeline import RunOptions
+    from runtime.video import NullSink, VideoFileSink, WindowSink, open_source
+
+    options = RunOptions(mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames,
+                         progress=not args.no_progress)
+    _check_paths(args)
+    with contextlib.ExitStack() as stack:
+        backend = open_backend(args.model, args.backend, threads=args.threads)
+        stack.callback(backend.close)
+        source = stack.enter_context(open_source(args.source))
+        log.info("%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)", source.description, *source.size, source.fps,
+                 f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
+                 args.model, backend.name, backend.spec.input_height, backend.spec.input_width)
+        sinks = []
+        # Sinks are entered last: a clean exit or Ctrl-C finalises them, an error discards them.
+        # The window first: "no display" must fail before an output file is started.
+        if args.show:
+            sinks.append(stack.enter_context(WindowSink(f"deeplab-trt: {source.description}")))
+        if args.output is not None:
+            if not source.fps_reported:
+                log.warning("%s: the source reports no frame rate; writing %s at %g fps",
+                            source.description, args.output, source.fps)
+            sinks.insert(0, stack.enter_context(VideoFileSink(args.output, source.fps, source.size)))
+        if not sinks:
+            sinks.append(NullSink())
+        stats = _runner(backend)(backend, source, sinks, options)
+    # Sinks are closed (files renamed into place) here.
+    for sink in sinks:
+        if isinstance(sink, VideoFileSink) and sink.frames:
+            stats.outputs.append({"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps,
+                                  "frames": sink.frames})
+    for line in stats.report_lines():
+        print(line)
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(stats.to_dict(), indent=2) + "\n")
+    sys.stdout.flush()
+    return 130 if stats.interrupted else 0

@@ -1,0 +1,445 @@
+"""Video sources and sinks (OpenCV), with the toolkit's error and atomic-write rules.
+
+Sources (:func:`open_source`): a video file, an image sequence (``frames/%04d.png``), a
+camera index (``"0"``) or device (``/dev/video0``), an RTSP/HTTP/... URL, or a GStreamer
+pipeline string (anything containing ``!``; needs an OpenCV built with GStreamer, as on
+JetPack). Opening reads the first frame, so a source that opens but decodes nothing is
+reported before any output file exists.
+
+Sinks: :class:`VideoFileSink` (a video file, written under a temporary name and renamed
+when closed), :class:`WindowSink` (``cv2.imshow``), :class:`NullSink` (count only).
+
+Odd frame sizes: OpenCV's writer here silently drops the last column/row of odd-sized frames
+for every codec (637×481 is stored as 636×480). :class:`VideoFileSink` does the same crop
+itself, explicitly, and logs it once: the output keeps the source's size rounded *down* to
+even (nothing is scaled; at most one column and one row are lost). Sources written by OpenCV
+already decode to the even size, so for them output size == source size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+# FFmpeg prints demuxer complaints ("moov atom not found") straight to stderr; the toolkit
+# reports unreadable sources itself, in one line. Read by OpenCV when FFmpeg is first used.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from runtime.atomic import atomic_path  # noqa: E402
+from runtime.errors import ToolkitError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FPS = 25.0
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtp", "udp", "tcp", "srt")
+#: Output suffix → fourcc. FFV1 (.mkv) is lossless: the one to use with ``--mode labels``.
+FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
+LOSSLESS_SUFFIXES = (".mkv",)
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_SEQUENCE = re.compile(r"%0?\d*d")
+
+
+def classify_source(src: str | int) -> str:
+    """``camera`` | ``gstreamer`` | ``url`` | ``sequence`` | ``file``."""
+    if isinstance(src, int) or str(src).strip().isdigit():
+        return "camera"
+    src = str(src)
+    if "!" in src:
+        return "gstreamer"
+    if _URL.match(src):
+        return "url"
+    if _SEQUENCE.search(src):
+        return "sequence"
+    if src.startswith("/dev/video"):
+        return "camera"
+    return "file"
+
+
+class VideoSource:
+    """Frames from an opened ``cv2.VideoCapture``, BGR uint8 H×W×3.
+
+    ``size`` is (width, height) of the decoded frames; ``fps`` the source's rate (25 when it
+    reports none, as cameras often do); ``frame_count`` the container's count (``None`` for
+    live sources; an estimate for some files, used only for progress); ``is_live`` whether
+    frames arrive in real time (the pipeline drops the oldest rather than fall behind).
+    """
+
+    def __init__(self, capture: "cv2.VideoCapture", description: str, kind: str, is_live: bool):
+        self.capture = capture
+        # read() runs on the decode thread; close() must not release the capture mid-read.
+        self._lock = threading.Lock()
+        self.description = description
+        self.kind = kind
+        self.is_live = is_live
+        first = self._read_raw()
+        if first is None:
+            capture.release()
+            raise ToolkitError(f"{description}: no frames decoded")
+        self._pending: np.ndarray | None = first
+        self.size = (first.shape[1], first.shape[0])
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps_reported = bool(math.isfinite(fps) and 0 < fps <= 1000)
+        self.fps = float(fps) if self.fps_reported else DEFAULT_FPS
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count: int | None = count if (count > 0 and not is_live) else None
+
+    def _read_raw(self) -> np.ndarray | None:
+        ok, frame = self.capture.read()
+        if not ok or frame is None or frame.size == 0:
+            return None
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        return frame
+
+    def read(self) -> np.ndarray | None:
+        """The next frame, or None at the end of the stream."""
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        with self._lock:
+            if self.capture is None:
+                return None
+            return self._read_raw()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def close(self) -> None:
+        # A live stream's read can block for seconds; rather than wait or release under it,
+        # leave that capture to process exit.
+        if not self._lock.acquire(timeout=2.0):
+            log.debug("%s: decoder still busy; not released", self.description)
+            return
+        try:
+            if self.capture is not None:
+                self.capture.release()
+                self.capture = None
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "VideoSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VideoSource({self.description!r}, {self.size[0]}x{self.size[1]}, {self.fps:g} fps)"
+
+
+def _has_gstreamer() -> bool:
+    return any(line.strip().startswith("GStreamer:") and "YES" in line
+               for line in cv2.getBuildInformation().splitlines())
+
+
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV logs "[ WARN ] can't open camera by index" and the like; the toolkit's own
+    one-line error says it better. Quiet only while opening, restored after."""
+    logging_mod = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_mod is None:
+        yield
+        return
+    previous = logging_mod.getLogLevel()
+    logging_mod.setLogLevel(logging_mod.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging_mod.setLogLevel(previous)
+
+
+def open_source(src: str | int) -> VideoSource:
+    """Open a video file, image sequence, camera, URL or GStreamer pipeline (see module doc)."""
+    with _quiet_opencv():
+        return _open_source(src)
+
+
+def _open_source(src: str | int) -> VideoSource:
+    kind = classify_source(src)
+    text = str(src).strip()
+    if kind == "camera":
+        index_or_dev: int | str = int(text) if text.isdigit() else text
+        name = f"camera {text}" if text.isdigit() else text
+        cap = cv2.VideoCapture(index_or_dev)
+        if not cap.isOpened():
+            raise ToolkitError(f"{name}: cannot open camera")
+        return VideoSource(cap, name, kind, is_live=True)
+    if kind == "gstreamer":
+        if not _has_gstreamer():
+            raise ToolkitError(f"{text}: GStreamer pipelines need an OpenCV built with GStreamer "
+                               "(this one is not; JetPack's is)")
+        cap = cv2.VideoCapture(text, cv2.CAP_GSTREAMER)
+        if not cap.isOpened():
+            raise ToolkitError(f"{text}: GStreamer could not start this pipeline "
+                               "(it must end in 'appsink' and deliver BGR)")
+        live = not re.search(r"\b(multi)?filesrc\b", text)
+        return VideoSource(cap, text, kind, is_live=live)
+    if kind == "url":
+        cap = cv2.VideoCapture(text, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise ToolkitError(f"{text}: cannot open stream")
+        scheme = text.split("://", 1)[0].lower()
+        live = scheme in LIVE_SCHEMES or int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) <= 0
+        return VideoSource(cap, text, kind, is_live=live)
+    path = Path(text)
+    if kind == "sequence":
+        if not path.parent.is_dir():
+            raise ToolkitError(f"{text}: no such directory {path.parent}")
+    elif not path.exists():
+        raise ToolkitError(f"{text}: no such file")
+    elif path.is_dir():
+        raise ToolkitError(f"{text}: is a directory (for an image sequence give a pattern like "
+                           f"{path / 'frame_%04d.png'})")
+    cap = cv2.VideoCapture(text)
+    if not cap.isOpened():
+        raise ToolkitError(f"{text}: cannot open as video (not a video file OpenCV can decode)")
+    return VideoSource(cap, text, kind, is_live=False)
+
+
+class BackgroundReader:
+    """Decode on a thread into a bounded queue, so decoding overlaps inference.
+
+    Files are read losslessly (the thread waits when the queue is full); for live sources
+    the oldest queued frame is dropped instead (``dropped`` counts them), so the pipeline
+    shows the present rather than falling ever further behind. Yields ``(frame, decode_s)``;
+    an exception raised while decoding is re-raised in the consumer.
+    """
+
+    _END = object()
+
+    def __init__(self, source: VideoSource, max_frames: int | None = None, queue_size: int = 4):
+        self.source = source
+        self.max_frames = max_frames
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self.stop_event = threading.Event()
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="video-decode", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self.source.is_live and item is not self._END:
+                    try:
+                        self.queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+        return False
+
+    def _run(self) -> None:
+        n = 0
+        try:
+            while not self.stop_event.is_set() and (self.max_frames is None or n < self.max_frames):
+                t0 = time.perf_counter()
+                frame = self.source.read()
+                dt = time.perf_counter() - t0
+                if frame is None:
+                    break
+                n += 1
+                if not self._put((frame, dt)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sinks
+# ----------------------------------------------------------------------------------------------
+class Sink:
+    """Where rendered frames go. Context manager: a clean exit or Ctrl-C closes (finalises),
+    any other exception aborts (discards). ``wants_stop`` lets a sink end the run (a window
+    closed by the user)."""
+
+    wants_stop = False
+    frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            self.close()
+        else:
+            self.abort()
+
+
+class NullSink(Sink):
+    """Discards frames (benchmarking the pipeline without encode cost)."""
+
+    description = "none"
+
+    def write(self, frame: np.ndarray) -> None:
+        self.frames += 1
+
+
+class _Discard(Exception):
+    """Thrown into :func:`atomic_path` to make it delete the temporary file."""
+
+
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) rounded down to even: what OpenCV's writers store for any codec here."""
+    return size[0] - size[0] % 2, size[1] - size[1] % 2
+
+
+class VideoFileSink(Sink):
+    """A video file written under a temporary name (same suffix) and renamed on :meth:`close`.
+
+    ``size`` is the (w, h) of the frames that will be written; odd sizes are cropped to even
+    (see module doc), ``output_size`` says what the file holds. Codec by suffix (:data:`FOURCCS`)
+    unless ``fourcc`` is given. :meth:`close` with no frame written leaves no file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], fourcc: str | None = None):
+        self.path = Path(path)
+        self.description = str(self.path)
+        suffix = self.path.suffix.lower()
+        if fourcc is None:
+            if suffix not in FOURCCS:
+                raise ToolkitError(f"{self.path}: unsupported video file type {suffix or '(none)'} "
+                                   f"(use {', '.join(FOURCCS)})")
+            fourcc = FOURCCS[suffix]
+        self.fourcc = fourcc
+        self.fps = float(fps)
+        self.size = (int(size[0]), int(size[1]))
+        self.output_size = even_size(self.size)
+        if min(self.output_size) < 2:
+            raise ToolkitError(f"{self.path}: cannot write {self.size[0]}x{self.size[1]} frames (too small)")
+        self.cropped = self.output_size != self.size
+        if self.cropped:
+            log.warning("%s: %dx%d frames are written as %dx%d (video codecs here need even sizes; "
+                        "the last %s dropped)", self.path, *self.size, *self.output_size,
+                        "column and row are" if self.size[0] % 2 and self.size[1] % 2
+                        else ("column is" if self.size[0] % 2 else "row is"))
+        if self.path.is_dir():
+            raise ToolkitError(f"{self.path}: is a directory, expected a video file name")
+        self._atomic = atomic_path(self.path)
+        self.tmp = self._atomic.__enter__()
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.output_size)
+        if not self.writer.isOpened():
+            self._finish(keep=False)
+            raise ToolkitError(f"{self.path}: OpenCV cannot write {fourcc} video to this file")
+        self.frames = 0
+        self._done = False
+
+    def write(self, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        if (w, h) != self.size:
+            raise ToolkitError(f"{self.path}: frame size changed mid-stream ({self.size[0]}x{self.size[1]} → {w}x{h})")
+        if self.cropped:
+            frame = np.ascontiguousarray(frame[: self.output_size[1], : self.output_size[0]])
+        self.writer.write(frame)
+        self.frames += 1
+
+    def _finish(self, keep: bool) -> None:
+        self._done = True
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.release()  # writes the container index: the file is playable from here
+        if keep:
+            self._atomic.__exit__(None, None, None)  # rename into place
+        else:
+            self._atomic.__exit__(_Discard, _Discard(), None)  # delete the temporary
+
+    def close(self) -> None:
+        """Finalise: flush the container and rename into place (no frames: no file)."""
+        if not self._done:
+            if self.frames == 0:
+                log.warning("%s: no frames written; not saved", self.path)
+            self._finish(keep=self.frames > 0)
+
+    def abort(self) -> None:
+        """Discard: remove the temporary file, leave ``path`` untouched."""
+        if not self._done:
+            self._finish(keep=False)
+
+
+class WindowSink(Sink):
+    """An OpenCV window; ``q`` or Esc (or closing the window) ends the run."""
+
+    def __init__(self, title: str = "deeplab-trt"):
+        self.title = title
+        self.description = f"window {title!r}"
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise ToolkitError("--show: no display ($DISPLAY is not set); write a file with --output instead")
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise ToolkitError("--show: this OpenCV has no GUI support (opencv-python-headless?); "
+                               "write a file with --output instead") from None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        cv2.imshow(self.title, frame)
+        key = cv2.waitKey(1) & 0xFF
+        self.frames += 1
+        if key in (27, ord("q")):
+            self.wants_stop = True
+        elif cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            self.wants_stop = True
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """Decode a whole file: frame count, decoded (w, h), fps. For tests and reports."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ToolkitError(f"{path}: cannot open as video")
+    n, size = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        n += 1
+        size = (frame.shape[1], frame.shape[0])
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return {"frames": n, "size": size, "fps": fps}
