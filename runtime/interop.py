@@ -1,0 +1,206 @@
+"""Segment GPU images that live in someone else's framework, without copies.
+
+Why: an application that already has frames on the GPU (a torch tensor from a decoder, a CuPy
+array, a pycuda ``GPUArray``, a DeepStream/VPI buffer exposed through DLPack) should not pay
+for a round trip through host memory. :class:`Segmenter` (in the spirit of jetson-inference's
+``segNet``) takes any object speaking ``__cuda_array_interface__`` (v3) or DLPack, reads it in
+place, and returns :class:`~runtime.cuda.api.DeviceArray` results that those frameworks take
+back the same way::
+
+    seg = Segmenter("model.engine")               # or Segmenter(inference=..., ...)
+    labels = seg.segment(frame_tensor)            # H×W uint8 labels on the GPU
+    overlay = seg.render(frame_tensor, labels)    # H×W×3 picture (new array) ...
+    seg.render(frame_tensor, labels, in_place=True)   # ... or drawn onto the frame itself
+    torch.as_tensor(labels, device="cuda")        # zero-copy back into torch (or torch.from_dlpack)
+    cupy.asarray(labels)                          # CuPy
+
+Images are uint8 H×W×3 (BGR by default, ``bgr=False`` for RGB) or H×W×4 (BGRx), any row
+pitch. Streams: if the input advertises one (``__cuda_array_interface__["stream"]``), the
+segmenter's stream waits for it on the GPU; results are complete on return (``sync=True``,
+default) or advertise the segmenter's stream for the consumer to wait on (``sync=False``).
+
+The runtime never imports torch/CuPy/pycuda: the interfaces are read by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import ToolkitError
+from runtime.preprocess import POLICIES, Geometry
+
+
+def as_device_array(obj: Any, stream=None):
+    """Wrap a CUDA array (``__cuda_array_interface__`` or DLPack) as a DeviceArray, zero-copy.
+
+    ``stream`` (a :class:`~runtime.cuda.api.Stream`): made to wait for the producer's stream
+    when the producer names one, so the data is complete before our kernels read it.
+    """
+    from runtime.cuda import api
+    from runtime.cuda import dlpack
+
+    if isinstance(obj, api.DeviceArray):
+        if obj.stream is not None and stream is not None and int(obj.stream) != stream.handle:
+            api._order_streams(producer=int(obj.stream), consumer=stream.handle)
+        return obj
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if cai is not None:
+        if cai.get("mask") is not None:
+            raise ToolkitError("masked CUDA arrays are not supported")
+        ptr, readonly = cai["data"]
+        producer = cai.get("stream")
+        if producer is not None and stream is not None and int(producer) != stream.handle:
+            api._order_streams(producer=int(producer), consumer=stream.handle)
+        return api.DeviceArray(int(ptr or 0), tuple(cai["shape"]), np.dtype(cai["typestr"]),
+                               strides=cai.get("strides"), owner=obj, readonly=bool(readonly))
+    if hasattr(obj, "__dlpack__"):
+        imported = dlpack.from_dlpack(obj, stream=stream.handle if stream is not None else None)
+        if imported.device_type not in (dlpack.kDLCUDA, dlpack.kDLCUDAHost, dlpack.kDLCUDAManaged):
+            imported.release()
+            raise ToolkitError(f"{type(obj).__name__} lives on "
+                               f"{dlpack.DEVICE_NAMES.get(imported.device_type, imported.device_type)}, "
+                               "not on a CUDA device (move it to the GPU first)")
+        return api.DeviceArray(imported.ptr, imported.shape, imported.dtype, strides=imported.strides,
+                               owner=imported, device_id=imported.device_id, readonly=imported.readonly)
+    raise ToolkitError(f"expected a CUDA array (torch CUDA tensor, CuPy array, pycuda GPUArray or any "
+                       f"__cuda_array_interface__/DLPack object), got {type(obj).__module__}.{type(obj).__name__}")
+
+
+def image_layout(image) -> tuple[int, int, int, int]:
+    """(height, width, row pitch bytes, pixel stride bytes) of a uint8 H×W×{3,4} device image."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ToolkitError(f"expected a uint8 H×W×3 (or ×4) image, got shape {image.shape} dtype {image.dtype}")
+    row, pixel, channel = image.byte_strides
+    if channel != 1 or pixel < 3 or row < pixel * image.shape[1]:
+        raise ToolkitError(f"image strides {image.byte_strides} are not an interleaved HWC layout "
+                           "(channels must be contiguous; rows may be padded)")
+    return image.shape[0], image.shape[1], row, pixel
+
+
+class Segmenter:
+    """Device-array segmentation over an engine (or any DeviceInference).
+
+    ``model``: a TensorRT engine path (``.engine``/``.plan`` with its sidecar), or pass
+    ``inference=`` an object with the :class:`~runtime.cuda.inference.DeviceInference` contract
+    (e.g. ``HostBackendInference(open_backend("model.onnx"))``, or a torch module adapter).
+    """
+
+    def __init__(self, model: str | Path | None = None, *, inference=None, policy: str = "stretch",
+                 bgr: bool = True, alpha: float = 0.5, device: int = 0):
+        from runtime.cuda import api
+        from runtime.cuda.kernels import get_kernels, label_dtype_for
+
+        if policy not in POLICIES:
+            raise ToolkitError(f"unknown resize policy {policy!r} (expected one of {', '.join(POLICIES)})")
+        self.device = api.use_device(device)
+        if inference is None:
+            if model is None:
+                raise ToolkitError("Segmenter needs an engine path or an inference= object")
+            from runtime.backends.tensorrt import TensorRTRunner
+            from runtime.engine_loader import load_engine
+
+            self._loaded = load_engine(model)
+            inference = TensorRTRunner(self._loaded.engine, self._loaded.spec, self._loaded.flavour.module,
+                                       device_index=device, name=self._loaded.flavour.label, source=str(model))
+        self.inference = inference
+        self.spec = inference.spec
+        self.name = inference.name
+        self.policy = policy
+        self.bgr = bgr
+        self.alpha = alpha
+        self.label_dtype = np.dtype(label_dtype_for(self.spec))
+        self.kernels = get_kernels(device)
+        self.stream = api.Stream()
+        self._api = api
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _image(self, image):
+        arr = as_device_array(image, self.stream)
+        return arr, image_layout(arr)
+
+    def _finish(self, arr, sync: bool):
+        if sync:
+            self.stream.synchronize()
+            arr.stream = None
+        else:
+            arr.stream = self.stream.handle
+        return arr
+
+    def geometry(self, height: int, width: int, policy: str | None = None) -> Geometry:
+        return Geometry.compute((height, width), self.spec.input_size, policy or self.policy)
+
+    # ---- API --------------------------------------------------------------------------------
+    def preprocess(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
+        """The model input (1×3×H×W, the model's dtype) for ``image``; by default the engine's own buffer."""
+        arr, (h, w, pitch, stride) = self._image(image)
+        geo = self.geometry(h, w, policy)
+        target = as_device_array(out, self.stream) if out is not None else self.inference.input
+        self.kernels.preprocess(arr.ptr, h, w, target.ptr, self.spec, geo, out_dtype=target.dtype, frame_pitch=pitch,
+                                pixel_stride=stride, bgr=self.bgr if bgr is None else bgr, stream=self.stream.handle)
+        if out is not None:
+            return self._finish(target, sync)
+        if sync:
+            self.stream.synchronize()
+        return target
+
+    def segment(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
+        """H×W labels at the image's resolution (uint8 up to 256 classes, else int32)."""
+        arr, (h, w, pitch, stride) = self._image(image)
+        geo = self.geometry(h, w, policy)
+        inf = self.inference
+        self.kernels.preprocess(arr.ptr, h, w, inf.input.ptr, self.spec, geo, out_dtype=inf.input.dtype,
+                                frame_pitch=pitch, pixel_stride=stride, bgr=self.bgr if bgr is None else bgr,
+                                stream=self.stream.handle)
+        inf.enqueue(self.stream)
+        labels = as_device_array(out, self.stream) if out is not None else self._api.empty((h, w), self.label_dtype)
+        if labels.shape[:2] != (h, w) or labels.dtype not in (np.dtype(np.uint8), np.dtype(np.int32)):
+            raise ToolkitError(f"out: expected a {h}×{w} uint8/int32 array, got {labels.shape} {labels.dtype}")
+        label_pitch = labels.byte_strides[0] // labels.dtype.itemsize
+        self.kernels.labels_from_output(inf.output.ptr, inf.output.shape[1:], inf.output.dtype, self.spec, geo,
+                                        labels.ptr, label_dtype=labels.dtype, label_pitch=label_pitch,
+                                        stream=self.stream.handle)
+        return self._finish(labels, sync)
+
+    def render(self, image, labels, *, mode: str = "overlay", alpha: float | None = None, out=None,
+               in_place: bool = False, sync: bool = True):
+        """Overlay / colour mask / grey labels for ``image``; a new H×W×3 array unless ``out``/``in_place``."""
+        arr, (h, w, pitch, stride) = self._image(image)
+        lab = as_device_array(labels, self.stream)
+        if lab.shape[:2] != (h, w):
+            raise ToolkitError(f"labels {lab.shape} do not match the image's {h}×{w}")
+        if in_place:
+            target, (_, _, out_pitch, out_stride) = arr, (h, w, pitch, stride)
+        else:
+            target = as_device_array(out, self.stream) if out is not None else self._api.empty((h, w, 3), np.uint8)
+            _, _, out_pitch, out_stride = image_layout(target)
+            if out_stride != stride:
+                raise ToolkitError(f"out has {out_stride} bytes per pixel, the image {stride}")
+        channel_order = "BGR" if self.bgr else "RGB"
+        self.kernels.render(arr.ptr, h, w, lab.ptr, self.spec, mode=mode, alpha=self.alpha if alpha is None else alpha,
+                            out=target.ptr, frame_pitch=pitch, out_pitch=out_pitch, pixel_stride=stride,
+                            label_dtype=lab.dtype, label_pitch=lab.byte_strides[0] // lab.dtype.itemsize,
+                            channel_order=channel_order, stream=self.stream.handle)
+        return self._finish(target, sync)
+
+    def process(self, image, *, mode: str = "overlay", alpha: float | None = None, sync: bool = True):
+        """``(labels, picture)`` in one call (segNet's Process + Overlay)."""
+        labels = self.segment(image, sync=False)
+        picture = self.render(image, labels, mode=mode, alpha=alpha, sync=sync)
+        if sync:
+            labels.stream = None
+        return labels, picture
+
+    def close(self) -> None:
+        self.stream.synchronize()
+        self.stream.close()
+        if hasattr(self.inference, "close"):
+            self.inference.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

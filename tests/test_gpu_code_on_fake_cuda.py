@@ -1,0 +1,365 @@
+"""The GPU-side Python run end to end on a FAKE CUDA (``fake_cuda``) with the real kernels.
+
+What is real here: ``kernels.cu`` (NVRTC-compiled cubin handed to the fake driver, and the same
+source executed by the CPU grid emulator), every line of ``runtime/cuda/api.py``,
+``kernels.py``, ``gpu_pipeline.CudaStage``, ``interop.Segmenter`` and
+``backends/tensorrt.TensorRTRunner``/``TensorRTBackend``. What is fake: cuda-python (host memory,
+synchronous streams) and, for the runner, the TensorRT engine (a FAKE engine with TensorRT's
+name-based API computing a fixed function). The ``gpu`` tests repeat the important parts on
+real hardware.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+import fake_cuda
+import kernel_emulator
+from runtime.pipeline import RunOptions
+from runtime.postprocess import labels_from_output, palette_bgr, render
+from runtime.preprocess import preprocess
+from runtime.spec import ModelSpec, voc_palette
+from runtime.video import Sink, open_source
+
+FRAMES = 6
+SPEC = ModelSpec("fake", [f"c{i}" for i in range(6)], voc_palette(6), 32, 48, head="lowres", output_stride=8)
+
+
+@pytest.fixture(scope="module")
+def emulator_lib(tmp_path_factory):
+    if kernel_emulator.compiler() is None:
+        pytest.skip("no C++ compiler for the kernel emulator")
+    pytest.importorskip("cuda.bindings.nvrtc")
+    return kernel_emulator.build(tmp_path_factory.mktemp("emu"))
+
+
+@pytest.fixture
+def fake(monkeypatch, emulator_lib, tmp_path):
+    monkeypatch.setenv("DEEPLAB_TRT_KERNEL_CACHE", str(tmp_path / "kcache"))
+    return fake_cuda.install(monkeypatch, emulator_lib)
+
+
+@pytest.fixture
+def no_ipp():
+    had = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    yield
+    cv2.ipp.setUseIPP(had)
+
+
+def model_function(batch: np.ndarray) -> np.ndarray:
+    """What the FAKE engine computes: N×3×32×48 → N×6×4×6 'logits' (8×8 mean pools, mixed)."""
+    x = batch.astype(np.float32)
+    n = x.shape[0]
+    pooled = x.reshape(n, 3, 4, 8, 6, 8).mean(axis=(3, 5))
+    out = np.stack([pooled[:, c % 3] * (1 + 0.5 * c) - 0.3 * c for c in range(6)], axis=1)
+    return out.astype(np.float32)
+
+
+class NumpyBackend:
+    """A host Backend computing :func:`model_function` (the reference side of the comparisons)."""
+
+    name = "numpy model"
+    spec = SPEC
+    input_dtype = np.dtype(np.float32)
+    fixed_batch = None
+    pipeline = "cpu"
+
+    def infer(self, batch):
+        return model_function(batch)
+
+    def close(self):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# a FAKE TensorRT engine (name-based API of TensorRT 10+/RTX)
+# ---------------------------------------------------------------------------------------------
+class FakeTrt:
+    class TensorIOMode:
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    class DataType:
+        FLOAT, HALF = "FLOAT", "HALF"
+
+    @staticmethod
+    def nptype(dtype):
+        return {"FLOAT": np.float32, "HALF": np.float16}[dtype]
+
+
+class FakeContext:
+    def __init__(self, engine):
+        self.engine = engine
+        self.addresses = {}
+        self.batch = None
+        self.executions = 0
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = int(ptr)
+        return True
+
+    def set_input_shape(self, name, shape):
+        lo, _, hi = self.engine.profile
+        if name != "input" or not lo[0] <= shape[0] <= hi[0]:
+            return False
+        self.batch = shape[0]
+        return True
+
+    def get_tensor_shape(self, name):
+        n = self.batch if self.engine.dynamic else 1
+        return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
+
+    def execute_async_v3(self, stream):
+        n = self.batch if self.engine.dynamic else 1
+        src, dst = self.addresses["input"], self.addresses["logits"]
+        self.executions += 1
+
+        def run():
+            x = np.ctypeslib.as_array((ctypes.c_float * (n * 3 * 32 * 48)).from_address(src)).reshape(n, 3, 32, 48)
+            y = np.ctypeslib.as_array((ctypes.c_float * (n * 6 * 4 * 6)).from_address(dst)).reshape(n, 6, 4, 6)
+            y[...] = model_function(x)
+
+        self.engine.fake._enqueue(stream, run)
+        return True
+
+
+class FakeEngine:
+    num_io_tensors = 2
+
+    def __init__(self, fake, dynamic=True):
+        self.fake, self.dynamic = fake, dynamic
+        self.profile = ((1, 3, 32, 48), (1, 3, 32, 48), (4, 3, 32, 48))
+        self.contexts = []
+
+    def get_tensor_name(self, i):
+        return ("input", "logits")[i]
+
+    def get_tensor_mode(self, name):
+        return FakeTrt.TensorIOMode.INPUT if name == "input" else FakeTrt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return FakeTrt.DataType.FLOAT
+
+    def get_tensor_shape(self, name):
+        n = -1 if self.dynamic else 1
+        return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
+
+    def get_tensor_profile_shape(self, name, profile):
+        return self.profile
+
+    def create_execution_context(self):
+        ctx = FakeContext(self)
+        self.contexts.append(ctx)
+        return ctx
+
+
+class CollectSink(Sink):
+    description = "collect"
+
+    def __init__(self):
+        self.pictures, self.frames = [], 0
+
+    def write(self, frame):
+        self.pictures.append(frame.copy())
+        self.frames += 1
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "c.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (75, 45))
+    rng = np.random.default_rng(1)
+    for i in range(FRAMES):
+        frame = np.full((45, 75, 3), 60, np.uint8)
+        cv2.circle(frame, (10 + 9 * i, 22), 12, (int(rng.integers(0, 255)), 200, 30), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def reference_pictures(clip, options) -> list[np.ndarray]:
+    out = []
+    with open_source(clip) as src:
+        for frame in src:
+            x, geo = preprocess(frame, SPEC, options.policy)
+            labels = labels_from_output(model_function(x)[0], SPEC, geo)
+            out.append(render(frame, labels, palette_bgr(SPEC), options.mode, options.alpha))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------
+def test_api_objects_on_fake(fake):
+    from runtime.cuda import api
+
+    info = api.use_device(0)
+    assert info.arch == "sm_87" and not info.integrated and info.zero_copy is False
+    host = np.arange(10, dtype=np.float32)
+    dev = api.to_device(host)
+    assert np.array_equal(dev.copy_to_host(), host)
+    cai = dev.__cuda_array_interface__
+    assert cai["version"] == 3 and cai["typestr"] == "<f4" and cai["shape"] == (10,) and cai["data"][0] == dev.ptr
+    pinned = api.PinnedBuffer(64, mapped=True)
+    assert pinned.device_ptr == pinned.ptr and pinned.array((4, 4), np.float32).shape == (4, 4)
+    s, a, b = api.Stream(), api.Event(), api.Event()
+    a.record(s)
+    b.record(s)
+    assert a.elapsed_ms(b) >= 0 and b.query()
+    two = api.empty((2, 3), np.int32)
+    assert two[1].ptr == two.ptr + 12 and two.reshape(-1).shape == (6,)
+    with pytest.raises(api.CudaError, match="^cudaSetDevice failed: cudaErrorInvalidValue"):
+        api.check(fake.runtime.cudaSetDevice(3), "cudaSetDevice")
+
+
+@pytest.mark.parametrize("policy", ["stretch", "letterbox"])
+@pytest.mark.parametrize("integrated", [False, True])
+def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, no_ipp):
+    from runtime import gpu_pipeline
+    from runtime.backends.tensorrt import TensorRTRunner
+
+    fake.device.integrated = integrated
+    runner = TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt, name="fake TensorRT")
+    options = RunOptions(mode="overlay", policy=policy, progress=False)
+    sink = CollectSink()
+    holder = types.SimpleNamespace(spec=SPEC, name="fake")
+    with open_source(clip) as src:
+        stats = gpu_pipeline.run_video(holder, src, [sink], options, inference=runner, slots=2)
+    assert stats.frames == FRAMES and stats.pipeline == "gpu"
+    expected = reference_pictures(clip, options)
+    agree = np.mean([np.mean(a == b) for a, b in zip(expected, sink.pictures)])
+    assert agree >= 0.999
+    assert "upload" in stats.stage_s if not integrated else "upload" not in stats.stage_s
+    for name in ("preprocess_u8_f32", "argmax_f32", "upsample_argmax_f32_u8", "render_u8"):
+        assert fake.launches.count(name) == FRAMES
+
+
+def test_cuda_graph_replays_the_same_pictures(fake, clip, no_ipp):
+    from runtime import gpu_pipeline
+    from runtime.backends.tensorrt import TensorRTRunner
+
+    options = RunOptions(mode="labels", policy="letterbox", progress=False)
+    pictures = {}
+    for graph in (False, True):
+        engine = FakeEngine(fake)
+        runner = TensorRTRunner(engine, SPEC, FakeTrt)
+        sink = CollectSink()
+        with open_source(clip) as src:
+            stats = gpu_pipeline.run_video(types.SimpleNamespace(spec=SPEC, name="fake"), src, [sink], options,
+                                           inference=runner, slots=3, cuda_graph=graph)
+        pictures[graph] = sink.pictures
+        assert stats.frames == FRAMES
+    assert all(np.array_equal(a, b) for a, b in zip(pictures[False], pictures[True]))
+    # One graph per slot, captured after the first (eager) frame; the other frames replay them.
+    assert fake.captures == 3 and fake.graph_launches == FRAMES - 1
+    assert not fake.graphs, "graphs destroyed when the stage closes"
+    assert engine.contexts[0].executions == 1 + 3  # the eager frame + one enqueue recorded per capture
+
+
+def test_cuda_stage_with_host_backend_inference(fake, clip, no_ipp):
+    from runtime import gpu_pipeline
+
+    options = RunOptions(mode="mask", policy="stretch", progress=False)
+    sink = CollectSink()
+    with open_source(clip) as src:
+        stats = gpu_pipeline.run_video(NumpyBackend(), src, [sink], options)
+    assert stats.frames == FRAMES and stats.backend == "numpy model (host inference)"
+    expected = reference_pictures(clip, options)
+    assert np.mean([np.mean(a == b) for a, b in zip(expected, sink.pictures)]) >= 0.999
+
+
+def test_tensorrt_backend_host_contract(fake):
+    from runtime.backends.base import Backend
+    from runtime.backends.tensorrt import TensorRTBackend
+    from runtime.errors import ToolkitError
+
+    loaded = types.SimpleNamespace(path="fake.engine", engine=FakeEngine(fake), spec=SPEC,
+                                   flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt))
+    backend = TensorRTBackend(loaded)
+    assert isinstance(backend, Backend) and backend.pipeline == "gpu" and backend.fixed_batch is None
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 48)).astype(np.float32)
+    np.testing.assert_allclose(backend.infer(x), model_function(x), rtol=1e-6)   # grows to batch 3
+    np.testing.assert_allclose(backend.infer(x[:1]), model_function(x[:1]), rtol=1e-6)
+    assert backend.runner.capacity == 3 and backend.runner.batch == 1
+    with pytest.raises(ToolkitError, match="outside the engine's profile"):
+        backend.infer(np.zeros((5, 3, 32, 48), np.float32))
+    with pytest.raises(ToolkitError, match="expected an N×3×32×48 batch"):
+        backend.infer(np.zeros((1, 3, 30, 48), np.float32))
+    backend.close()
+
+
+def test_static_engine_rejects_other_batches(fake):
+    from runtime.backends.tensorrt import TensorRTRunner
+    from runtime.errors import ToolkitError
+
+    runner = TensorRTRunner(FakeEngine(fake, dynamic=False), SPEC, FakeTrt)
+    assert runner.fixed_batch == 1 and runner.input.shape == (1, 3, 32, 48) and runner.output.shape == (1, 6, 4, 6)
+    with pytest.raises(ToolkitError, match="fixed batch of 1"):
+        runner.set_batch(2)
+
+
+def test_segmenter_on_cuda_array_interface_images(fake, no_ipp):
+    from runtime.cuda import api
+    from runtime.backends.tensorrt import TensorRTRunner
+    from runtime.interop import Segmenter
+
+    class ForeignArray:  # what a CuPy/pycuda array looks like to us: pitched rows, our fake device memory
+        def __init__(self, buffer, shape, strides):
+            self.buffer = buffer
+            self.__cuda_array_interface__ = {"shape": shape, "typestr": "|u1", "data": (buffer.ptr, False),
+                                             "strides": strides, "version": 3, "stream": 1}
+
+    frame = np.random.default_rng(5).integers(0, 256, (45, 75, 3), dtype=np.uint8)
+    pitch = 75 * 3 + 13
+    padded = np.zeros((45, pitch), np.uint8)
+    padded[:, :225] = frame.reshape(45, 225)
+    buffer = api.to_device(padded)
+    image = ForeignArray(buffer, (45, 75, 3), (pitch, 3, 1))
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt), policy="letterbox")
+    labels, picture = seg.process(image, mode="overlay", alpha=0.25)
+    x, geo = preprocess(frame, SPEC, "letterbox")
+    expected_labels = labels_from_output(model_function(x)[0], SPEC, geo)
+    assert np.array_equal(labels.copy_to_host(), expected_labels)
+    assert np.array_equal(picture.copy_to_host(), render(frame, expected_labels, palette_bgr(SPEC), "overlay", 0.25))
+    assert labels.__cuda_array_interface__.get("stream") is None  # sync=True: complete on return
+    out = api.empty((45, 75), np.uint8)
+    again = seg.segment(image, out=out, sync=False)
+    assert again.ptr == out.ptr and again.__cuda_array_interface__["stream"] == seg.stream.handle
+    seg.render(image, labels, mode="labels", in_place=True)
+    rendered = buffer.copy_to_host()[:, :225].reshape(45, 75, 3)
+    assert np.array_equal(rendered, np.repeat(expected_labels[:, :, None], 3, axis=2))
+    assert (buffer.copy_to_host()[:, 225:] == 0).all(), "row padding untouched"
+    seg.close()
+
+
+def test_gpu_benchmark_script_runs(fake, tmp_path, capsys):
+    """``benchmarks/gpu_kernels.py`` end to end on the fake (numbers meaningless; the code path is not)."""
+    import json
+
+    from benchmarks import gpu_kernels
+
+    out = tmp_path / "bench.json"
+    rc = gpu_kernels.main(["--frame", "45x75", "--input", "16x24", "--classes", "5", "--iters", "1", "--repeats", "1",
+                           "--copy-mib", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert text.startswith("device: Fake GPU") and "memcpy D2D" in text and "upsample+argmax" in text
+    data = json.loads(out.read_text())
+    assert len(data["preprocess"]) == 4 and len(data["upsample_argmax"]) == 4 and data["arch"] == "sm_87"
+
+
+def test_gpu_benchmark_without_gpu_says_so():
+    import subprocess
+    import sys
+
+    from runtime.cuda import api
+
+    if api.device_count() > 0:
+        pytest.skip("this machine has a GPU")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no CUDA GPU on this machine" in out.stderr and "Traceback" not in out.stderr
