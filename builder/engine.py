@@ -1,0 +1,654 @@
+"""ONNX → TensorRT engine for each flavour, plus the JSON sidecar that describes it.
+
+Why the decisions are pure functions: how precision is asked for differs per flavour
+(DESIGN.md, "TensorRT flavours"), and only TensorRT-RTX can run here. :func:`plan_precision`,
+:func:`plan_profile` and :func:`plan_compute_capabilities` take a
+:class:`~runtime.tensorrt_flavour.Flavour` *description* and return what to do, so the
+TensorRT 10 and 11 paths are unit-tested with documented descriptions, and
+:func:`build_engine` only carries the plan out.
+
+Precision per flavour:
+
+=========  ==================================  ==========================================
+precision  TensorRT 10 (weak typing)           TensorRT 11 / TensorRT-RTX (strongly typed)
+=========  ==================================  ==========================================
+fp32       ONNX as is                          ONNX as is
+fp16       ``BuilderFlag.FP16`` on FP32 graph  strongly typed network from the FP16 pass
+int8       Q/DQ graph + ``INT8|FP16`` flags;   Q/DQ graph, strongly typed (layers without
+           ``--int8-mode implicit``: FP32      Q/DQ run in the graph's FP32)
+           graph + entropy calibrator
+=========  ==================================  ==========================================
+
+The Q/DQ graph is the input when it has Q/DQ nodes, else the calibration package makes
+it from ``--data``. Everything that can be checked before TensorRT runs (options, profile,
+targets, data) is checked first, so a bad option costs no calibration and no build.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import __version__
+from runtime.atomic import atomic_path, write_bytes_atomic
+from runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
+from runtime.errors import ToolkitError
+from runtime.spec import ModelSpec
+from runtime.tensorrt_flavour import (Flavour, current_gpu, detect, dtype_name, parse_compute_capability, sm_name,
+                                      supported_compute_capabilities)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_MODES = ("explicit", "implicit")
+#: TensorRT-RTX's documented default targets (engines portable across Ampere and later
+#: RTX GPUs), written out explicitly so the sidecar states exactly what was targeted.
+RTX_DEFAULT_TARGETS = ("SM80", "SM86", "SM89", "SM120")
+#: Profile for a dynamic batch when neither ``--batch`` nor the export recorded one.
+DEFAULT_DYNAMIC_BATCH = (1, 1, 8)
+
+
+# ----- decisions (pure) -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildPlan:
+    """How one precision is realised on one flavour."""
+
+    precision: str
+    strongly_typed: bool
+    builder_flags: tuple[str, ...] = ()     #: ``BuilderFlag`` member names to set
+    onnx_pass: str | None = None            #: None | "fp16" (FP16 pass) | "qdq" (calibrate + Q/DQ)
+    calibrator: bool = False                #: implicit INT8: hand an entropy calibrator to the builder
+    int8_mode: str | None = None
+    summary: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["builder_flags"] = list(self.builder_flags)
+        return d
+
+
+def plan_precision(flavour: Flavour, precision: str, int8_mode: str = "explicit", onnx_is_qdq: bool = False, *,
+                   has_data: bool = False, onnx_is_fp16: bool = False) -> BuildPlan:
+    """Decide how to build ``precision`` on ``flavour``; impossible combinations are a :class:`ToolkitError`.
+
+    ``has_data``: calibration data (or, for implicit INT8, an existing calibration cache).
+    """
+    if precision not in PRECISIONS:
+        raise ToolkitError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if int8_mode not in INT8_MODES:
+        raise ToolkitError(f"--int8-mode {int8_mode}: expected one of {', '.join(INT8_MODES)}")
+    if not flavour.has_weak_typing and not flavour.has_strongly_typed:
+        raise ToolkitError(f"{flavour.label} offers neither weak nor strong typing")  # pragma: no cover
+    weak = flavour.has_weak_typing
+    if onnx_is_qdq and precision != "int8":
+        raise ToolkitError("the model has Q/DQ nodes (an INT8 graph): build it with --precision int8")
+    if onnx_is_fp16 and precision != "fp16":
+        raise ToolkitError("the model is an FP16 graph: build it with --precision fp16 (or give the FP32 export)")
+    if precision != "int8" and int8_mode == "implicit":
+        raise ToolkitError("--int8-mode implicit applies to --precision int8 only")
+
+    if precision == "fp32":
+        return BuildPlan("fp32", strongly_typed=not weak, summary="FP32 graph as exported")
+    if precision == "fp16":
+        if onnx_is_fp16:
+            return BuildPlan("fp16", strongly_typed=flavour.has_strongly_typed,
+                             summary="FP16 graph given: strongly typed, as is")
+        if weak:
+            return BuildPlan("fp16", strongly_typed=False, builder_flags=("FP16",),
+                             summary="BuilderFlag.FP16 on the FP32 graph (weak typing)")
+        return BuildPlan("fp16", strongly_typed=True, onnx_pass="fp16",
+                         summary="strongly typed network from the FP16 ONNX pass")
+
+    # int8
+    if int8_mode == "implicit":
+        if not flavour.has_calibrator_api:
+            raise ToolkitError(f"--int8-mode implicit needs TensorRT 10's calibrator API (IInt8EntropyCalibrator2); "
+                               f"{flavour.label} has none: use --int8-mode explicit (Q/DQ)")
+        if onnx_is_qdq:
+            raise ToolkitError("--int8-mode implicit calibrates an FP32 graph, but the model already has Q/DQ nodes: "
+                               "use --int8-mode explicit")
+        if not has_data:
+            raise ToolkitError("--int8-mode implicit needs calibration data (--data PATH...) or an existing "
+                               "--cache FILE")
+        return BuildPlan("int8", strongly_typed=False, builder_flags=("INT8", "FP16"), calibrator=True,
+                         int8_mode="implicit",
+                         summary="implicit INT8: entropy calibrator (legacy API); unquantized layers may use FP16")
+    if not onnx_is_qdq and not has_data:
+        raise ToolkitError("--precision int8 needs calibration data (--data PATH...), an existing calibration "
+                           "--cache FILE, or a model with Q/DQ nodes (from 'deeplab-trt calibrate')")
+    onnx_pass = None if onnx_is_qdq else "qdq"
+    source = "Q/DQ graph given" if onnx_is_qdq else "Q/DQ graph from entropy calibration"
+    if weak:
+        return BuildPlan("int8", strongly_typed=False, builder_flags=("INT8", "FP16"), onnx_pass=onnx_pass,
+                         int8_mode="explicit",
+                         summary=f"{source}, weak typing with INT8|FP16 (unquantized layers may use FP16)")
+    return BuildPlan("int8", strongly_typed=True, onnx_pass=onnx_pass, int8_mode="explicit",
+                     summary=f"{source}, strongly typed (unquantized layers in FP32)")
+
+
+def parse_batch(text: str | None) -> tuple[int, int, int] | None:
+    """``"1:4:8"`` → (1, 4, 8); ``"4"`` → (4, 4, 4); checks 1 <= MIN <= OPT <= MAX."""
+    if text is None or text == "":
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(":"))
+    except ValueError:
+        raise ToolkitError(f"--batch {text}: expected MIN:OPT:MAX (or N), e.g. 1:4:8") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ToolkitError(f"--batch {text}: expected MIN:OPT:MAX (or N), e.g. 1:4:8")
+    lo, opt, hi = values
+    if not 1 <= lo <= opt <= hi:
+        raise ToolkitError(f"--batch {text}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
+Shape = tuple[int, ...]
+
+
+def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch: tuple[int, int, int] | None,
+                 source: str = "model") -> tuple[Shape, Shape, Shape] | None:
+    """The optimization profile (min, opt, max shapes) for the image input, or None if static.
+
+    ``dims``: the ONNX input dims (None where dynamic). A static batch admits only
+    ``--batch N`` equal to it; a dynamic batch takes ``--batch``, else the export's
+    ``spec.extra["dynamic_batch"]``, else :data:`DEFAULT_DYNAMIC_BATCH`. Other dynamic dims
+    come from the spec (N×3×H×W).
+    """
+    if len(dims) != 4:
+        if any(d is None for d in dims):
+            raise ToolkitError(f"{source}: input {input_name!r} has dynamic dims {dims} and is not N×3×H×W")
+        if batch is not None:
+            raise ToolkitError(f"{source}: input {input_name!r} is {dims}, not N×3×H×W: --batch does not apply")
+        return None
+    fixed = {1: 3, 2: spec.input_height, 3: spec.input_width}
+    for axis, expected in fixed.items():
+        if dims[axis] is not None and dims[axis] != expected:
+            raise ToolkitError(f"{source}: input {input_name!r} is {dims} but the metadata says "
+                               f"3×{spec.input_height}×{spec.input_width}")
+    static_batch = dims[0]
+    if static_batch is not None:
+        if batch is None or batch == (static_batch,) * 3:
+            if any(d is None for d in dims[1:]):
+                return tuple((static_batch, *[fixed[a] for a in (1, 2, 3)]) for _ in range(3))  # type: ignore
+            return None
+        lo, opt, hi = batch
+        excludes = not lo <= static_batch <= hi
+        raise ToolkitError(f"{source}: input {input_name!r} has a static batch of {static_batch}"
+                           f"{', which --batch ' + ':'.join(map(str, batch)) + ' excludes' if excludes else ''}; "
+                           f"a batch range needs a model exported with a dynamic batch "
+                           f"('deeplab-trt export --dynamic-batch MIN:OPT:MAX')")
+    if batch is None:
+        hint = spec.extra.get("dynamic_batch") if isinstance(spec.extra, dict) else None
+        batch = parse_batch(":".join(str(v) for v in hint)) if hint else DEFAULT_DYNAMIC_BATCH
+        if not hint:
+            log.debug("dynamic batch with no range recorded in the model: profile %s", ":".join(map(str, batch)))
+    rest = tuple(fixed[a] for a in (1, 2, 3))
+    return tuple((b, *rest) for b in batch)  # type: ignore[return-value]
+
+
+def plan_compute_capabilities(flavour: Flavour, requested: list[str] | None,
+                              gpu: tuple[int, int] | None, gpu_reason: str = "") -> tuple[list[str], str]:
+    """(target names, where they came from).
+
+    TensorRT-RTX builds ahead of time for a list of targets: ``requested`` (``SM89``,
+    ``current``, …), else the GPU present, else :data:`RTX_DEFAULT_TARGETS` (no GPU).
+    TensorRT 10/11 build for the GPU they run on; ``--compute-capability`` is an error there.
+    """
+    if not flavour.has_compute_capability_targets:
+        if requested:
+            raise ToolkitError(f"--compute-capability applies to TensorRT-RTX; {flavour.label} builds for the GPU "
+                               "it runs on (build on the target device)")
+        return ([sm_name(gpu)] if gpu else []), "build GPU"
+    supported = supported_compute_capabilities(flavour)
+    if requested:
+        names: list[str] = []
+        for token in requested:
+            for part in str(token).split(","):
+                if not part.strip():
+                    continue
+                name = parse_compute_capability(part)
+                if name == "current":
+                    if gpu is None:
+                        raise ToolkitError(f"--compute-capability current: no GPU here ({gpu_reason or 'none found'})")
+                    name = sm_name(gpu)
+                if name not in supported:
+                    raise ToolkitError(f"--compute-capability {part.strip()}: {flavour.label} targets "
+                                       f"{', '.join(supported)} (not {name})")
+                if name not in names:
+                    names.append(name)
+        if not names:
+            raise ToolkitError("--compute-capability: no target given")
+        return names, "option"
+    if gpu is not None and sm_name(gpu) in supported:
+        return [sm_name(gpu)], "current GPU"
+    defaults = [n for n in RTX_DEFAULT_TARGETS if n in supported]
+    why = "no GPU" if gpu is None else f"this GPU is {sm_name(gpu)}, not a {flavour.label} target"
+    return defaults, f"default ({why})"
+
+
+# ----- options and results ----------------------------------------------------------------------
+@dataclass
+class BuildOptions:
+    precision: str = "fp32"
+    flavour: str = "auto"
+    int8_mode: str = "explicit"
+    data: list[str] = field(default_factory=list)
+    num: int | None = None
+    method: str = "entropy"
+    percentile: float = 99.99
+    cache: str | None = None                 #: TensorRT text calibration cache (read/written)
+    batch: tuple[int, int, int] | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    compute_capabilities: list[str] | None = None
+    fp16_output: str = "float16"
+    verbose: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["batch"] = list(self.batch) if self.batch else None
+        d["data"] = [str(p) for p in self.data]
+        return d
+
+
+def onnx_input_dims(model) -> tuple[str, list[int | None], str]:
+    """(name, dims with None where dynamic, elem type name) of the one non-initializer input."""
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ToolkitError(f"expected one image input, the graph has {len(inputs)}")
+    inp = inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inp.type.tensor_type.shape.dim]
+    return inp.name, dims, onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type).lower()
+
+
+# ----- TensorRT plumbing ------------------------------------------------------------------------
+_MONITORS: dict[int, type] = {}
+
+
+def make_progress_monitor(trt: Any, show: bool):
+    """An ``IProgressMonitor``: a tqdm bar (stderr, TTY only) over the top-level build phase."""
+    cls = _MONITORS.get(id(trt))
+    if cls is None:
+        class BuildProgress(trt.IProgressMonitor):
+            def __init__(self, show: bool) -> None:
+                trt.IProgressMonitor.__init__(self)
+                self.show = show
+                self.root: str | None = None
+                self.bar = None
+                self.lock = threading.Lock()
+
+            def phase_start(self, phase_name, parent_phase, num_steps):
+                with self.lock:
+                    log.debug("build phase: %s (%d steps)%s", phase_name, num_steps,
+                              f" in {parent_phase}" if parent_phase else "")
+                    if parent_phase is None and self.root is None:
+                        from tqdm import tqdm
+
+                        self.root = phase_name
+                        self.bar = tqdm(total=num_steps, desc=phase_name, file=sys.stderr, leave=False,
+                                        disable=None if self.show else True, unit="phase")
+                    elif self.bar is not None:
+                        self.bar.set_postfix_str(str(phase_name)[:40], refresh=False)
+
+            def step_complete(self, phase_name, step):
+                with self.lock:
+                    if phase_name == self.root and self.bar is not None:
+                        self.bar.update(max(0, step + 1 - self.bar.n))
+                return True  # keep building
+
+            def phase_finish(self, phase_name):
+                with self.lock:
+                    if phase_name == self.root and self.bar is not None:
+                        self.bar.close()
+                        self.bar = None
+
+        cls = _MONITORS[id(trt)] = BuildProgress
+    return cls(show)
+
+
+def _parser_error(parser, flavour: Flavour, source: Path) -> ToolkitError:
+    """The parser's first error as one line: node, op and what is wrong."""
+    count = parser.num_errors
+    if count == 0:
+        return ToolkitError(f"{source}: {flavour.label} cannot parse it (no parser error reported)")
+    err = parser.get_error(0)
+
+    def call(attr, default=None):
+        fn = getattr(err, attr, None)
+        try:
+            return fn() if callable(fn) else default
+        except Exception:  # noqa: BLE001
+            return default
+
+    desc = (call("desc", "") or "").strip().splitlines()
+    what = desc[0] if desc else ""
+    code = call("code")
+    code_text = getattr(code, "name", str(code or "")).lower().replace("_", " ")
+    if not what or what.lower() in ("false", "true"):
+        what = code_text or "unknown error"
+    elif code_text and code_text not in what.lower():
+        what = f"{code_text}: {what}"
+    if len(what) > 300:
+        what = what[:297] + "..."
+    node, name, op = call("node", -1), call("node_name", ""), call("node_operator", "")
+    where = ""
+    if isinstance(node, int) and node >= 0:
+        where = f" node {node}" + (f" {name!r}" if name else "") + (f" ({op})" if op else "")
+    more = f" (+{count - 1} more error{'s' if count > 2 else ''})" if count > 1 else ""
+    return ToolkitError(f"{source}: {flavour.label} cannot parse{where or ' it'}: {what}{more}")
+
+
+def _network_io(network, profile: tuple | None, input_name: str | None) -> list[dict[str, Any]]:
+    io = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        rec = {"name": t.name, "mode": "input", "shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+        if profile is not None and t.name == input_name:
+            rec["profile"] = {"min": list(profile[0]), "opt": list(profile[1]), "max": list(profile[2])}
+        io.append(rec)
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        io.append({"name": t.name, "mode": "output", "shape": list(t.shape), "dtype": dtype_name(t.dtype)})
+    return io
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _count_qdq(model) -> int:
+    return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def load_onnx(path: Path, load_external_data: bool = True):
+    """The ONNX model, loaded once; one-line errors like :func:`runtime.spec.read_onnx_metadata`'s."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise ToolkitError(f"{path}: no such file")
+    if path.is_dir():
+        raise ToolkitError(f"{path}: is a directory, expected an ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, missing external data, ...
+        raise ToolkitError(f"{path}: not a valid ONNX model ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    if not model.graph.node:
+        raise ToolkitError(f"{path}: not a valid ONNX model (empty or truncated graph)")
+    return model
+
+
+def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
+    try:
+        from calibration.quantize import quantize_onnx
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("calibration"):
+            raise ToolkitError("--precision int8 --data: the calibration package (calibration.quantize) is not "
+                               "installed in this tree; give a Q/DQ model instead") from None
+        raise
+    result = quantize_onnx(source, data=list(options.data), output=output, num=options.num, method=options.method,
+                           percentile=options.percentile, cache=options.cache, seed=0, progress=options.progress)
+    return Path(result or output)
+
+
+def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
+    try:
+        from calibration.trt_calibrator import make_entropy_calibrator
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("calibration"):
+            raise ToolkitError("--int8-mode implicit: the calibration package (calibration.trt_calibrator) is not "
+                               "installed in this tree") from None
+        raise
+    return make_entropy_calibrator(trt, data=list(options.data), spec=spec, cache_path=options.cache,
+                                   batch_size=1, num=options.num)
+
+
+def _apply_timing_cache(trt: Any, config, flavour: Flavour, path: str | None, notes: list[str]):
+    """Attach the timing cache (loaded if the file exists); returns the cache to save, or None.
+
+    ``notes`` collects warnings to show once the build succeeded (a failure prints one line).
+    """
+    if not path:
+        return None
+    if not flavour.has_timing_cache:
+        notes.append(f"--timing-cache {path}: {flavour.label} has no working timing cache (its timing-cache "
+                     "calls are no-ops); not read or written")
+        return None
+    cache_file = Path(path)
+    blob = b""
+    if cache_file.is_file():
+        blob = cache_file.read_bytes()
+    cache = None
+    try:
+        cache = config.create_timing_cache(blob)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("create_timing_cache failed: %s", exc)
+    if cache is None and blob:
+        notes.append(f"--timing-cache {cache_file}: unreadable, started a new one")
+        cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        notes.append(f"--timing-cache {cache_file}: made for another GPU or TensorRT version, started a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    elif blob:
+        log.debug("timing cache: loaded %s (%d bytes)", cache_file, len(blob))
+    return cache
+
+
+# ----- the build --------------------------------------------------------------------------------
+def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
+                 options: BuildOptions | None = None) -> dict[str, Any]:
+    """Build ``onnx_path`` into ``output`` (engine) + ``output``.json (sidecar); returns the sidecar.
+
+    Both files are written atomically, only after TensorRT produced an engine; any
+    failure leaves neither behind.
+    """
+    options = options or BuildOptions()
+    started = time.perf_counter()
+    source, output = Path(onnx_path), Path(output)
+    if output.exists() and output.is_dir():
+        raise ToolkitError(f"{output}: is a directory, expected an engine file path (-o OUT.engine)")
+    if output.resolve() == source.resolve() or sidecar_path(output).resolve() == source.resolve():
+        raise ToolkitError(f"{output}: would overwrite the source model")
+    if options.workspace_mib is not None and options.workspace_mib <= 0:
+        raise ToolkitError(f"--workspace {options.workspace_mib}: must be a positive number of MiB")
+    if options.data and options.precision != "int8":
+        raise ToolkitError("--data is calibration data: it applies to --precision int8 only")
+    for item in options.data:
+        if not any(ch in str(item) for ch in "*?[") and not Path(item).exists():
+            raise ToolkitError(f"{item}: no such file or directory (--data)")
+
+    # 1. what we are building, decided before any expensive work
+    model = load_onnx(source)
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(source))
+    input_name, dims, input_type = onnx_input_dims(model)
+    qdq = _count_qdq(model)
+    flavour = detect(options.flavour)
+    # An existing calibration cache stands in for data (both calibration paths read it).
+    has_data = bool(options.data) or bool(options.cache and Path(options.cache).is_file())
+    try:
+        plan = plan_precision(flavour, options.precision, options.int8_mode, onnx_is_qdq=qdq > 0,
+                              has_data=has_data, onnx_is_fp16=input_type == "float16")
+    except ToolkitError as exc:
+        raise ToolkitError(f"{source}: {exc}") from None
+    profile = plan_profile(input_name, dims, spec, options.batch, str(source))
+    gpu, gpu_reason = current_gpu()
+    targets, target_source = plan_compute_capabilities(flavour, options.compute_capabilities, gpu, gpu_reason)
+    # Only debug lines until the build succeeded: a failure must print one line, the error.
+    log.debug("building %s: %s on %s (%s); targets %s (%s)", source.name, plan.precision, flavour.label,
+              plan.summary, ",".join(targets) or "-", target_source)
+    del model
+
+    trt = flavour.module
+    with tempfile.TemporaryDirectory(prefix="deeplab-trt-build-") as workdir:
+        # 2. the graph TensorRT parses
+        graph, pass_record = source, None
+        if plan.onnx_pass == "fp16":
+            from builder.fp16 import convert_fp16
+
+            graph = Path(workdir) / f"{source.stem}.fp16.onnx"
+            report = convert_fp16(source, graph, output_dtype=options.fp16_output)
+            pass_record = {"pass": "fp16", **report.to_dict()}
+        elif plan.onnx_pass == "qdq":
+            graph = _run_calibration(source, Path(workdir) / f"{source.stem}.int8.onnx", options)
+            graph_model = load_onnx(graph)
+            if _count_qdq(graph_model) == 0:
+                raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")
+            pass_record = {"pass": "qdq", "scales_from": "data" if options.data else f"cache {options.cache}",
+                           "method": options.method, "num": options.num,
+                           "qdq_nodes": _count_qdq(graph_model), "data": [str(d) for d in options.data]}
+            del graph_model
+
+        # 3. network
+        logger = _make_logger(trt, options.verbose)
+        builder = trt.Builder(logger)
+        flags = 0
+        strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if plan.strongly_typed and strongly_typed_flag is not None:  # 11.x: deprecated, always on
+            flags |= 1 << int(strongly_typed_flag)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        try:
+            parsed = parser.parse_from_file(str(graph))
+        except Exception as exc:  # noqa: BLE001 - bindings raise on unreadable files
+            raise ToolkitError(f"{source}: {flavour.label} cannot parse it ({type(exc).__name__}: {exc})") from None
+        if not parsed:
+            raise _parser_error(parser, flavour, source)
+        if network.num_outputs == 0:
+            raise ToolkitError(f"{source}: {flavour.label} found no network outputs")
+
+        # 4. configuration
+        config = builder.create_builder_config()
+        for name in plan.builder_flags:
+            config.set_flag(getattr(trt.BuilderFlag, name))
+        if options.workspace_mib:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
+        if hasattr(trt, "ProfilingVerbosity"):
+            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for 'deeplab-trt info'
+        if flavour.has_compute_capability_targets:
+            config.num_compute_capabilities = len(targets)
+            for index, name in enumerate(targets):
+                if not config.set_compute_capability(getattr(trt.ComputeCapability, name), index):
+                    raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
+        notes: list[str] = []
+        timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, notes)
+        net_input = next((network.get_input(i) for i in range(network.num_inputs)
+                          if network.get_input(i).name == input_name), network.get_input(0))
+        if profile is not None:
+            opt_profile = builder.create_optimization_profile()
+            opt_profile.set_shape(net_input.name, *profile)
+            config.add_optimization_profile(opt_profile)
+        calibrator = None
+        if plan.calibrator:
+            calibrator = _make_calibrator(trt, spec, options)
+            config.int8_calibrator = calibrator
+            if profile is not None and hasattr(config, "set_calibration_profile"):
+                config.set_calibration_profile(opt_profile)
+        monitor = None
+        if flavour.has_progress_monitor:
+            monitor = make_progress_monitor(trt, options.progress)
+            config.progress_monitor = monitor
+        else:
+            log.info("building (this TensorRT reports no progress) ...")
+
+        # 5. build
+        built_at = time.perf_counter()
+        try:
+            serialized = builder.build_serialized_network(network, config)
+        except Exception as exc:  # noqa: BLE001
+            raise ToolkitError(f"{source}: {flavour.label} failed to build ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        finally:
+            if monitor is not None and monitor.bar is not None:
+                monitor.bar.close()
+        engine_seconds = time.perf_counter() - built_at
+        if serialized is None:
+            raise ToolkitError(f"{source}: {flavour.label} could not build the engine ({logger.first_error()})")
+        blob = memoryview(serialized)
+        io = _network_io(network, profile, net_input.name)
+
+        # 6. sidecar + files
+        in_dtype = next((t["dtype"] for t in io if t["mode"] == "input"), "float32")
+        out_dtype = next((t["dtype"] for t in io if t["mode"] == "output"), "float32")
+        spec.extra = {**spec.extra, "precision": plan.precision, "input_dtype": in_dtype, "output_dtype": out_dtype}
+        sidecar: dict[str, Any] = {
+            "format": SIDECAR_FORMAT,
+            "format_version": SIDECAR_VERSION,
+            "toolkit_version": __version__,
+            "engine": {"file": output.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
+            "precision": plan.precision,
+            "plan": plan.to_dict(),
+            "tensorrt": {**flavour.describe(), "label": flavour.label},
+            "compute_capabilities": targets,
+            "compute_capability_source": target_source,
+            "build_gpu": ({"compute_capability": sm_name(gpu), "name": gpu_reason} if gpu else None),
+            "build_options": options.to_dict(),
+            "io": io,
+            "input_dtype": in_dtype,
+            "output_dtype": out_dtype,
+            "source_onnx": _file_record(source),
+            "onnx_pass": pass_record,
+            "engine_build_s": round(engine_seconds, 3),
+            "build_time_s": None,  # filled below, after the writes it includes
+            "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": {"platform": platform.platform(), "python": platform.python_version()},
+            "spec": spec.to_dict(),
+        }
+        with atomic_path(output) as engine_tmp, atomic_path(sidecar_path(output)) as sidecar_tmp:
+            with open(engine_tmp, "wb") as handle:
+                handle.write(blob)
+            sidecar["build_time_s"] = round(time.perf_counter() - started, 3)
+            sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
+        if timing_cache is not None:
+            try:
+                write_bytes_atomic(options.timing_cache, bytes(memoryview(timing_cache.serialize())))
+                log.info("timing cache: saved %s", options.timing_cache)
+            except OSError as exc:  # the engine is fine; only the cache could not be kept
+                log.warning("--timing-cache %s: not saved (%s)", options.timing_cache, exc)
+        del calibrator
+
+    for warning in dict.fromkeys(_first_lines(logger.warnings)).keys():
+        log.warning("TensorRT: %s", warning)
+    for note in notes:
+        log.warning("%s", note)
+    if pass_record and pass_record["pass"] == "fp16":
+        log.info("fp16 pass: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU)%s",
+                 pass_record["agreement"] * 100, pass_record["frames"],
+                 f"; kept in FP32: {', '.join(pass_record['kept_fp32_nodes'])}" if pass_record["kept_fp32_nodes"] else "")
+    note = ""
+    if flavour.has_compute_capability_targets and target_source.startswith("default"):
+        note = f" ({target_source}: TensorRT-RTX's portable set; --compute-capability picks others)"
+    log.info("wrote %s (%.1f MB) + %s in %.1f s (engine build %.1f s): %s on %s (%s), targets %s%s", output,
+             len(blob) / 1e6, sidecar_path(output).name, sidecar["build_time_s"], engine_seconds, plan.precision,
+             flavour.label, plan.summary, ",".join(targets) or "-", note)
+    return sidecar
+
+
+def _first_lines(messages: list[str], limit: int = 5) -> list[str]:
+    lines = [m.strip().splitlines()[0] for m in messages if m.strip()]
+    return lines[:limit]
+
+
+def _make_logger(trt: Any, verbose: bool):
+    from runtime.tensorrt_log import make_logger
+
+    return make_logger(trt, verbose)
