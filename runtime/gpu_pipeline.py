@@ -306,24 +306,11 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
     stop = threading.Event()
     reader = BackgroundReader(source, max_frames=options.max_frames, queue_size=options.queue_size)
 
-    def next_frame():
-        while not stop.is_set():
-            try:
-                item = reader.queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is BackgroundReader._END:
-                return None
-            if isinstance(item, BaseException):
-                raise item
-            return item
-        return None
-
     def gpu_thread() -> None:
         try:
             stage.bind_thread()
             while not stop.is_set():
-                item = next_frame()
+                item = reader.next(stop)
                 if item is None:
                     break
                 frame, decode_s = item

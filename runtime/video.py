@@ -263,13 +263,22 @@ class BackgroundReader:
             return
         self._put(self._END)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
-        while True:
-            item = self.queue.get()
+    def next(self, stop: threading.Event | None = None) -> tuple[np.ndarray, float] | None:
+        """The next ``(frame, decode_s)``; None at the end of the source or once ``stop`` is set."""
+        while stop is None or not stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is self._END:
-                return
+                return None
             if isinstance(item, BaseException):
                 raise item
+            return item
+        return None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        while (item := self.next()) is not None:
             yield item
 
     def close(self) -> None:
