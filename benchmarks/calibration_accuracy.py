@@ -1,0 +1,258 @@
+"""INT8 accuracy bar: FP32 vs our INT8 (entropy, percentile, max) vs ONNX Runtime's quantize_static.
+
+What it measures (issue "Entropy calibration", item 7), all executed by ONNX Runtime on CPU,
+which runs the Q/DQ graphs as int8 arithmetic:
+
+* the demo model exported with the low-res head (or ``--onnx`` any ``deeplab-trt export`` model);
+* calibration: ``--calib-num`` (64) synthetic scenes from a seed of their own
+  (``HELDOUT_SEED_BASE + 1``), written as PNG files so the real data path (folder → decode →
+  runtime preprocessing) is what is timed;
+* evaluation: ``--eval-num`` held-out scenes (``HELDOUT_SEED_BASE``, the demo training's
+  held-out set): mIoU against the ground truth and pixel agreement with FP32;
+* ours: ``quantize_onnx`` end to end per method (statistics, scales, Q/DQ, write);
+* ONNX Runtime: ``quantize_static`` with ``CalibrationMethod.Entropy``, QDQ format,
+  per-channel int8 weights, symmetric int8 activations (TensorRT needs zero point 0) and
+  ``QuantizeBias: False`` (TensorRT rejects int32 bias DQ), fed the same preprocessed frames;
+* whether TensorRT-RTX (CPU, strongly typed) parses and builds each INT8 model;
+* each quantizer runs in a child process: its wall time (the quantize call only, imports
+  excluded) and its peak resident memory (imports included) are its own.
+
+``python -m benchmarks.calibration_accuracy [--out DIR]`` prints the command, the machine and
+a Markdown table; ``--out`` also writes it as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs visible, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, onnxruntime {ort.__version__} "
+            f"({', '.join(ort.get_available_providers())})")
+
+
+def write_calibration_frames(folder: Path, num: int, height: int, width: int) -> None:
+    import cv2
+
+    from benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = SceneGenerator(height, width, seed=HELDOUT_SEED_BASE + 1)
+    for i in range(num):
+        image, _ = gen.scene(i)
+        cv2.imwrite(str(folder / f"calib_{i:04d}.png"), image)
+
+
+def ort_quantize_static(fp32: Path, out: Path, frames_dir: Path, spec) -> float:
+    """ONNX Runtime's entropy PTQ (settings in the module docstring); returns wall seconds."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    from calibration.data import CalibrationData
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = CalibrationData([frames_dir], spec).batches(1)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {spec.input_name: batch}
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)  # quantize_static writes its augmented model to the working directory
+        try:
+            quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.Entropy,
+                            extra_options={"QuantizeBias": False, "ActivationSymmetric": True,
+                                           "WeightSymmetric": True})
+        finally:
+            os.chdir(cwd)
+    return time.perf_counter() - started
+
+
+def rtx_builds(path: Path) -> str:
+    """'yes' / 'no: <first error>' / 'n/a' for TensorRT-RTX parse + build on CPU."""
+    try:
+        import tensorrt_rtx_bindings as trt
+    except ImportError:
+        return "n/a"
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        return f"no: {str(parser.get_error(0)).splitlines()[0][:80]}" if parser.num_errors else "no: parse failed"
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    return "yes" if plan is not None else "no: build failed"
+
+
+def evaluate_all(models: dict[str, Path], num: int, threads: int) -> dict[str, dict]:
+    """mIoU vs ground truth and pixel agreement with the first model, one pass over the scenes."""
+    from benchmarks.accuracy import segment
+    from benchmarks.metrics import ConfusionMatrix
+    from benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
+    from runtime.backends.onnxruntime import OrtBackend
+
+    backends = {name: OrtBackend(path, threads=threads, providers=["CPUExecutionProvider"])
+                for name, path in models.items()}
+    spec = next(iter(backends.values())).spec
+    gen = SceneGenerator(spec.input_height, spec.input_width, seed=HELDOUT_SEED_BASE)
+    cms = {name: ConfusionMatrix(spec.num_classes) for name in backends}
+    agree = {name: 0.0 for name in backends}
+    seconds = {name: 0.0 for name in backends}
+    reference = next(iter(backends))
+    for i in range(num):
+        image, labels = gen.scene(i)
+        preds = {}
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            preds[name] = segment(backend, image)
+            seconds[name] += time.perf_counter() - t0
+            cms[name].update(labels, preds[name])
+        for name in backends:
+            agree[name] += float(np.mean(preds[name] == preds[reference]))
+    return {name: {"miou": cms[name].miou(), "pixel_accuracy": cms[name].pixel_accuracy(),
+                   "agreement_vs_fp32": agree[name] / num, "ms_per_image": 1000 * seconds[name] / num}
+            for name in backends}
+
+
+def _quantize_worker(argv: list[str]) -> int:
+    """Child process: one quantizer run; prints {"seconds", "peak_rss_mb"} as JSON.
+
+    A process per run so that each quantizer's peak memory is its own (ru_maxrss only grows).
+    """
+    import resource
+
+    kind, method, fp32, frames, out = argv
+    from runtime.spec import spec_from_onnx
+
+    if kind == "ours":
+        from calibration.quantize import quantize_onnx
+
+        t0 = time.perf_counter()
+        quantize_onnx(fp32, data=[frames], output=out, method=method, progress=False)
+        seconds = time.perf_counter() - t0
+    else:
+        seconds = ort_quantize_static(Path(fp32), Path(out), Path(frames), spec_from_onnx(fp32))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:  # ru_maxrss survives exec (it would report the parent's peak): VmHWM is this process's own
+        status = Path("/proc/self/status").read_text()
+        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+    except (OSError, StopIteration, ValueError):
+        pass
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
+    return 0
+
+
+def run_quantizer(kind: str, method: str, fp32: Path, frames: Path, out: Path) -> dict:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, method, str(fp32),
+                           str(frames), str(out)], capture_output=True, text=True, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {method} quantization failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx", type=Path, default=None, help="FP32 model (default: export the demo model)")
+    parser.add_argument("--weights", default="none", help="demo checkpoint (default builder/assets/demo_model.pt)")
+    parser.add_argument("--calib-num", type=int, default=64)
+    parser.add_argument("--eval-num", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for evaluation")
+    parser.add_argument("--methods", default="entropy,percentile,max")
+    parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime's quantize_static")
+    parser.add_argument("--out", type=Path, default=None, help="write calibration_accuracy.{json,md} here")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _quantize_worker(argv[1:])
+    args = parser.parse_args(argv)
+
+    from runtime.spec import spec_from_onnx
+
+    command = "python -m benchmarks.calibration_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    print(f"command: {command}\nmachine: {machine()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="calib_acc_") as tmp:
+        tmp = Path(tmp)
+        fp32 = args.onnx
+        if fp32 is None:
+            from builder.export import export_onnx
+
+            fp32 = tmp / "demo_lowres.onnx"
+            export_onnx(fp32, model="demo", weights=args.weights, head="lowres", progress=False)
+        spec = spec_from_onnx(fp32)
+        frames = tmp / "calib"
+        write_calibration_frames(frames, args.calib_num, spec.input_height, spec.input_width)
+
+        models = {"fp32": fp32}
+        rows: dict[str, dict] = {"fp32": {"calib_s": None, "tensorrt_rtx": rtx_builds(fp32)}}
+        runs = [("ours", m) for m in args.methods.split(",") if m] + ([] if args.no_ort else [("ort", "entropy")])
+        for kind, method in runs:
+            name = f"ours {method}" if kind == "ours" else "onnxruntime entropy"
+            out = tmp / f"{kind}_{method}.onnx"
+            stats = run_quantizer(kind, method, fp32, frames, out)
+            rows[name] = {"calib_s": stats["seconds"], "calib_peak_rss_mb": stats["peak_rss_mb"],
+                          "tensorrt_rtx": rtx_builds(out)}
+            models[name] = out
+            print(f"{name}: {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
+        sizes = {name: path.stat().st_size for name, path in models.items()}
+        metrics = evaluate_all(models, args.eval_num, args.threads)
+
+    for name in rows:
+        rows[name].update(metrics[name], onnx_mb=sizes[name] / 2**20)
+    fp32_miou = rows["fp32"]["miou"]
+    lines = [f"{spec.name}, input {spec.input_height}x{spec.input_width}; calibration {args.calib_num} frames; "
+             f"evaluation {args.eval_num} held-out scenes", "",
+             "| model | mIoU | Δ vs FP32 (points) | agreement with FP32 | calibration wall (s) | calibration peak RSS (MB) "
+             "| ONNX MB | ORT CPU ms/img | TensorRT-RTX builds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in rows.items():
+        calib = "—" if r["calib_s"] is None else f"{r['calib_s']:.1f}"
+        rss = f"{r['calib_peak_rss_mb']:.0f}" if r.get("calib_peak_rss_mb") else "—"
+        lines.append(f"| {name} | {100 * r['miou']:.2f} | {100 * (r['miou'] - fp32_miou):+.2f} | "
+                     f"{100 * r['agreement_vs_fp32']:.2f} % | {calib} | {rss} | {r['onnx_mb']:.1f} | "
+                     f"{r['ms_per_image']:.0f} | {r['tensorrt_rtx']} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        from runtime.atomic import write_text_atomic
+
+        doc = {"command": command, "machine": machine(), "model": spec.name, "calib_num": args.calib_num,
+               "eval_num": args.eval_num, "rows": rows}
+        write_text_atomic(args.out / "calibration_accuracy.json", json.dumps(doc, indent=1) + "\n")
+        write_text_atomic(args.out / "calibration_accuracy.md",
+                          f"command: `{command}`\n\nmachine: {machine()}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""FP32 ONNX + calibration data (or a TensorRT cache) → INT8 Q/DQ ONNX. The one entry point.
+
+``deeplab-trt calibrate`` and ``deeplab-trt build --precision int8`` both call
+:func:`quantize_onnx`; :func:`calibrate` is the statistics half, for callers that want the
+scales without writing a model (benchmarks compare methods on one set of histograms).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+
+from calibration.cache import DEFAULT_TRT_VERSION, read_cache, trt_version_number, write_cache
+from calibration.collect import _input_batch, collect_histograms
+from calibration.data import CalibrationData
+from calibration.histogram import DEFAULT_BINS, AbsHistogram
+from calibration.qdq import QdqPlan, insert_qdq, plan_qdq
+from calibration.scales import METHODS, amax_from_scale, compute_amax, scale_from_amax
+from runtime.atomic import atomic_path
+from runtime.errors import ToolkitError
+from runtime.spec import ModelSpec, spec_from_onnx
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "int8_calibration"
+
+
+@dataclass
+class CalibrationResult:
+    """Scales for one model: the plan, amax per activation tensor, and where they came from."""
+
+    plan: QdqPlan
+    amax: dict[str, float]
+    method: str
+    percentile: float | None = None
+    histograms: dict[str, AbsHistogram] = field(default_factory=dict)
+    frames: int = 0
+    seconds: float = 0.0
+    source: str = "data"
+
+    @property
+    def scales(self) -> dict[str, float]:
+        return {name: float(scale_from_amax(a)) for name, a in self.amax.items()}
+
+
+def check_method(method: str, percentile: float) -> None:
+    if method not in METHODS:
+        raise ToolkitError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    if not 0.0 < percentile <= 100.0:
+        raise ToolkitError(f"--percentile {percentile}: must be in (0, 100]")
+
+
+def load_model(model_path: str | Path) -> tuple[onnx.ModelProto, ModelSpec]:
+    """The FP32 model and its spec; one-line errors for missing / not-ONNX / not-ours / already-int8."""
+    spec = spec_from_onnx(model_path)  # checks existence and readability, needs our metadata
+    model = onnx.load(str(model_path))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise ToolkitError(f"{model_path}: already has Q/DQ nodes; calibrate the FP32 model")
+    return model, spec
+
+
+def calibrate(model: onnx.ModelProto, data: CalibrationData, *, method: str = "entropy",
+              percentile: float = 99.99, exclude: Sequence[str] = (), plan: QdqPlan | None = None,
+              batch_size: int = 1, num_bins: int = DEFAULT_BINS, providers=None,
+              progress: bool = True) -> CalibrationResult:
+    """Histograms of the plan's activation tensors over ``data``, and their amax by ``method``."""
+    check_method(method, percentile)
+    plan = plan or plan_qdq(model, exclude)
+    if not plan.tensors:
+        raise ToolkitError("model has no quantizable Conv layers (all excluded or kept float)")
+    _, fixed_batch = _input_batch(model)
+    if fixed_batch and fixed_batch != batch_size:
+        if batch_size != 1:
+            log.warning("calibrate: the model takes batches of %d; using that instead of %d", fixed_batch, batch_size)
+        batch_size = fixed_batch
+    started = time.perf_counter()
+    hists = collect_histograms(model, data.batches(batch_size, drop_last=bool(fixed_batch)), plan.tensors,
+                               total=len(data), num_bins=num_bins, providers=providers, progress=progress)
+    amax = {name: compute_amax(h, method, percentile) for name, h in hists.items()}
+    return CalibrationResult(plan, amax, method, percentile if method == "percentile" else None, hists,
+                             frames=len(data), seconds=time.perf_counter() - started)
+
+
+def _cache_trt_version() -> int:
+    """The installed TensorRT's version number (it is who reads the cache), else 10.3's."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return DEFAULT_TRT_VERSION
+    try:
+        import tensorrt  # noqa: PLC0415 - optional, only for the cache header
+
+        return trt_version_number(tensorrt.__version__)
+    except Exception:  # a broken install must not stop calibration
+        return DEFAULT_TRT_VERSION
+
+
+def result_from_cache(cache: Path, plan: QdqPlan) -> CalibrationResult:
+    """Scales from a TensorRT cache for the plan's tensors; tensors it lacks stay float."""
+    scales, version, algorithm = read_cache(cache)
+    amax = {name: amax_from_scale(scales[name]) for name in plan.tensors if name in scales}
+    if not amax:
+        raise ToolkitError(f"{cache}: none of the model's {len(plan.tensors)} quantizable tensors are in "
+                           "the cache (was it made for another model?)")
+    missing = [name for name in plan.tensors if name not in scales]
+    if missing:
+        log.warning("calibrate: %s has no scale for %d tensor(s) (e.g. %s); they stay float",
+                    cache, len(missing), missing[0])
+    return CalibrationResult(plan, amax, f"cache ({algorithm})", source=f"cache:{cache} (TRT {version})")
+
+
+def _output_path(model_path: Path, output) -> Path:
+    out = Path(output) if output is not None else model_path.with_name(model_path.stem + ".int8.onnx")
+    if out.is_dir():
+        raise ToolkitError(f"{out}: is a directory, expected an .onnx file path")
+    if out.resolve() == model_path.resolve():
+        raise ToolkitError(f"{out}: output would overwrite the input model")
+    return out
+
+
+def write_qdq_model(model: onnx.ModelProto, result: CalibrationResult, output: Path, *,
+                    weights: str = "int8", extra: dict | None = None) -> Path:
+    """Insert Q/DQ per ``result``, record how in the metadata, check, and write atomically."""
+    qmodel = insert_qdq(model, result.plan, result.amax, weights=weights)
+    info = {"method": result.method, "source": result.source, "frames": result.frames,
+            "activations": len(result.amax), "weights": weights, **(extra or {})}
+    if result.percentile is not None:
+        info["percentile"] = result.percentile
+    props = [p for p in qmodel.metadata_props if p.key != METADATA_KEY]
+    del qmodel.metadata_props[:]
+    qmodel.metadata_props.extend(props)
+    qmodel.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
+    try:
+        onnx.checker.check_model(qmodel)
+    except Exception as exc:  # a bug in the pass, but say which model
+        raise ToolkitError(f"{output}: onnx.checker rejected the Q/DQ model ({str(exc).splitlines()[0]})") from None
+    with atomic_path(output) as tmp:
+        onnx.save(qmodel, str(tmp))
+    return output
+
+
+def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy", percentile=99.99,
+                  exclude=(), cache=None, report_dir=None, seed=0, *, every: int = 1, batch_size: int = 1,
+                  num_bins: int = DEFAULT_BINS, weights: str = "int8", quantize_head: bool = False,
+                  policy: str = "stretch", providers=None, progress: bool = True) -> Path:
+    """Calibrate ``model_path`` and write its INT8 Q/DQ version to ``output``; returns ``output``.
+
+    ``data``: image/video files, folders, globs (see :mod:`calibration.data`). ``cache``: a
+    TensorRT calibration cache — written when ``data`` is given, read (instead of
+    calibrating) when it is not. ``exclude``: fnmatch patterns of node names kept float.
+    ``report_dir``: per-tensor amax table (JSON, Markdown) and histogram plots.
+    Default output: ``<model>.int8.onnx`` next to the model.
+    """
+    model_path = Path(model_path)
+    check_method(method, percentile)
+    if num is not None and num < 1:
+        raise ToolkitError(f"--num {num}: must be at least 1")
+    model, spec = load_model(model_path)
+    output = _output_path(model_path, output)
+    cache = Path(cache) if cache is not None else None
+    exclude = tuple(exclude or ())
+    plan = plan_qdq(model, exclude, quantize_head=quantize_head)
+    if not plan.tensors:
+        raise ToolkitError(f"{model_path}: no quantizable Conv layers (all excluded or kept float)")
+
+    if data:
+        calib_data = CalibrationData(data, spec, num=num, every=every, seed=seed, policy=policy)
+        result = calibrate(model, calib_data, method=method, percentile=percentile, plan=plan,
+                           batch_size=batch_size, num_bins=num_bins, providers=providers, progress=progress)
+        if cache is not None:
+            write_cache(cache, result.scales, version=_cache_trt_version())
+    elif cache is not None:
+        if not cache.exists():
+            raise ToolkitError(f"{cache}: no such calibration cache (give --data to create it)")
+        result = result_from_cache(cache, plan)
+    else:
+        raise ToolkitError("no calibration data: give --data PATH (images, videos, globs) "
+                           "or --cache FILE with an existing TensorRT calibration cache")
+
+    extra = {"exclude": list(exclude)} if exclude else {}
+    write_qdq_model(model, result, output, weights=weights, extra=extra)
+    if report_dir is not None:
+        from calibration.report import write_report
+
+        write_report(report_dir, result, title=f"{spec.name} ({model_path.name})")
+    return output
