@@ -7,7 +7,6 @@ scales without writing a model (benchmarks compare methods on one set of histogr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from calibration.scales import METHODS, amax_from_scale, compute_amax, scale_fro
 from runtime.atomic import atomic_path
 from runtime.errors import ToolkitError
 from runtime.spec import ModelSpec, spec_from_onnx
+from runtime.tensorrt_flavour import detect
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,16 @@ def calibrate(model: onnx.ModelProto, data: CalibrationData, *, method: str = "e
 
 
 def _cache_trt_version() -> int:
-    """The installed TensorRT's version number (it is who reads the cache), else 10.3's."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return DEFAULT_TRT_VERSION
-    try:
-        import tensorrt  # noqa: PLC0415 - optional, only for the cache header
+    """The installed TensorRT's version number (it is who reads the cache), else 10.3's.
 
-        return trt_version_number(tensorrt.__version__)
-    except Exception:  # a broken install must not stop calibration
+    Asks :func:`runtime.tensorrt_flavour.detect`, the one place that finds TensorRT; only the
+    full ``tensorrt`` reads calibration caches (TensorRT-RTX has no calibrator API).
+    """
+    try:
+        flavour = detect("tensorrt")
+    except ToolkitError:  # not installed, or too old/broken: the cache still gets a valid header
         return DEFAULT_TRT_VERSION
+    return trt_version_number(flavour.version_string)
 
 
 def result_from_cache(cache: Path, plan: QdqPlan) -> CalibrationResult:
