@@ -12,19 +12,12 @@ import logging
 from pathlib import Path
 
 from builder.engine import INT8_MODES, PRECISIONS
+from runtime.cli_types import parse_batch_range, positive_int
 
 METHODS = ("entropy", "percentile", "max")
 FLAVOUR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value
 
 
 def default_output(model: Path, precision: str) -> Path:
@@ -50,7 +43,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     cal.add_argument("--data", nargs="+", default=[], metavar="PATH",
                      help="calibration images/videos/folders/globs (runs the calibration first); "
                           "not needed when MODEL already has Q/DQ nodes")
-    cal.add_argument("--num", type=_positive, metavar="N", help="calibrate on N samples (seeded choice)")
+    cal.add_argument("--num", type=positive_int, metavar="N", help="calibrate on N samples (seeded choice)")
     cal.add_argument("--method", choices=METHODS, default="entropy", help="scale choice (default entropy)")
     cal.add_argument("--percentile", type=float, default=99.99, metavar="P", help="for --method percentile")
     cal.add_argument("--cache", metavar="FILE",
@@ -60,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                           "(TensorRT 10 only)")
     p.add_argument("--batch", metavar="MIN:OPT:MAX",
                    help="optimization profile for a dynamic-batch model (default: the range recorded at export)")
-    p.add_argument("--workspace", type=_positive, metavar="MIB", help="builder workspace limit in MiB")
+    p.add_argument("--workspace", type=positive_int, metavar="MIB", help="builder workspace limit in MiB")
     p.add_argument("--timing-cache", metavar="FILE",
                    help="timing cache to load and update (TensorRT 10/11; TensorRT-RTX ignores it)")
     p.add_argument("--compute-capability", nargs="+", metavar="SM",
@@ -75,7 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.engine import BuildOptions, build_engine, parse_batch
+    from builder.engine import BuildOptions, build_engine
 
     verbose = bool(getattr(args, "verbose", False) or args.build_verbose)
     if verbose:
@@ -84,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = BuildOptions(
         precision=args.precision, flavour=args.flavour, int8_mode=args.int8_mode, data=list(args.data),
         num=args.num, method=args.method, percentile=args.percentile, cache=args.cache,
-        batch=parse_batch(args.batch), workspace_mib=args.workspace, timing_cache=args.timing_cache,
+        batch=parse_batch_range(args.batch), workspace_mib=args.workspace, timing_cache=args.timing_cache,
         compute_capabilities=args.compute_capability, fp16_output=args.fp16_output, verbose=verbose,
         progress=not args.no_progress)
     build_engine(args.model, output, options)

@@ -42,6 +42,7 @@ from typing import Any
 
 from runtime import __version__
 from runtime.atomic import atomic_path, write_bytes_atomic
+from runtime.cli_types import parse_batch_range
 from runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
 from runtime.errors import ToolkitError
 from runtime.spec import ModelSpec
@@ -137,22 +138,6 @@ def plan_precision(flavour: Flavour, precision: str, int8_mode: str = "explicit"
                      summary=f"{source}, strongly typed (unquantized layers in FP32)")
 
 
-def parse_batch(text: str | None) -> tuple[int, int, int] | None:
-    """``"1:4:8"`` → (1, 4, 8); ``"4"`` → (4, 4, 4); checks 1 <= MIN <= OPT <= MAX."""
-    if text is None or text == "":
-        return None
-    try:
-        values = tuple(int(v) for v in str(text).split(":"))
-    except ValueError:
-        raise ToolkitError(f"--batch {text}: expected MIN:OPT:MAX (or N), e.g. 1:4:8") from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise ToolkitError(f"--batch {text}: expected MIN:OPT:MAX (or N), e.g. 1:4:8")
-    lo, opt, hi = values
-    if not 1 <= lo <= opt <= hi:
-        raise ToolkitError(f"--batch {text}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
 Shape = tuple[int, ...]
@@ -192,7 +177,7 @@ def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch
                            f"('deeplab-trt export --dynamic-batch MIN:OPT:MAX')")
     if batch is None:
         hint = spec.extra.get("dynamic_batch") if isinstance(spec.extra, dict) else None
-        batch = parse_batch(":".join(str(v) for v in hint)) if hint else DEFAULT_DYNAMIC_BATCH
+        batch = parse_batch_range(hint) if hint else DEFAULT_DYNAMIC_BATCH
         if not hint:
             log.debug("dynamic batch with no range recorded in the model: profile %s", ":".join(map(str, batch)))
     rest = tuple(fixed[a] for a in (1, 2, 3))

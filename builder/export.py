@@ -19,6 +19,7 @@ from pathlib import Path
 
 from runtime import __version__
 from runtime.atomic import atomic_path
+from runtime.cli_types import parse_batch_range
 from runtime.errors import ToolkitError
 from runtime.spec import HEADS, ModelSpec
 
@@ -135,16 +136,6 @@ def check_parity(path: Path, module, batch: int, height: int, width: int, head: 
     return diff, agreement, tol
 
 
-def _parse_dynamic_batch(dynamic_batch) -> tuple[int, int, int] | None:
-    if dynamic_batch is None:
-        return None
-    try:
-        lo, opt, hi = (int(v) for v in dynamic_batch)
-    except (TypeError, ValueError):
-        raise ToolkitError(f"--dynamic-batch {dynamic_batch!r}: expected MIN:OPT:MAX") from None
-    if not 1 <= lo <= opt <= hi:
-        raise ToolkitError(f"--dynamic-batch {lo}:{opt}:{hi}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
 def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: str | None = "none",
@@ -166,7 +157,7 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
         raise ToolkitError(f"--head {head}: expected one of {', '.join(HEADS)}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ToolkitError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET}")
-    dyn = _parse_dynamic_batch(dynamic_batch)
+    dyn = parse_batch_range(dynamic_batch, flag="--dynamic-batch")
     if dyn is None and batch < 1:
         raise ToolkitError(f"--batch {batch}: must be at least 1")
     if (height is None) != (width is None):

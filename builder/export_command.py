@@ -10,28 +10,11 @@ import argparse
 
 from builder.models import MODELS
 from runtime.spec import HEADS
+from runtime.cli_types import positive_int, batch_range
 
 
-def parse_dynamic_batch(text: str) -> tuple[int, int, int]:
-    """``MIN:OPT:MAX`` → (min, opt, max), 1 <= MIN <= OPT <= MAX (argparse error otherwise)."""
-    parts = text.split(":")
-    try:
-        lo, opt, hi = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN:OPT:MAX, e.g. 1:4:8") from None
-    if not 1 <= lo <= opt <= hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= OPT <= MAX")
-    return lo, opt, hi
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return value
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -45,13 +28,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="'none' (random init, default), a torchvision weights name (DEFAULT, "
                         "COCO_WITH_VOC_LABELS_V1; torch hub cache), or a checkpoint file (state dict, or a dict "
                         "holding 'model'/'state_dict')")
-    p.add_argument("--num-classes", type=_positive, metavar="N",
+    p.add_argument("--num-classes", type=positive_int, metavar="N",
                    help="number of classes (default: from the weights; 21 with --weights none)")
-    p.add_argument("--height", type=_positive, metavar="H", help="input height (default 520; demo: its own)")
-    p.add_argument("--width", type=_positive, metavar="W", help="input width (default 520; demo: its own)")
+    p.add_argument("--height", type=positive_int, metavar="H", help="input height (default 520; demo: its own)")
+    p.add_argument("--width", type=positive_int, metavar="W", help="input width (default 520; demo: its own)")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=_positive, default=1, metavar="N", help="fixed batch size (default 1)")
-    batch.add_argument("--dynamic-batch", type=parse_dynamic_batch, metavar="MIN:OPT:MAX",
+    batch.add_argument("--batch", type=positive_int, default=1, metavar="N", help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", type=batch_range, metavar="MIN:OPT:MAX",
                        help="dynamic batch dimension; the range is recorded for the engine's optimization profile")
     p.add_argument("--output-stride", type=int, choices=(8, 16),
                    help="ResNet: 8 = layer3+layer4 dilated, ASPP 12/24/36 (default); 16 = layer4 dilated, "

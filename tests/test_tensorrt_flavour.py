@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from builder.engine import (DEFAULT_DYNAMIC_BATCH, RTX_DEFAULT_TARGETS, parse_batch, plan_compute_capabilities,
+from runtime.cli_types import parse_batch_range
+from builder.engine import (DEFAULT_DYNAMIC_BATCH, RTX_DEFAULT_TARGETS, plan_compute_capabilities,
                             plan_precision, plan_profile)
 from runtime import tensorrt_flavour as tf
 from runtime.errors import ToolkitError
@@ -209,13 +210,13 @@ def test_profile_checks_the_metadata_size():
 
 @pytest.mark.parametrize("text, expected", [("1:4:8", (1, 4, 8)), ("3", (3, 3, 3)), (None, None)])
 def test_parse_batch(text, expected):
-    assert parse_batch(text) == expected
+    assert parse_batch_range(text) == expected
 
 
 @pytest.mark.parametrize("text", ["0:1:2", "4:2:8", "a:b:c", "1:2"])
 def test_parse_batch_rejects(text):
     with pytest.raises(ToolkitError, match="--batch"):
-        parse_batch(text)
+        parse_batch_range(text)
 
 
 # ----- compute capability targets -----------------------------------------------------------------
