@@ -17,7 +17,7 @@ import sys
 from runtime import __version__
 from runtime.errors import ToolkitError
 
-#: subcommand -> module defining ``add_parser(subparsers)`` (which sets ``func``).
+#: subcommand -> module defining ``add_parser(subparsers)`` (which sets ``func``), in ``--help`` order.
 COMMANDS = {
     "export": "builder.export_command",
     "build": "builder.build_command",
@@ -37,14 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(module_name.split(".")[0]):
-                continue  # subcommand not written yet
-            raise
-        module.add_parser(sub)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
