@@ -32,7 +32,10 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deeplab-trt", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="deeplab-trt",
+        description="DeepLab v3 from PyTorch to ONNX to TensorRT (FP32/FP16/INT8), real-time video segmentation, "
+                    "and per-precision benchmarks. Start with: deeplab-trt demo")
     parser.add_argument("--version", action="version", version=f"deeplab-trt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
