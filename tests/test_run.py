@@ -300,3 +300,52 @@ def test_bad_inputs_one_line_no_output(kind, lowres_onnx, odd_clip, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr and named in lines[0] and "error" in lines[0]
     assert list(outdir.iterdir()) == []
+
+
+class _RecordingSink:
+    """A real in-memory sink: keeps every frame; can fail or ask to stop after N frames."""
+
+    def __init__(self, fail_at: int | None = None, stop_after: int | None = None):
+        self.frames: list[np.ndarray] = []
+        self.fail_at, self.stop_after = fail_at, stop_after
+        self.wants_stop = False
+
+    def write(self, frame):
+        if self.fail_at is not None and len(self.frames) + 1 == self.fail_at:
+            raise OSError("disk full")
+        self.frames.append(frame.copy())
+        if self.stop_after is not None and len(self.frames) >= self.stop_after:
+            self.wants_stop = True
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+
+
+def test_finisher_thread_keeps_order_and_matches_serial_reference(lowres_onnx, odd_clip):
+    """Rendering runs on a worker thread; the frames it writes equal the step-by-step reference."""
+    from runtime.postprocess import labels_from_output, render
+    from runtime.preprocess import preprocess
+
+    sink = _RecordingSink()
+    with open_backend(lowres_onnx) as backend, open_source(odd_clip) as source:
+        run_video(backend, source, [sink], RunOptions(progress=False, max_frames=6))
+        lut = palette_bgr(backend.spec)
+        with open_source(odd_clip) as again:
+            for got, frame in zip(sink.frames, again):
+                x, geo = preprocess(frame, backend.spec)
+                labels = labels_from_output(backend.infer(x)[0], backend.spec, geo)
+                assert np.array_equal(got, render(frame, labels, lut))
+    assert len(sink.frames) == 6
+
+
+def test_sink_error_reaches_the_caller_and_wants_stop_ends_the_run(lowres_onnx, odd_clip):
+    with open_backend(lowres_onnx) as backend:
+        with open_source(odd_clip) as source, pytest.raises(OSError, match="disk full"):
+            run_video(backend, source, [_RecordingSink(fail_at=3)], RunOptions(progress=False))
+        stopper = _RecordingSink(stop_after=2)
+        with open_source(odd_clip) as source:
+            stats = run_video(backend, source, [stopper], RunOptions(progress=False))
+    assert len(stopper.frames) == 2 and stats.frames == 2
