@@ -28,8 +28,17 @@ Recipe (the defaults; every value is also stored in the checkpoint's ``"train"``
 
 Output: ``{"arch", "state_dict" (fp16, no aux head), "classes", "palette" (RGB),
 "input_size" [H, W], "mean", "std", "train": {...}}`` written atomically with ``torch.save``,
-loadable with ``torch.load(weights_only=True)``. On 2 busy CPU cores a full run takes about
-20-25 minutes; the numbers of the committed run are in its ``"train"`` dict.
+loadable with ``torch.load(weights_only=True)``.
+
+The committed run (these defaults, ``--out /tmp/run5/demo_model.pt --steps 3600 --eval-every
+600``): 34 min wall on 2 CPU cores shared with other jobs (1.2-1.9 steps/s), held-out mIoU
+0.867 and pixel accuracy 0.945 on 32 scenes at 256×512 (sky 0.92, road 0.92, building 0.90,
+vehicle 0.85, person 0.70, vegetation 0.94, sidewalk 0.84); 21.2 MiB. The same number comes
+out of ``deeplab-trt export --model demo --head lowres -o demo.onnx`` followed by
+``deeplab-trt eval demo.onnx --synthetic 32 --seed 10000000`` (ONNX Runtime, the runtime's
+preprocessing). An earlier 1800-step trial (18 min, thinner people) gave 0.80. An oracle that
+knows the labels but is limited to DeepLab's stride-16 logits (area-averaged one-hot,
+bilinear upsampling) scores 0.91 on these scenes, person 0.83.
 """
 
 from __future__ import annotations

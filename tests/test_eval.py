@@ -143,10 +143,11 @@ def test_eval_bad_inputs(tmp_path, small_model, capsys):
 def test_demo_model_heldout_miou(demo_onnx):
     """Held-out scenes (seeds never used in training) at the demo resolution.
 
-    Bound: the committed model scores >= 0.85 on 32 held-out scenes (its checkpoint's
-    ``train.heldout_miou``); an 8-scene sample varies by a few points around that (person is
-    the smallest class), so 0.82 here is a check that the shipped weights and the export are
-    the trained ones, not a fresh measure of the target.
+    The committed model scores 0.867 on the 32 held-out scenes of seed 10000000 (its
+    checkpoint's ``train.heldout_miou``) and 0.859 on 64 scenes of seed 10000100; 8-scene
+    samples spread 0.842-0.868 (person, the smallest class, moves most). This sample
+    (seed 10000007) scores 0.857; the bound 0.83 checks that the shipped weights and the
+    export are the trained ones without being a coin flip on a small sample.
     """
     from benchmarks.accuracy import evaluate, synthetic_samples
     from runtime.backends import open_backend
@@ -155,4 +156,4 @@ def test_demo_model_heldout_miou(demo_onnx):
         h, w = backend.spec.input_size
         assert backend.spec.classes == list(CLASSES)
         result = evaluate(backend, synthetic_samples(8, HELDOUT_SEED_BASE + 7, h, w), progress=False)
-    assert result.confusion.miou() >= 0.82, result.summary(CLASSES)
+    assert result.confusion.miou() >= 0.83, result.summary(CLASSES)
