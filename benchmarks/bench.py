@@ -54,6 +54,7 @@ import numpy as np
 from runtime.atomic import atomic_path
 from runtime.errors import ToolkitError
 from runtime.spec import ModelSpec, spec_from_onnx
+from runtime.engine_loader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +357,6 @@ class Frame:
     source: str
     classes: list[str] | None = None  # the label values' class names, when the data says
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_label_file(path: Path) -> bool:

@@ -17,7 +17,6 @@ before writing it. So the FPS includes rendering and encoding, as in ``deeplab-t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from runtime.cli_types import positive_int
+from runtime.engine_loader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,6 @@ def cache_root(explicit: Path | None = None) -> Path:
     return Path(base) / "deeplab-trt"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def cached_onnx_name(cache: Path) -> Path:
     """Where the demo export lives in ``cache``: keyed by the weights' SHA-256 and the toolkit version."""
@@ -98,7 +91,7 @@ def cached_onnx_name(cache: Path) -> Path:
     if not DEMO_PATH.exists():
         raise ToolkitError(f"{DEMO_PATH}: the demo model's weights are not installed "
                            "(python -m benchmarks.train_demo trains them)")
-    return cache / "demo" / f"demo-{_sha256(DEMO_PATH)[:16]}-v{__version__}-lowres.onnx"
+    return cache / "demo" / f"demo-{sha256_file(DEMO_PATH)[:16]}-v{__version__}-lowres.onnx"
 
 
 def demo_onnx_path(cache: Path, progress: bool = True) -> Path:
@@ -217,14 +210,9 @@ def run(args) -> int:
     from runtime.backends import open_backend
     from runtime.errors import ToolkitError
     from runtime.pipeline import RunOptions
-    from runtime.video import FOURCCS, VideoFileSink
+    from runtime.video import VideoFileSink, check_video_output
 
-    suffix = args.output.suffix.lower()
-    if suffix not in FOURCCS:
-        raise ToolkitError(f"{args.output}: unsupported video file type {suffix or '(none)'} "
-                           f"(use {', '.join(FOURCCS)})")
-    if args.output.is_dir():
-        raise ToolkitError(f"{args.output}: is a directory, expected a video file name")
+    check_video_output(args.output)
     if args.json is not None and args.json.is_dir():
         raise ToolkitError(f"{args.json}: is a directory, expected a JSON file name")
     if not 0.0 <= args.alpha <= 1.0:

@@ -45,7 +45,7 @@ import numpy as np
 def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
     from builder.export import export_onnx
 
-    from benchmarks.bench import sha256_file
+    from runtime.engine_loader import sha256_file
     from builder.models import DEMO_PATH
 
     tag = f"demo-{sha256_file(DEMO_PATH)[:12]}" if which == "demo" else which  # a retrained demo re-exports

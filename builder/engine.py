@@ -45,7 +45,7 @@ from runtime.atomic import atomic_path, write_bytes_atomic
 from runtime.cli_types import parse_batch_range
 from runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
 from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from runtime.spec import ModelSpec, load_onnx
 from runtime.tensorrt_flavour import (Flavour, current_gpu, detect, dtype_name, parse_compute_capability, sm_name,
                                       supported_compute_capabilities)
 
@@ -361,25 +361,6 @@ def _file_record(path: Path) -> dict[str, Any]:
 
 def _count_qdq(model) -> int:
     return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-
-
-def load_onnx(path: Path, load_external_data: bool = True):
-    """The ONNX model, loaded once; one-line errors like :func:`runtime.spec.read_onnx_metadata`'s."""
-    import onnx
-
-    path = Path(path)
-    if not path.exists():
-        raise ToolkitError(f"{path}: no such file")
-    if path.is_dir():
-        raise ToolkitError(f"{path}: is a directory, expected an ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, missing external data, ...
-        raise ToolkitError(f"{path}: not a valid ONNX model ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    if not model.graph.node:
-        raise ToolkitError(f"{path}: not a valid ONNX model (empty or truncated graph)")
-    return model
 
 
 def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:

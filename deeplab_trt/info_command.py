@@ -49,7 +49,7 @@ def describe_onnx(path: Path) -> dict[str, Any]:
 
     from runtime.spec import ModelSpec
 
-    from builder.engine import load_onnx
+    from runtime.spec import load_onnx
 
     model = load_onnx(path, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}

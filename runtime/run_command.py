@@ -54,15 +54,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_paths(args) -> None:
     """Output-side checks that need no model or video (fail before the slow work)."""
-    from runtime.video import FOURCCS, LOSSLESS_SUFFIXES, classify_source
+    from runtime.video import LOSSLESS_SUFFIXES, check_video_output, classify_source
 
     if args.output is not None:
+        check_video_output(args.output)
         suffix = args.output.suffix.lower()
-        if suffix not in FOURCCS:
-            raise ToolkitError(f"{args.output}: unsupported video file type {suffix or '(none)'} "
-                               f"(use {', '.join(FOURCCS)})")
-        if args.output.is_dir():
-            raise ToolkitError(f"{args.output}: is a directory, expected a video file name")
         if classify_source(args.source) == "file" and Path(args.source).exists() \
                 and Path(args.source).resolve() == args.output.resolve():
             raise ToolkitError(f"{args.output}: output would overwrite the source")

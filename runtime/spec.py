@@ -151,8 +151,8 @@ class ModelSpec:
             raise ToolkitError(f"{source}: incomplete model spec ({exc})") from None
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, with one-line errors for missing/not-ONNX/truncated files."""
+def load_onnx(path: str | Path, load_external_data: bool = True):
+    """An ONNX model, with one-line errors for missing, not-ONNX and truncated files."""
     import onnx  # optional at import time: engine-only deployments need not have it
 
     path = Path(path)
@@ -161,13 +161,18 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     if path.is_dir():
         raise ToolkitError(f"{path}: is a directory, expected an ONNX file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf DecodeError, missing external data, ...
         raise ToolkitError(f"{path}: not a valid ONNX model ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
     if not model.graph.node:
         raise ToolkitError(f"{path}: not a valid ONNX model (empty or truncated graph)")
-    return {p.key: p.value for p in model.metadata_props}
+    return model
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (weights stored outside it are not read)."""
+    return {p.key: p.value for p in load_onnx(path, load_external_data=False).metadata_props}
 
 
 def spec_from_onnx(path: str | Path) -> ModelSpec:

@@ -329,6 +329,15 @@ class _Discard(Exception):
     """Thrown into :func:`atomic_path` to make it delete the temporary file."""
 
 
+def check_video_output(path: Path) -> None:
+    """Fail early (before any slow work) on an output video name OpenCV cannot write."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FOURCCS:
+        raise ToolkitError(f"{path}: unsupported video file type {suffix or '(none)'} (use {', '.join(FOURCCS)})")
+    if Path(path).is_dir():
+        raise ToolkitError(f"{path}: is a directory, expected a video file name")
+
+
 def even_size(size: tuple[int, int]) -> tuple[int, int]:
     """(w, h) rounded down to even: what OpenCV's writers store for any codec here."""
     return size[0] - size[0] % 2, size[1] - size[1] % 2
