@@ -15,15 +15,11 @@ if str(ROOT) not in sys.path:
 
 @functools.lru_cache(maxsize=1)
 def cuda_device_reason() -> str | None:
-    """None when a CUDA device is usable, else why not."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return "cuda-python is not installed"
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        return f"no CUDA device ({cudart.cudaGetErrorString(err)[1].decode() if int(err) else 'count 0'})"
-    return None
+    """None when a CUDA device is usable, else why not (the runtime's own probe)."""
+    from runtime.tensorrt_flavour import current_gpu
+
+    capability, why = current_gpu()
+    return None if capability is not None else why
 
 
 def pytest_collection_modifyitems(config, items):
