@@ -6,9 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${1:-.venv}"
 PY="${PYTHON:-python3}"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+
+pip_quiet() {  # pip's output only when it fails (the editable build is chatty)
+    echo "setup: pip install $*"
+    if ! "$VENV/bin/python" -m pip install -q "$@" >"$LOG" 2>&1; then
+        grep -v '^WARNING: Location' "$LOG" >&2
+        echo "setup: pip install $* failed" >&2
+        exit 1
+    fi
+}
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+pip_quiet --upgrade pip
 # These exact releases lie on this machine's disk (other versions download several GB).
-"$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -m pip install -q -e ".[export,cuda,rtx,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+pip_quiet "torch==2.14.1" "torchvision==0.29.1"
+pip_quiet -e ".[export,cuda,rtx,dev]"
 "$VENV/bin/python" -c "import torch, onnxruntime, runtime; print('deeplab-trt environment ready in $VENV')"

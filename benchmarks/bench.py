@@ -2,7 +2,8 @@
 
 Why a separate engine from the command: the README's numbers, the tests and the scripts in
 ``benchmarks/`` all call :func:`run_bench` with a :class:`BenchConfig`, so there is one way
-a number is measured.
+a number is measured. The frames it measures with come from :mod:`benchmarks.bench_data`, the
+machine facts in its report from :mod:`benchmarks.environment`.
 
 Per precision (fp32, fp16, int8) it
 
@@ -39,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import threading
@@ -48,10 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import cv2
 import numpy as np
 
-from runtime.atomic import atomic_path
+from benchmarks.bench_data import (FIDELITY_SEED, Frame, read_data_frames, split_data, synthetic_frames,
+                                   write_calibration_frames)
+from benchmarks.environment import cuda_device_reason, environment, gpu_info
 from runtime.errors import ToolkitError
 from runtime.spec import ModelSpec, spec_from_onnx
 from runtime.engine_loader import sha256_file
@@ -62,8 +63,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime")
 #: Bumped whenever a change in how models are prepared would make old cache entries wrong.
 CACHE_VERSION = 1
-#: Synthetic fidelity scenes: a seed inside the scenes' held-out range, apart from eval's.
-FIDELITY_SEED = 10_000_000 + 4242
 
 
 # ----------------------------------------------------------------------------- options
@@ -135,108 +134,6 @@ def validate(cfg: BenchConfig) -> None:
         if not Path(cfg.video).is_file():
             raise ToolkitError(f"{cfg.video}: no such video file (--video)")
         open_source(str(cfg.video)).close()  # one-line error if it decodes nothing
-
-
-# ----------------------------------------------------------------------------- environment
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_cores() -> int:
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def cuda_device_reason() -> str | None:
-    """None when a CUDA device is usable here, else a short reason (asks the flavour module)."""
-    from runtime.tensorrt_flavour import current_gpu
-
-    cc, why = current_gpu()
-    return None if cc is not None else why
-
-
-def _gpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"gpu": None, "gpu_memory_mb": None, "compute_capability": None,
-                            "driver": None, "cuda": None}
-    if cuda_device_reason() is not None:
-        return info
-    from cuda.bindings import runtime as cudart
-
-    with contextlib.suppress(Exception):
-        err, prop = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            info["gpu"] = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-            info["gpu_memory_mb"] = round(prop.totalGlobalMem / 2**20, 1)
-            info["compute_capability"] = f"{prop.major}.{prop.minor}"
-    with contextlib.suppress(Exception):
-        err, v = cudart.cudaDriverGetVersion()
-        if int(err) == 0:
-            info["driver_cuda"] = f"{v // 1000}.{(v % 1000) // 10}"
-    with contextlib.suppress(Exception):
-        err, v = cudart.cudaRuntimeGetVersion()
-        if int(err) == 0:
-            info["cuda"] = f"{v // 1000}.{(v % 1000) // 10}"
-    with contextlib.suppress(Exception):
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            info["driver"] = out.stdout.strip().splitlines()[0]
-    return info
-
-
-def tensorrt_info() -> dict[str, Any]:
-    """TensorRT flavour and version as :func:`runtime.tensorrt_flavour.detect` sees them (auto order);
-    every installed flavour is listed too (a machine may have TensorRT and TensorRT-RTX)."""
-    from runtime import tensorrt_flavour as tf
-
-    try:
-        found = tf.detect("auto")
-    except ToolkitError:
-        return {"tensorrt_flavour": None, "tensorrt_version": None, "tensorrt_installed": []}
-    return {"tensorrt_flavour": found.name, "tensorrt_version": found.version_string,
-            "tensorrt_installed": [f.label for f in tf.available()]}
-
-
-def environment() -> dict[str, Any]:
-    """What ran the benchmark: CPU, GPU/driver/CUDA, TensorRT, ONNX Runtime, numpy, OpenCV."""
-    env: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cpu_cores": cpu_cores(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    env.update(_gpu_info())
-    env.update(tensorrt_info())
-    try:
-        import onnxruntime as ort
-
-        env["onnxruntime"] = ort.__version__
-        env["onnxruntime_providers"] = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-    except ImportError:
-        env["onnxruntime"], env["onnxruntime_providers"] = None, []
-    env["numpy"] = np.__version__
-    env["opencv"] = cv2.__version__
-    try:
-        import onnx
-
-        env["onnx"] = onnx.__version__
-    except ImportError:
-        env["onnx"] = None
-    return env
-
-
-def machine_line() -> str:
-    """One line naming the machine, for scripts that print a measured ratio."""
-    env = environment()
-    gpu = f"; GPU {env['gpu']}" if env.get("gpu") else "; no GPU"
-    return f"{env['cpu']}, {env['cpu_cores']} cores{gpu}; onnxruntime {env.get('onnxruntime')}"
 
 
 # ----------------------------------------------------------------------------- backend choice
@@ -347,71 +244,7 @@ class PeakMemory:
         return None if self.peak_gpu is None else self.peak_gpu / 2**20
 
 
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Frame:
-    """A frame for fidelity / calibration: BGR uint8, optional ground-truth labels, where it came from."""
-
-    image: np.ndarray
-    labels: np.ndarray | None
-    source: str
-    classes: list[str] | None = None  # the label values' class names, when the data says
-
-
-
-def _is_label_file(path: Path) -> bool:
-    """Label PNGs inside a data folder (``DIR/labels/``, ``DIR/video_labels/``) are not frames."""
-    return path.parent.name.lower() in ("labels", "video_labels")
-
-
-def _label_for(image: Path) -> tuple[np.ndarray | None, list[str] | None]:
-    """Ground truth in the labelled-folder layout (:mod:`benchmarks.labelled_dir`):
-    ``DIR/images/NAME.*`` ↔ ``DIR/labels/NAME.png``; plus ``DIR/classes.json``'s class names."""
-    from benchmarks.labelled_dir import read_pair
-
-    if image.parent.name.lower() != "images":
-        return None, None
-    root = image.parent.parent
-    label = root / "labels" / f"{image.stem}.png"
-    if not label.is_file():
-        return None, None
-    classes = None
-    meta = root / "classes.json"
-    if meta.is_file():
-        with contextlib.suppress(ValueError, AttributeError, OSError):
-            classes = list(json.loads(meta.read_text()).get("classes") or []) or None
-    return read_pair(image, label)[1], classes
-
-
-def read_data_frames(paths: Iterable[str], limit: int, seed: int = 0) -> list[Frame]:
-    """Up to ``limit`` frames (seeded subset, file order) from images, videos, folders and globs,
-    found and decoded by the calibration package (so bench and calibrate read data alike)."""
-    from calibration.data import discover, read_frames, select
-
-    refs = [r for r in discover(list(paths)) if r.index is not None or not _is_label_file(r.path)]
-    if not refs:
-        raise ToolkitError(f"{next(iter(paths), '--data')}: no frames besides label images")
-    frames: list[Frame] = []
-    for ref, img in read_frames(select(refs, limit, seed)):
-        lab, classes = _label_for(ref.path) if ref.index is None else (None, None)
-        frames.append(Frame(img, lab, str(ref), classes))
-    return frames
-
-
-def split_data(frames: list[Frame], calibration: int, fidelity: int) -> tuple[list[Frame], list[Frame]]:
-    """Alternate items: even → calibration, odd → fidelity; disjoint by construction."""
-    cal = frames[0::2][:calibration]
-    fid = frames[1::2][:fidelity]
-    return cal, fid
-
-
-def synthetic_frames(spec: ModelSpec, n: int) -> list[Frame]:
-    from benchmarks.scenes import SceneGenerator
-
-    gen = SceneGenerator(spec.input_height, spec.input_width, seed=FIDELITY_SEED)
-    return [Frame(img, lab, f"scene:{FIDELITY_SEED}/{i}") for i, (img, lab) in enumerate(gen.scenes(n))]
-
-
+# ----------------------------------------------------------------------------- fidelity ground truth
 def _gt_usable(spec: ModelSpec, frames: list[Frame], synthetic: bool) -> tuple[bool, str]:
     """(use ground truth?, why not): every fidelity frame needs labels, and the labels' classes
     must be the model's (synthetic scenes: the scene classes; data: its classes.json if any)."""
@@ -426,25 +259,6 @@ def _gt_usable(spec: ModelSpec, frames: list[Frame], synthetic: bool) -> tuple[b
     if names is not None and [c.lower() for c in names] != [c.lower() for c in spec.classes]:
         return False, f"label classes {names} are not the model's {list(spec.classes)}"
     return True, ""
-
-
-def write_calibration_frames(frames: list[Frame], cache_dir: Path) -> tuple[Path, str]:
-    """Calibration frames → PNG folder named by their content hash (lossless: same pixels)."""
-    h = hashlib.sha256()
-    for f in frames:
-        h.update(str(f.image.shape).encode())
-        h.update(np.ascontiguousarray(f.image).tobytes())
-    digest = h.hexdigest()[:16]
-    folder = cache_dir / f"calibration-{digest}"
-    if not (folder / ".complete").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, f in enumerate(frames):
-            with atomic_path(folder / f"{i:05d}.png") as tmp:
-                if not cv2.imwrite(str(tmp), f.image):
-                    raise ToolkitError(f"{folder}: cannot write calibration frame {i}")
-        with atomic_path(folder / ".complete", suffix=".tmp") as tmp:
-            tmp.write_text(json.dumps([f.source for f in frames]))
-    return folder, digest
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -532,7 +346,7 @@ class Preparer:
         label = detect(self.flavour).label
         dyn = spec_from_onnx(self.cfg.model).extra.get("dynamic_batch")
         batch = (int(dyn[0]), max(int(dyn[0]), self.cfg.batch), max(int(dyn[0]), self.cfg.batch)) if dyn else None
-        key = _key(CACHE_VERSION, sha256_file(g.path), precision, label, batch, _gpu_info().get("gpu"))
+        key = _key(CACHE_VERSION, sha256_file(g.path), precision, label, batch, gpu_info().get("gpu"))
         path, cached, secs = _cached(self.root / f"{self.stem}.{precision}.{key}.engine",
                                      lambda d: _engine(g.path, d, precision, self.flavour, batch, self.cfg.progress))
         return Prepared(precision, path, cached and g.cached, secs + g.seconds)
@@ -701,15 +515,6 @@ class TimingSink:
         self.close()
 
 
-def _run_video_for(backend):
-    """The video loop that drives ``backend``: the CPU loop or the CUDA one (same signature)."""
-    if getattr(backend, "pipeline", "cpu") == "gpu":
-        from runtime.gpu_pipeline import run_video
-    else:
-        from runtime.pipeline import run_video
-    return run_video
-
-
 def _make_source(video: Path | None, frames: list[np.ndarray] | None, count: int):
     if video is not None:
         from runtime.video import open_source
@@ -722,9 +527,9 @@ def measure_pipeline(backend, video: Path | None, frames: list[np.ndarray] | Non
                      warmup: int, progress: bool = False) -> dict[str, Any]:
     """End-to-end latency (lockstep run) and throughput + per-stage times (free-running run)
     through the real video loop into a null sink."""
-    from runtime.pipeline import RunOptions
+    from runtime.pipeline import RunOptions, runner_for
 
-    run_video = _run_video_for(backend)
+    run_video = runner_for(backend)
     # 1. latency: one frame in flight.
     lock = LockstepSource(_make_source(video, frames, warmup + n_frames))
     sink = TimingSink(lock)

@@ -209,7 +209,7 @@ def run(args) -> int:
     from runtime.atomic import write_text_atomic
     from runtime.backends import open_backend
     from runtime.errors import ToolkitError
-    from runtime.pipeline import RunOptions
+    from runtime.pipeline import RunOptions, runner_for
     from runtime.video import VideoFileSink, check_video_output
 
     check_video_output(args.output)
@@ -233,14 +233,10 @@ def run(args) -> int:
         gen = SceneGenerator(h, w, seed=args.seed)
         source = SyntheticSource(gen, args.frames, args.fps, index=args.street)
         options = RunOptions(mode="labels", policy="stretch", progress=progress)
-        if getattr(backend, "pipeline", "cpu") == "gpu":
-            from runtime.gpu_pipeline import run_video
-        else:
-            from runtime.pipeline import run_video
         file_sink = VideoFileSink(args.output, args.fps, source.size)
         sink = ScoringSink(source, file_sink, spec, args.alpha)
         try:
-            stats = run_video(backend, source, [sink], options)
+            stats = runner_for(backend)(backend, source, [sink], options)
         except BaseException:
             sink.abort()
             raise

@@ -95,14 +95,9 @@ def run(args) -> int:
 
 
 def _warn_class_mismatch(root: Path, model_classes) -> None:
-    meta = root / "classes.json"
-    if not meta.is_file():
-        return
-    try:
-        classes = json.loads(meta.read_text()).get("classes")
-    except (ValueError, AttributeError):
-        log.warning("%s: unreadable, ignored", meta)
-        return
-    if classes and list(classes) != list(model_classes):
+    from benchmarks.labelled_dir import CLASSES_FILE, read_classes
+
+    classes = read_classes(root)
+    if classes and classes != list(model_classes):
         log.warning("%s: the data's classes %s differ from the model's %s; scores compare indices",
-                    meta, classes, list(model_classes))
+                    Path(root) / CLASSES_FILE, classes, list(model_classes))

@@ -15,6 +15,7 @@ not a silent skip, because a silently smaller evaluation is a wrong number.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -23,8 +24,13 @@ import numpy as np
 from runtime.atomic import atomic_path
 from runtime.errors import ToolkitError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IGNORE_LABEL = 255
+CLASSES_FILE = "classes.json"
+#: Folders that hold label PNGs, not pictures: ``labels/`` here, ``video_labels/`` from ``scenes --video``.
+LABEL_DIRS = ("labels", "video_labels")
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -40,8 +46,35 @@ def write_pair(root: Path, name: str, image: np.ndarray, labels: np.ndarray) -> 
 
 def write_classes(root: Path, classes, palette) -> None:
     text = json.dumps({"classes": list(classes), "palette": [list(p) for p in palette]}, indent=1)
-    with atomic_path(root / "classes.json") as tmp:
+    with atomic_path(root / CLASSES_FILE) as tmp:
         tmp.write_text(text + "\n")
+
+
+def is_label_file(path: Path) -> bool:
+    """True for a label PNG inside a labelled folder: data readers must not take it for a picture."""
+    return path.parent.name.lower() in LABEL_DIRS
+
+
+def label_path_for(image: Path) -> Path | None:
+    """``DIR/labels/NAME.png`` for an image at ``DIR/images/NAME.*`` when that file exists, else None
+    (an image outside the layout, or one without ground truth)."""
+    if image.parent.name.lower() != "images":
+        return None
+    label = image.parent.parent / "labels" / f"{image.stem}.png"
+    return label if label.is_file() else None
+
+
+def read_classes(root: str | Path) -> list[str] | None:
+    """The class names in ``root/classes.json``; None when there is none, it lists no classes, or it
+    is unreadable (a warning: class names only label the numbers, so they are never fatal)."""
+    meta = Path(root) / CLASSES_FILE
+    if not meta.is_file():
+        return None
+    try:
+        return list(json.loads(meta.read_text()).get("classes") or []) or None
+    except (ValueError, AttributeError, OSError):
+        log.warning("%s: unreadable, ignored", meta)
+        return None
 
 
 def find_pairs(root: str | Path) -> list[tuple[Path, Path]]:

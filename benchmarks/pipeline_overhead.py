@@ -61,7 +61,8 @@ def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench import (ArraySource, LockstepSource, TimingSink, default_cache_dir, latency_stats,
-                                  machine_line, measure_inference)
+                                  measure_inference)
+    from benchmarks.environment import machine_line
     from benchmarks.scenes import SceneGenerator
     from builder.models import DEMO_PATH
     from runtime.backends import open_backend

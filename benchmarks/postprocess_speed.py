@@ -85,7 +85,7 @@ def _interleaved_median_ms(fns, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.bench import machine_line
+    from benchmarks.environment import machine_line
     from runtime.postprocess import upsample_argmax, upsample_then_argmax
     from runtime.preprocess import Geometry
 

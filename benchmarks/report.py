@@ -8,7 +8,7 @@ JSON schema ``deeplab-trt-bench/1`` (keys marked * may be ``null`` when not meas
     {
       "schema": "deeplab-trt-bench/1",
       "created": "2026-11-24T12:00:00+00:00",          # UTC, ISO 8601
-      "environment": {                                   # see benchmarks.bench.environment()
+      "environment": {                                   # see benchmarks.environment.environment()
         "cpu": str, "cpu_cores": int, "platform": str, "python": str,
         "gpu"*: str, "gpu_memory_mb"*: float, "driver"*: str, "cuda"*: str,
         "tensorrt_flavour"*: "tensorrt"|"tensorrt-rtx", "tensorrt_version"*: str,

@@ -247,3 +247,15 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
         bar.close()
         stats.dropped = reader.dropped
     return stats
+
+
+def runner_for(backend):
+    """The video loop that drives ``backend``: this CPU loop, or the CUDA one
+    (:func:`runtime.gpu_pipeline.run_video`, same signature and :class:`Stats`) for a backend
+    whose ``pipeline`` is ``"gpu"``. One choice, so ``run``, ``demo`` and ``bench`` drive a
+    backend alike; the CUDA module is imported only when it is the one chosen."""
+    if getattr(backend, "pipeline", "cpu") == "gpu":
+        from runtime.gpu_pipeline import run_video as gpu_run_video
+
+        return gpu_run_video
+    return run_video

@@ -70,19 +70,10 @@ def _check_paths(args) -> None:
             raise ToolkitError(f"{path}: {path.parent} is not a directory")
 
 
-def _runner(backend):
-    """The pipeline loop for this backend: CPU (numpy) or GPU (CUDA kernels, device buffers)."""
-    if getattr(backend, "pipeline", "cpu") == "gpu":
-        from runtime.gpu_pipeline import run_video
-    else:
-        from runtime.pipeline import run_video
-    return run_video
-
-
 def main(args) -> int:
     from runtime.atomic import write_text_atomic
     from runtime.backends import open_backend
-    from runtime.pipeline import RunOptions
+    from runtime.pipeline import RunOptions, runner_for
     from runtime.video import NullSink, VideoFileSink, WindowSink, open_source
 
     options = RunOptions(mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames,
@@ -107,7 +98,7 @@ def main(args) -> int:
             sinks.insert(0, stack.enter_context(VideoFileSink(args.output, source.fps, source.size)))
         if not sinks:
             sinks.append(NullSink())
-        stats = _runner(backend)(backend, source, sinks, options)
+        stats = runner_for(backend)(backend, source, sinks, options)
     # Sinks are closed (files renamed into place) here.
     for sink in sinks:
         if isinstance(sink, VideoFileSink) and sink.frames:

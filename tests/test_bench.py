@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks import bench
+from benchmarks import bench, bench_data, environment
 from benchmarks.report import RESULT_KEYS, SCHEMA, STAT_KEYS, format_markdown, format_table
 from deeplab_trt.cli import main
 
@@ -138,8 +138,8 @@ def test_e2e_from_a_video_file(tiny, tmp_path):
 
 
 def test_split_is_disjoint():
-    frames = [bench.Frame(np.zeros((4, 4, 3), np.uint8), None, f"f{i}") for i in range(9)]
-    cal, fid = bench.split_data(frames, calibration=3, fidelity=10)
+    frames = [bench_data.Frame(np.zeros((4, 4, 3), np.uint8), None, f"f{i}") for i in range(9)]
+    cal, fid = bench_data.split_data(frames, calibration=3, fidelity=10)
     assert [f.source for f in cal] == ["f0", "f2", "f4"]
     assert [f.source for f in fid] == ["f1", "f3", "f5", "f7"]
     assert not {f.source for f in cal} & {f.source for f in fid}
@@ -149,16 +149,16 @@ def test_gt_used_only_for_scene_classes():
     from benchmarks.scenes import CLASSES
     from runtime.spec import ModelSpec
 
-    frames = [bench.Frame(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), "s")]
+    frames = [bench_data.Frame(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), "s")]
     scene_spec = ModelSpec("demo", list(CLASSES), [], 4, 4)
     other = ModelSpec("voc", [f"c{i}" for i in range(len(CLASSES))], [], 4, 4)
     assert bench._gt_usable(scene_spec, frames, synthetic=True)[0]
     assert not bench._gt_usable(other, frames, synthetic=True)[0]
     assert bench._gt_usable(other, frames, synthetic=False)[0]  # data without classes.json: trusted
-    named = [bench.Frame(f.image, f.labels, "d", classes=list(CLASSES)) for f in frames]
+    named = [bench_data.Frame(f.image, f.labels, "d", classes=list(CLASSES)) for f in frames]
     assert not bench._gt_usable(other, named, synthetic=False)[0]
     assert bench._gt_usable(scene_spec, named, synthetic=False)[0]
-    unlabelled = [bench.Frame(f.image, None, "d") for f in frames]
+    unlabelled = [bench_data.Frame(f.image, None, "d") for f in frames]
     assert not bench._gt_usable(scene_spec, unlabelled, synthetic=False)[0]
 
 
@@ -196,7 +196,7 @@ def test_missing_model_names_the_file(tmp_path, capsys):
     assert rc != 0 and "nope.onnx" in line and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.skipif(bench.cuda_device_reason() is None, reason="a GPU is present: RTX engines can run here")
+@pytest.mark.skipif(environment.cuda_device_reason() is None, reason="a GPU is present: RTX engines can run here")
 def test_tensorrt_rtx_without_gpu_says_build_only(tiny, tmp_path, capsys):
     rc = main(["bench", str(tiny), "--backend", "tensorrt-rtx", "--precisions", "fp32",
                "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
