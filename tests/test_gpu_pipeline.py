@@ -16,6 +16,7 @@ from runtime.backends import open_backend
 from runtime.pipeline import STAGES, RunOptions
 from runtime.pipeline import run_video as cpu_run_video
 from runtime.video import Sink, open_source
+from video_helpers import write_video
 
 FRAMES = 9
 
@@ -42,23 +43,10 @@ class FailingSink(Sink):
         raise RuntimeError("disk full")
 
 
-def synthetic_frame(i: int, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    frame = np.full((h, w, 3), (40, 90, 30), np.uint8)
-    cv2.rectangle(frame, (w // 8, h // 4), (w // 2, 3 * h // 4), (200, 200, 200), -1)
-    cv2.circle(frame, ((i * 37) % w, h // 2), max(4, h // 6), (0, 160, 255), -1)
-    return frame
-
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clips") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 96))
-    assert writer.isOpened()
-    for i in range(FRAMES):
-        writer.write(synthetic_frame(i, (160, 96)))
-    writer.release()
-    return path
+    return write_video(tmp_path_factory.mktemp("clips") / "clip.avi", FRAMES, (160, 96), fourcc="MJPG")
 
 
 @pytest.fixture(scope="module")

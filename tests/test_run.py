@@ -23,26 +23,12 @@ from deeplab_trt.cli import main as cli_main
 from runtime.backends import open_backend
 from runtime.pipeline import RunOptions, run_video
 from runtime.postprocess import palette_bgr
+from video_helpers import synthetic_frame, write_video
 from runtime.video import BackgroundReader, VideoFileSink, even_size, open_source, probe_video
 
 PYTHON = sys.executable
 
 
-def synthetic_frame(i: int, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    frame = np.full((h, w, 3), (40, 90, 30), np.uint8)
-    cv2.rectangle(frame, (w // 8, h // 4), (w // 2, 3 * h // 4), (200, 200, 200), -1)
-    cv2.circle(frame, ((i * 37) % w, h // 2), max(4, h // 6), (0, 160, 255), -1)
-    return frame
-
-
-def write_video(path: Path, frames: int, size: tuple[int, int], fps: float = 10.0, fourcc: str = "mp4v") -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-    assert writer.isOpened()
-    for i in range(frames):
-        writer.write(synthetic_frame(i, size))
-    writer.release()
-    return path
 
 
 @pytest.fixture(scope="module")

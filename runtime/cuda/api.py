@@ -231,7 +231,20 @@ def memory_info() -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 # streams, events, graphs
 # ----------------------------------------------------------------------------------------------
-class Stream:
+class _Closable:
+    """``with`` support for objects whose ``close()`` releases a CUDA resource."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Stream(_Closable):
     """A non-blocking CUDA stream (does not serialise with the legacy default stream)."""
 
     def __init__(self, non_blocking: bool = True):
@@ -265,12 +278,6 @@ class Stream:
             self._finalizer.detach()
             check(cudart().cudaStreamDestroy(self._stream), "cudaStreamDestroy")
             self._stream = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Event:
@@ -402,7 +409,7 @@ def memset_async(dst, value: int, nbytes: int, stream: Stream | int | None = Non
     check(cudart().cudaMemsetAsync(_address(dst), int(value), int(nbytes), _stream_handle(stream)), "cudaMemsetAsync")
 
 
-class DeviceBuffer:
+class DeviceBuffer(_Closable):
     """``nbytes`` of device memory (``cudaMalloc``); freed by :meth:`close` or garbage collection."""
 
     def __init__(self, nbytes: int):
@@ -424,12 +431,6 @@ class DeviceBuffer:
 
     def close(self) -> None:
         self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _destroy(call: str, handle) -> None:
@@ -463,7 +464,7 @@ class _HostView:
         self.owner = owner
 
 
-class PinnedBuffer:
+class PinnedBuffer(_Closable):
     """Page-locked host memory (``cudaHostAlloc``).
 
     ``mapped=True`` adds ``cudaHostAllocMapped``: :attr:`device_ptr` (``cudaHostGetDevicePointer``)
@@ -509,12 +510,6 @@ class PinnedBuffer:
 
     def close(self) -> None:
         self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class DeviceArray:
