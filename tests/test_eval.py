@@ -141,13 +141,11 @@ def test_eval_bad_inputs(tmp_path, small_model, capsys):
 # ----- the demo model --------------------------------------------------------------------------
 @needs_demo
 def test_demo_model_heldout_miou(demo_onnx):
-    """Held-out scenes (seeds never used in training) at the demo resolution.
+    """The issue's bar, mIoU >= 0.85, on the 32 held-out scenes (seed 10000000, never trained on).
 
-    The committed model scores 0.867 on the 32 held-out scenes of seed 10000000 (its
-    checkpoint's ``train.heldout_miou``) and 0.859 on 64 scenes of seed 10000100; 8-scene
-    samples spread 0.842-0.868 (person, the smallest class, moves most). This sample
-    (seed 10000007) scores 0.857; the bound 0.83 checks that the shipped weights and the
-    export are the trained ones without being a coin flip on a small sample.
+    Run through the exported ONNX and the runtime's preprocessing, this reproduces the
+    checkpoint's ``train.heldout_miou`` (0.867); smaller samples spread 0.842-0.868 (person,
+    the smallest class, moves most), so the test uses the whole held-out set (~1.5 s).
     """
     from benchmarks.accuracy import evaluate, synthetic_samples
     from runtime.backends import open_backend
@@ -155,5 +153,5 @@ def test_demo_model_heldout_miou(demo_onnx):
     with open_backend(demo_onnx) as backend:
         h, w = backend.spec.input_size
         assert backend.spec.classes == list(CLASSES)
-        result = evaluate(backend, synthetic_samples(8, HELDOUT_SEED_BASE + 7, h, w), progress=False)
-    assert result.confusion.miou() >= 0.83, result.summary(CLASSES)
+        result = evaluate(backend, synthetic_samples(32, HELDOUT_SEED_BASE, h, w), progress=False)
+    assert result.confusion.miou() >= 0.85, result.summary(CLASSES)
