@@ -150,3 +150,12 @@ def test_compile_report(compiled, capsys):
         print(f"NVRTC {r.nvrtc_version[0]}.{r.nvrtc_version[1]} {arch} {kind}: {len(r.image)} bytes, "
               f"{r.seconds:.2f} s, options {' '.join(r.options)}")
     assert all(len(r.image) > 10_000 for r in compiled.values())
+
+
+def test_compiling_leaves_python_bytes_intact(tmp_path):
+    """NVRTC fills caller buffers; an empty log is 1 byte, and ``b" " * 1`` is CPython's shared
+    one-byte object. Writing into it turned every ``b" "`` into ``b"\\0"`` (torch.load then failed)."""
+    source = 'extern "C" __global__ void k(float* x) { x[0] = 1.0f; }'
+    kc.compile_kernels("sm_87", source=source, cache=False)
+    kc.compile_kernels("sm_87", source=source, kind="ptx", cache=False)
+    assert b" " * 1 == bytes([32]) and b" ".strip() == b""

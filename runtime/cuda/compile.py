@@ -129,9 +129,19 @@ def cache_key(source: bytes, arch: str, version: tuple[int, int], options: tuple
     return h.hexdigest()
 
 
+def _out_buffer(size: int) -> bytearray:
+    """A writable buffer for NVRTC to fill.
+
+    Never ``b" " * size`` (the idiom of NVIDIA's samples): for size 1 -- an empty log --
+    CPython returns its shared one-byte ``b" "`` object, NVRTC writes a NUL into it, and
+    every ``b" "`` in the process becomes ``b"\\0"`` (``torch.load`` of a file then fails).
+    """
+    return bytearray(size)
+
+
 def _program_log(nvrtc, prog) -> str:
     size = _ok(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-    buf = b" " * size
+    buf = _out_buffer(size)
     _ok(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
     return buf.rstrip(b"\0 ").decode(errors="replace").strip()
 
@@ -156,11 +166,11 @@ def _nvrtc_compile(source: bytes, name: str, arch: str, options: tuple[str, ...]
             raise KernelCompileError(f"{name}: NVRTC compile for {arch} failed: {first.strip()}\n{text}", text)
         if kind == "cubin":
             size = _ok(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-            image = b" " * size
+            image = _out_buffer(size)
             _ok(nvrtc, nvrtc.nvrtcGetCUBIN(prog, image), "nvrtcGetCUBIN")
         else:
             size = _ok(nvrtc, nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-            image = b" " * size
+            image = _out_buffer(size)
             _ok(nvrtc, nvrtc.nvrtcGetPTX(prog, image), "nvrtcGetPTX")
         return bytes(image), text
     finally:
