@@ -364,26 +364,16 @@ def _count_qdq(model) -> int:
 
 
 def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
-    try:
-        from calibration.quantize import quantize_onnx
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("calibration"):
-            raise ToolkitError("--precision int8 --data: the calibration package (calibration.quantize) is not "
-                               "installed in this tree; give a Q/DQ model instead") from None
-        raise
+    from calibration.quantize import quantize_onnx
+
     result = quantize_onnx(source, data=list(options.data), output=output, num=options.num, method=options.method,
                            percentile=options.percentile, cache=options.cache, seed=0, progress=options.progress)
     return Path(result or output)
 
 
 def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
-    try:
-        from calibration.trt_calibrator import make_entropy_calibrator
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("calibration"):
-            raise ToolkitError("--int8-mode implicit: the calibration package (calibration.trt_calibrator) is not "
-                               "installed in this tree") from None
-        raise
+    from calibration.trt_calibrator import make_entropy_calibrator
+
     return make_entropy_calibrator(trt, data=list(options.data), spec=spec, cache_path=options.cache,
                                    batch_size=1, num=options.num)
 

@@ -61,3 +61,14 @@ def onnx_factory(tmp_path_factory):
 def demo_onnx(onnx_factory):
     """The committed demo model exported at its native size with the low-res head."""
     return onnx_factory(model="demo", head="lowres", height=None, width=None, num_classes=None)
+
+
+@pytest.fixture
+def opencv_without_ipp():
+    """IPP's float resize rounds its own way (~1e-4 after normalisation); the plain path is the formula."""
+    import cv2
+
+    had = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    yield
+    cv2.ipp.setUseIPP(had)

@@ -58,15 +58,6 @@ def pitched_frame(h: int, w: int, stride: int = 3, pad: int = 0):
 # ---------------------------------------------------------------------------------------------
 # tables vs OpenCV
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def opencv_without_ipp():
-    """IPP's float resize rounds its own way (~1e-4 after normalisation); the plain path is the formula."""
-    had = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)
-    yield
-    cv2.ipp.setUseIPP(had)
-
-
 @pytest.mark.parametrize("src,dst", [(637, 85), (481, 64), (17, 33), (1280, 113), (100, 50), (1, 5), (5, 1)])
 def test_resize_taps_reproduce_opencv_float_linear(src, dst, opencv_without_ipp):
     row = RNG.integers(0, 256, (2, src), dtype=np.uint8).astype(np.float32)

@@ -44,14 +44,6 @@ def fake(monkeypatch, emulator_lib, tmp_path):
     return fake_cuda.install(monkeypatch, emulator_lib)
 
 
-@pytest.fixture
-def no_ipp():
-    had = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(False)
-    yield
-    cv2.ipp.setUseIPP(had)
-
-
 def model_function(batch: np.ndarray) -> np.ndarray:
     """What the FAKE engine computes: N×3×32×48 → N×6×4×6 'logits' (8×8 mean pools, mixed)."""
     x = batch.astype(np.float32)
@@ -219,7 +211,7 @@ def test_api_objects_on_fake(fake):
 
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 @pytest.mark.parametrize("integrated", [False, True])
-def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, no_ipp):
+def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, opencv_without_ipp):
     from runtime import gpu_pipeline
     from runtime.backends.tensorrt import TensorRTRunner
 
@@ -239,7 +231,7 @@ def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, no
         assert fake.launches.count(name) == FRAMES
 
 
-def test_cuda_graph_replays_the_same_pictures(fake, clip, no_ipp):
+def test_cuda_graph_replays_the_same_pictures(fake, clip, opencv_without_ipp):
     from runtime import gpu_pipeline
     from runtime.backends.tensorrt import TensorRTRunner
 
@@ -261,7 +253,7 @@ def test_cuda_graph_replays_the_same_pictures(fake, clip, no_ipp):
     assert engine.contexts[0].executions == 1 + 3  # the eager frame + one enqueue recorded per capture
 
 
-def test_cuda_stage_with_host_backend_inference(fake, clip, no_ipp):
+def test_cuda_stage_with_host_backend_inference(fake, clip, opencv_without_ipp):
     from runtime import gpu_pipeline
 
     options = RunOptions(mode="mask", policy="stretch", progress=False)
@@ -303,7 +295,7 @@ def test_static_engine_rejects_other_batches(fake):
         runner.set_batch(2)
 
 
-def test_segmenter_on_cuda_array_interface_images(fake, no_ipp):
+def test_segmenter_on_cuda_array_interface_images(fake, opencv_without_ipp):
     from runtime.cuda import api
     from runtime.backends.tensorrt import TensorRTRunner
     from runtime.interop import Segmenter
