@@ -3,7 +3,7 @@
 Why one module: ``eval``, ``demo`` and ``bench`` must produce the *same* number for the same
 model and data, so they share this loop: the runtime's reference preprocessing, the backend's
 ``infer``, the runtime's ``labels_from_output`` (labels at the ground truth's resolution), and
-:mod:`benchmarks.metrics` for the confusion matrix.
+:mod:`deeplab_trt.benchmarks.metrics` for the confusion matrix.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from benchmarks.metrics import ConfusionMatrix
-from runtime.errors import ToolkitError
-from runtime.postprocess import labels_from_output
-from runtime.preprocess import preprocess
+from deeplab_trt.benchmarks.metrics import ConfusionMatrix
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.postprocess import labels_from_output
+from deeplab_trt.runtime.preprocess import preprocess
 
 #: one labelled sample: (name for messages, BGR uint8 image, uint8 labels of the same H×W)
 Sample = tuple[str, np.ndarray, np.ndarray]
@@ -84,7 +84,7 @@ def evaluate(backend, samples: Iterable[Sample], policy: str = "stretch", total:
 
 
 def synthetic_samples(num: int, seed: int, height: int, width: int) -> Iterator[Sample]:
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     gen = SceneGenerator(height, width, seed=seed)
     for i in range(num):
@@ -93,8 +93,8 @@ def synthetic_samples(num: int, seed: int, height: int, width: int) -> Iterator[
 
 
 def folder_samples(root: str | Path) -> tuple[int, Iterator[Sample]]:
-    """(count, samples) from a :mod:`benchmarks.labelled_dir` folder; layout errors raise at once."""
-    from benchmarks.labelled_dir import find_pairs, read_pair
+    """(count, samples) from a :mod:`deeplab_trt.benchmarks.labelled_dir` folder; layout errors raise at once."""
+    from deeplab_trt.benchmarks.labelled_dir import find_pairs, read_pair
 
     pairs = find_pairs(root)
 

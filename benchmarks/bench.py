@@ -2,20 +2,20 @@
 
 Why a separate engine from the command: the README's numbers, the tests and the scripts in
 ``benchmarks/`` all call :func:`run_bench` with a :class:`BenchConfig`, so there is one way
-a number is measured. The frames it measures with come from :mod:`benchmarks.bench_data`, the
-machine facts in its report from :mod:`benchmarks.environment`.
+a number is measured. The frames it measures with come from :mod:`deeplab_trt.benchmarks.bench_data`, the
+machine facts in its report from :mod:`deeplab_trt.benchmarks.environment`.
 
 Per precision (fp32, fp16, int8) it
 
 1. **prepares** the model, built once and reused from ``cache_dir`` (key: sha256 of the ONNX
    plus every option that changes the result): for ONNX Runtime the FP32 graph itself, the
-   FP16 graph (``builder.fp16``) and the Q/DQ INT8 graph (``calibration.quantize``); for
-   TensorRT / TensorRT-RTX an engine built from those (``builder.engine``);
+   FP16 graph (``deeplab_trt.builder.fp16``) and the Q/DQ INT8 graph (``deeplab_trt.calibration.quantize``); for
+   TensorRT / TensorRT-RTX an engine built from those (``deeplab_trt.builder.engine``);
 2. measures **inference latency**: on a GPU, CUDA events around the engine's enqueue with
    the input already on the device; on the CPU, wall clock around ``backend.infer(batch)``;
    ``warmup`` runs first, then ``iterations``;
 3. measures **end-to-end latency** (host frame in → host overlay out) by running the real
-   video loop (``runtime.pipeline`` / ``runtime.gpu_pipeline``, as ``deeplab-trt run`` picks)
+   video loop (``deeplab_trt.runtime.pipeline`` / ``deeplab_trt.runtime.gpu_pipeline``, as ``deeplab-trt run`` picks)
    with one frame in flight into a timing null sink, then pipelined **throughput** (FPS) and
    per-stage times with the loop free-running over ``e2e_frames`` frames;
 4. tracks **peak memory** while it runs (process RSS; device memory in use on a GPU);
@@ -27,7 +27,7 @@ Data rule (one rule, tested): ``--data`` is needed for int8 (calibration needs r
 and guessing them is how silent accuracy loss ships). Its frames are split alternately
 (item 0, 2, 4 … calibrate; 1, 3, 5 … are the fidelity frames), so the two sets never share
 a frame. Without ``--data`` (fp32/fp16 only) the fidelity frames are synthetic street
-scenes from held-out seeds (:mod:`benchmarks.scenes`), whose labels give mIoU against ground
+scenes from held-out seeds (:mod:`deeplab_trt.benchmarks.scenes`), whose labels give mIoU against ground
 truth when the model predicts the scene classes (the demo model).
 """
 
@@ -50,12 +50,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from benchmarks.bench_data import (FIDELITY_SEED, Frame, read_data_frames, split_data, synthetic_frames,
+from deeplab_trt.benchmarks.bench_data import (FIDELITY_SEED, Frame, read_data_frames, split_data, synthetic_frames,
                                    write_calibration_frames)
-from benchmarks.environment import cuda_device_reason, environment, gpu_info
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec, spec_from_onnx
-from runtime.engine_loader import sha256_file
+from deeplab_trt.benchmarks.environment import cuda_device_reason, environment, gpu_info
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
+from deeplab_trt.runtime.engine_loader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def validate(cfg: BenchConfig) -> None:
         raise ToolkitError(f"{model}: int8 needs calibration data: pass --data PATH... (image folders, "
                            "images, videos or globs; e.g. frames written by 'deeplab-trt scenes')")
     if cfg.video is not None:
-        from runtime.video import open_source
+        from deeplab_trt.runtime.video import open_source
 
         if not Path(cfg.video).is_file():
             raise ToolkitError(f"{cfg.video}: no such video file (--video)")
@@ -144,7 +144,7 @@ def resolve_backend(requested: str) -> tuple[str, str | None]:
     explicit TensorRT backend that cannot run here is a one-line error: TensorRT-RTX in
     particular *builds* engines on a CPU-only machine but needs an RTX GPU to run them.
     """
-    from runtime import tensorrt_flavour as tf
+    from deeplab_trt.runtime import tensorrt_flavour as tf
 
     if requested not in BACKENDS:
         raise ToolkitError(f"--backend {requested}: expected one of {', '.join(BACKENDS)}")
@@ -251,7 +251,7 @@ def _gt_usable(spec: ModelSpec, frames: list[Frame], synthetic: bool) -> tuple[b
     if not frames or any(f.labels is None for f in frames):
         return False, "fidelity frames without labels (--data layout: DIR/images/NAME + DIR/labels/NAME.png)"
     if synthetic:
-        from benchmarks.scenes import CLASSES
+        from deeplab_trt.benchmarks.scenes import CLASSES
 
         names = list(CLASSES)
     else:
@@ -289,13 +289,13 @@ def _cached(final: Path, make: Callable[[Path], Any]) -> tuple[Path, bool, float
 def _fp16_onnx(src: Path, dst: Path) -> None:
     """The builder's FP16 pass. Its agreement gate is off here: bench *measures* fidelity and
     reports it, so an FP16 graph that would fail ``build`` still gets its numbers."""
-    from builder.fp16 import convert_fp16
+    from deeplab_trt.builder.fp16 import convert_fp16
 
     convert_fp16(src, dst, min_agreement=0.0)
 
 
 def _int8_onnx(src: Path, dst: Path, calib_dir: Path, method: str, progress: bool) -> None:
-    from calibration.quantize import quantize_onnx
+    from deeplab_trt.calibration.quantize import quantize_onnx
 
     quantize_onnx(src, data=[str(calib_dir)], output=dst, num=None, method=method, progress=progress)
 
@@ -304,7 +304,7 @@ def _engine(src_onnx: Path, dst: Path, precision: str, flavour: str, batch: tupl
             progress: bool) -> None:
     """An engine from the builder, which alone decides how ``precision`` is realised on ``flavour``
     (BuilderFlag on TensorRT 10, FP16 pass / Q/DQ graph on strongly typed flavours)."""
-    from builder.engine import BuildOptions, build_engine
+    from deeplab_trt.builder.engine import BuildOptions, build_engine
 
     build_engine(src_onnx, dst, BuildOptions(precision=precision, flavour=flavour, batch=batch, progress=progress))
 
@@ -341,7 +341,7 @@ class Preparer:
         if self.backend == "onnxruntime":
             return self.graph(precision)
         g = self.graph("int8") if precision == "int8" else self.graph("fp32")
-        from runtime.tensorrt_flavour import detect
+        from deeplab_trt.runtime.tensorrt_flavour import detect
 
         label = detect(self.flavour).label
         dyn = spec_from_onnx(self.cfg.model).extra.get("dynamic_batch")
@@ -354,7 +354,7 @@ class Preparer:
 
 # ----------------------------------------------------------------------------- measurement
 def _open(path: Path, backend: str, batch: int = 1):
-    from runtime.backends.base import open_backend
+    from deeplab_trt.runtime.backends.base import open_backend
 
     return open_backend(path, backend, **({"batch": batch} if backend == "tensorrt" else {}))
 
@@ -366,7 +366,7 @@ def _close(backend) -> None:
 
 
 def _input_batch(frames: list[Frame], spec: ModelSpec, batch: int, dtype) -> np.ndarray:
-    from runtime.preprocess import preprocess_batch
+    from deeplab_trt.runtime.preprocess import preprocess_batch
 
     picks = [frames[i % len(frames)].image for i in range(batch)]
     arr, _ = preprocess_batch(picks, spec, dtype=dtype)
@@ -392,7 +392,7 @@ def _device_timer(backend):
     runner, stream = getattr(backend, "runner", None), getattr(backend, "stream", None)
     if runner is None or stream is None or not hasattr(runner, "enqueue"):
         return None
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     start, end = api.Event(), api.Event()
 
@@ -429,7 +429,7 @@ def _wall_ms(fn, *args) -> float:
 
 
 class ArraySource:
-    """In-memory frames with the :class:`runtime.video.VideoSource` surface (cycled to ``count``).
+    """In-memory frames with the :class:`deeplab_trt.runtime.video.VideoSource` surface (cycled to ``count``).
 
     Why: the synthetic street video is generated once and then fed at memory speed, so the
     pipeline, not a decoder, is what is measured.
@@ -517,7 +517,7 @@ class TimingSink:
 
 def _make_source(video: Path | None, frames: list[np.ndarray] | None, count: int):
     if video is not None:
-        from runtime.video import open_source
+        from deeplab_trt.runtime.video import open_source
 
         return open_source(str(video))
     return ArraySource(frames, count)
@@ -527,7 +527,7 @@ def measure_pipeline(backend, video: Path | None, frames: list[np.ndarray] | Non
                      warmup: int, progress: bool = False) -> dict[str, Any]:
     """End-to-end latency (lockstep run) and throughput + per-stage times (free-running run)
     through the real video loop into a null sink."""
-    from runtime.pipeline import RunOptions, runner_for
+    from deeplab_trt.runtime.pipeline import RunOptions, runner_for
 
     run_video = runner_for(backend)
     # 1. latency: one frame in flight.
@@ -551,8 +551,8 @@ def measure_pipeline(backend, video: Path | None, frames: list[np.ndarray] | Non
 
 
 def _labels_for(backend, spec: ModelSpec, frames: list[Frame], dtype) -> list[np.ndarray]:
-    from runtime.postprocess import labels_from_output
-    from runtime.preprocess import preprocess
+    from deeplab_trt.runtime.postprocess import labels_from_output
+    from deeplab_trt.runtime.preprocess import preprocess
 
     out = []
     for f in frames:
@@ -565,7 +565,7 @@ def _labels_for(backend, spec: ModelSpec, frames: list[Frame], dtype) -> list[np
 def fidelity(labels: list[np.ndarray], reference: list[np.ndarray] | None, frames: list[Frame],
              num_classes: int, with_gt: bool) -> dict[str, float | None]:
     """Agreement and mIoU vs the fp32 labels; mIoU vs ground truth when ``with_gt``."""
-    from benchmarks.metrics import ConfusionMatrix
+    from deeplab_trt.benchmarks.metrics import ConfusionMatrix
 
     out: dict[str, float | None] = {"agreement": None, "miou_vs_fp32": None, "miou_vs_gt": None}
     if reference is not None:
@@ -590,15 +590,15 @@ def _e2e_frames(cfg: BenchConfig, spec: ModelSpec, n: int) -> list[np.ndarray] |
     """Synthetic street video at the model's input size (None when --video is given)."""
     if cfg.video is not None:
         return None
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     gen = SceneGenerator(spec.input_height, spec.input_width, seed=FIDELITY_SEED + 1)
     return [img for img, _ in gen.video_frames(min(n, 32))]
 
 
 def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
-    """Measure every precision in ``cfg`` and return the report dict (schema in benchmarks.report)."""
-    from benchmarks.report import SCHEMA
+    """Measure every precision in ``cfg`` and return the report dict (schema in deeplab_trt.benchmarks.report)."""
+    from deeplab_trt.benchmarks.report import SCHEMA
 
     validate(cfg)
     model = Path(cfg.model)

@@ -1,7 +1,7 @@
 """``deeplab-trt bench``: latency and fidelity per precision, one command.
 
 Why the command is thin: parsing and output files live here, every measurement lives in
-:mod:`benchmarks.bench`, every format in :mod:`benchmarks.report`, so the scripts and tests
+:mod:`deeplab_trt.benchmarks.bench`, every format in :mod:`deeplab_trt.benchmarks.report`, so the scripts and tests
 measure exactly what the command does.
 """
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 EPILOG = """\
 int8 needs --data: its frames are split alternately, even items calibrate and odd items are
@@ -61,8 +61,8 @@ def _check_output(path: Path | None, flag: str, suffix: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks import report as rep
-    from benchmarks.bench import BenchConfig, command_line, run_bench, validate
+    from deeplab_trt.benchmarks import report as rep
+    from deeplab_trt.benchmarks.bench import BenchConfig, command_line, run_bench, validate
 
     _check_output(args.json, "--json", ".json")
     _check_output(args.plot, "--plot", ".png")

@@ -5,7 +5,7 @@ set written to disk for the quantiser.
 Data rule (one rule, tested): ``--data`` frames are split alternately (item 0, 2, 4 …
 calibrate; 1, 3, 5 … are the fidelity frames), so the two sets never share a frame. Without
 ``--data`` the fidelity frames are synthetic street scenes from held-out seeds
-(:mod:`benchmarks.scenes`).
+(:mod:`deeplab_trt.benchmarks.scenes`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from benchmarks.labelled_dir import is_label_file, label_path_for, read_classes, read_pair
-from runtime.atomic import atomic_path
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.benchmarks.labelled_dir import is_label_file, label_path_for, read_classes, read_pair
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 #: Synthetic fidelity scenes: a seed inside the scenes' held-out range, apart from eval's.
 FIDELITY_SEED = 10_000_000 + 4242
@@ -39,7 +39,7 @@ class Frame:
 
 
 def _label_for(image: Path) -> tuple[np.ndarray | None, list[str] | None]:
-    """Ground truth for ``image`` in the labelled-folder layout (:mod:`benchmarks.labelled_dir`),
+    """Ground truth for ``image`` in the labelled-folder layout (:mod:`deeplab_trt.benchmarks.labelled_dir`),
     with the folder's class names; (None, None) when the image has no label file."""
     label = label_path_for(image)
     if label is None:
@@ -50,7 +50,7 @@ def _label_for(image: Path) -> tuple[np.ndarray | None, list[str] | None]:
 def read_data_frames(paths: Iterable[str], limit: int, seed: int = 0) -> list[Frame]:
     """Up to ``limit`` frames (seeded subset, file order) from images, videos, folders and globs,
     found and decoded by the calibration package (so bench and calibrate read data alike)."""
-    from calibration.data import discover, read_frames, select
+    from deeplab_trt.calibration.data import discover, read_frames, select
 
     refs = [r for r in discover(list(paths)) if r.index is not None or not is_label_file(r.path)]
     if not refs:
@@ -70,7 +70,7 @@ def split_data(frames: list[Frame], calibration: int, fidelity: int) -> tuple[li
 
 
 def synthetic_frames(spec: ModelSpec, n: int) -> list[Frame]:
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     gen = SceneGenerator(spec.input_height, spec.input_width, seed=FIDELITY_SEED)
     return [Frame(img, lab, f"scene:{FIDELITY_SEED}/{i}") for i, (img, lab) in enumerate(gen.scenes(n))]

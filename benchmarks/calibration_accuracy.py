@@ -17,7 +17,7 @@ which runs the Q/DQ graphs as int8 arithmetic:
 * each quantizer runs in a child process: its wall time (the quantize call only, imports
   excluded) and its peak resident memory (imports included) are its own.
 
-``python -m benchmarks.calibration_accuracy [--out DIR]`` prints the command, the machine and
+``python -m deeplab_trt.benchmarks.calibration_accuracy [--out DIR]`` prints the command, the machine and
 a Markdown table; ``--out`` also writes it as JSON and Markdown.
 """
 
@@ -59,7 +59,7 @@ def machine() -> str:
 def write_calibration_frames(folder: Path, num: int, height: int, width: int) -> None:
     import cv2
 
-    from benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
+    from deeplab_trt.benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
 
     folder.mkdir(parents=True, exist_ok=True)
     gen = SceneGenerator(height, width, seed=HELDOUT_SEED_BASE + 1)
@@ -73,7 +73,7 @@ def ort_quantize_static(fp32: Path, out: Path, frames_dir: Path, spec) -> float:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from calibration.data import CalibrationData
+    from deeplab_trt.calibration.data import CalibrationData
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -116,10 +116,10 @@ def rtx_builds(path: Path) -> str:
 
 def evaluate_all(models: dict[str, Path], num: int, threads: int) -> dict[str, dict]:
     """mIoU vs ground truth and pixel agreement with the first model, one pass over the scenes."""
-    from benchmarks.accuracy import segment
-    from benchmarks.metrics import ConfusionMatrix
-    from benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
-    from runtime.backends.onnxruntime import OrtBackend
+    from deeplab_trt.benchmarks.accuracy import segment
+    from deeplab_trt.benchmarks.metrics import ConfusionMatrix
+    from deeplab_trt.benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
+    from deeplab_trt.runtime.backends.onnxruntime import OrtBackend
 
     backends = {name: OrtBackend(path, threads=threads, providers=["CPUExecutionProvider"])
                 for name, path in models.items()}
@@ -152,10 +152,10 @@ def _quantize_worker(argv: list[str]) -> int:
     import resource
 
     kind, method, fp32, frames, out = argv
-    from runtime.spec import spec_from_onnx
+    from deeplab_trt.runtime.spec import spec_from_onnx
 
     if kind == "ours":
-        from calibration.quantize import quantize_onnx
+        from deeplab_trt.calibration.quantize import quantize_onnx
 
         t0 = time.perf_counter()
         quantize_onnx(fp32, data=[frames], output=out, method=method, progress=False)
@@ -197,15 +197,15 @@ def main(argv=None) -> int:
         return _quantize_worker(argv[1:])
     args = parser.parse_args(argv)
 
-    from runtime.spec import spec_from_onnx
+    from deeplab_trt.runtime.spec import spec_from_onnx
 
-    command = "python -m benchmarks.calibration_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m deeplab_trt.benchmarks.calibration_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(f"command: {command}\nmachine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="calib_acc_") as tmp:
         tmp = Path(tmp)
         fp32 = args.onnx
         if fp32 is None:
-            from builder.export import export_onnx
+            from deeplab_trt.builder.export import export_onnx
 
             fp32 = tmp / "demo_lowres.onnx"
             export_onnx(fp32, model="demo", weights=args.weights, head="lowres", progress=False)
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        from runtime.atomic import write_text_atomic
+        from deeplab_trt.runtime.atomic import write_text_atomic
 
         doc = {"command": command, "machine": machine(), "model": spec.name, "calib_num": args.calib_num,
                "eval_num": args.eval_num, "rows": rows}

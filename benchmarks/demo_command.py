@@ -1,6 +1,6 @@
 """``deeplab-trt demo``: the whole toolkit on any machine, offline, in well under a minute.
 
-What it does: renders a synthetic street video (:mod:`benchmarks.scenes`, moving cars and
+What it does: renders a synthetic street video (:mod:`deeplab_trt.benchmarks.scenes`, moving cars and
 people, ground truth per frame), exports the committed demo model to ONNX once (cached under
 ``~/.cache/deeplab-trt/demo/``, keyed by the weights' SHA-256 and the toolkit version),
 picks the best backend available (a TensorRT engine, built once and cached, when a CUDA GPU
@@ -10,7 +10,7 @@ video's ground truth.
 
 How the mIoU is measured without touching the pipeline: the pipeline runs in ``labels``
 mode, and the demo's sink receives each frame's labels, scores them against that frame's
-ground truth and renders the overlay itself (the runtime's :func:`runtime.postprocess.render`)
+ground truth and renders the overlay itself (the runtime's :func:`deeplab_trt.runtime.postprocess.render`)
 before writing it. So the FPS includes rendering and encoding, as in ``deeplab-trt run``.
 """
 
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from runtime.cli_types import positive_int
-from runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.cli_types import positive_int
+from deeplab_trt.runtime.engine_loader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ DEFAULT_STREET = 16
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from runtime.backends import BACKENDS
+    from deeplab_trt.runtime.backends import BACKENDS
 
     p = sub.add_parser("demo", help="segment a synthetic street video with the demo model (offline, any machine)",
                        description=__doc__.splitlines()[0])
@@ -84,13 +84,13 @@ def cache_root(explicit: Path | None = None) -> Path:
 
 def cached_onnx_name(cache: Path) -> Path:
     """Where the demo export lives in ``cache``: keyed by the weights' SHA-256 and the toolkit version."""
-    from builder.models import DEMO_PATH
-    from runtime import __version__
-    from runtime.errors import ToolkitError
+    from deeplab_trt.builder.models import DEMO_PATH
+    from deeplab_trt.runtime import __version__
+    from deeplab_trt.runtime.errors import ToolkitError
 
     if not DEMO_PATH.exists():
         raise ToolkitError(f"{DEMO_PATH}: the demo model's weights are not installed "
-                           "(python -m benchmarks.train_demo trains them)")
+                           "(python -m deeplab_trt.benchmarks.train_demo trains them)")
     return cache / "demo" / f"demo-{sha256_file(DEMO_PATH)[:16]}-v{__version__}-lowres.onnx"
 
 
@@ -98,7 +98,7 @@ def demo_onnx_path(cache: Path, progress: bool = True) -> Path:
     """The demo model as ONNX (low-res head), exported on first use and cached."""
     path = cached_onnx_name(cache)
     if not path.exists():
-        from builder.export import export_onnx
+        from deeplab_trt.builder.export import export_onnx
 
         if progress:
             print(f"exporting the demo model to {path} (once)", file=sys.stderr)
@@ -108,11 +108,11 @@ def demo_onnx_path(cache: Path, progress: bool = True) -> Path:
 
 def _gpu_tensorrt_available() -> bool:
     try:
-        from runtime.cuda.api import device_count
+        from deeplab_trt.runtime.cuda.api import device_count
 
         if device_count() < 1:
             return False
-        from runtime.tensorrt_flavour import detect
+        from deeplab_trt.runtime.tensorrt_flavour import detect
 
         detect("auto")  # raises when no TensorRT flavour can be imported
         return True
@@ -122,7 +122,7 @@ def _gpu_tensorrt_available() -> bool:
 
 def demo_engine_path(onnx_path: Path, progress: bool = True) -> Path:
     """FP16 engine for this GPU next to the cached ONNX (built once)."""
-    from builder.engine import BuildOptions, build_engine
+    from deeplab_trt.builder.engine import BuildOptions, build_engine
 
     engine = onnx_path.with_suffix(".fp16.engine")
     if not engine.exists():
@@ -134,7 +134,7 @@ def demo_engine_path(onnx_path: Path, progress: bool = True) -> Path:
 
 # ----- source and sink ------------------------------------------------------------------------
 class SyntheticSource:
-    """A :class:`runtime.video.VideoSource` look-alike that renders frames on the decode thread.
+    """A :class:`deeplab_trt.runtime.video.VideoSource` look-alike that renders frames on the decode thread.
 
     Keeps each frame and its ground truth until the sink has consumed them (the pipeline is
     lossless for non-live sources, so frames reach the sink in order).
@@ -178,8 +178,8 @@ class ScoringSink:
     wants_stop = False
 
     def __init__(self, source: SyntheticSource, inner, spec, alpha: float):
-        from benchmarks.metrics import ConfusionMatrix
-        from runtime.postprocess import palette_bgr
+        from deeplab_trt.benchmarks.metrics import ConfusionMatrix
+        from deeplab_trt.runtime.postprocess import palette_bgr
 
         self.source, self.inner, self.alpha = source, inner, alpha
         self.confusion = ConfusionMatrix(spec.num_classes)
@@ -188,7 +188,7 @@ class ScoringSink:
         self.description = inner.description
 
     def write(self, picture: np.ndarray) -> None:
-        from runtime.postprocess import render
+        from deeplab_trt.runtime.postprocess import render
 
         frame, truth = self.source.take(self.frames)
         labels = picture[:, :, 0] if picture.ndim == 3 else picture
@@ -205,12 +205,12 @@ class ScoringSink:
 
 # ----- the command ----------------------------------------------------------------------------
 def run(args) -> int:
-    from benchmarks.scenes import SceneGenerator
-    from runtime.atomic import write_text_atomic
-    from runtime.backends import open_backend
-    from runtime.errors import ToolkitError
-    from runtime.pipeline import RunOptions, runner_for
-    from runtime.video import VideoFileSink, check_video_output
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
+    from deeplab_trt.runtime.atomic import write_text_atomic
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.pipeline import RunOptions, runner_for
+    from deeplab_trt.runtime.video import VideoFileSink, check_video_output
 
     check_video_output(args.output)
     if args.json is not None and args.json.is_dir():

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 
 def _cpu_model() -> str:
@@ -35,7 +35,7 @@ def cpu_cores() -> int:
 
 def cuda_device_reason() -> str | None:
     """None when a CUDA device is usable here, else a short reason (asks the flavour module)."""
-    from runtime.tensorrt_flavour import current_gpu
+    from deeplab_trt.runtime.tensorrt_flavour import current_gpu
 
     cc, why = current_gpu()
     return None if cc is not None else why
@@ -73,9 +73,9 @@ def gpu_info() -> dict[str, Any]:
 
 
 def tensorrt_info() -> dict[str, Any]:
-    """TensorRT flavour and version as :func:`runtime.tensorrt_flavour.detect` sees them (auto order);
+    """TensorRT flavour and version as :func:`deeplab_trt.runtime.tensorrt_flavour.detect` sees them (auto order);
     every installed flavour is listed too (a machine may have TensorRT and TensorRT-RTX)."""
-    from runtime import tensorrt_flavour as tf
+    from deeplab_trt.runtime import tensorrt_flavour as tf
 
     try:
         found = tf.detect("auto")

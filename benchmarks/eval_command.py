@@ -3,7 +3,7 @@
 Why: "the INT8 engine is fast" means nothing without "and this accurate". Data is either
 synthetic street scenes (``--synthetic N --seed S``, rendered at the model's input size
 unless ``--height/--width`` say otherwise) or a folder in the layout of
-:mod:`benchmarks.labelled_dir` (``DIR/images/NAME.png|jpg``, ``DIR/labels/NAME.png``).
+:mod:`deeplab_trt.benchmarks.labelled_dir` (``DIR/images/NAME.png|jpg``, ``DIR/labels/NAME.png``).
 Scoring is done at the ground truth's resolution, with the runtime's pre/postprocessing, so
 the number is what ``deeplab-trt run`` would achieve.
 """
@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from runtime.cli_types import positive_int
+from deeplab_trt.runtime.cli_types import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from runtime.backends import BACKENDS
-    from runtime.preprocess import POLICIES
+    from deeplab_trt.runtime.backends import BACKENDS
+    from deeplab_trt.runtime.preprocess import POLICIES
 
     p = sub.add_parser("eval", help="mIoU / pixel accuracy / per-class IoU against ground truth",
                        description=__doc__.splitlines()[0])
@@ -56,10 +56,10 @@ def format_table(summary: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from benchmarks.accuracy import evaluate, folder_samples, synthetic_samples
-    from runtime.atomic import write_text_atomic
-    from runtime.backends import open_backend
-    from runtime.errors import ToolkitError
+    from deeplab_trt.benchmarks.accuracy import evaluate, folder_samples, synthetic_samples
+    from deeplab_trt.runtime.atomic import write_text_atomic
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.errors import ToolkitError
 
     if args.json is not None and args.json.is_dir():
         raise ToolkitError(f"{args.json}: is a directory, expected a JSON file name")
@@ -95,7 +95,7 @@ def run(args) -> int:
 
 
 def _warn_class_mismatch(root: Path, model_classes) -> None:
-    from benchmarks.labelled_dir import CLASSES_FILE, read_classes
+    from deeplab_trt.benchmarks.labelled_dir import CLASSES_FILE, read_classes
 
     classes = read_classes(root)
     if classes and classes != list(model_classes):

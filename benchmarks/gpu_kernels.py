@@ -12,7 +12,7 @@ a smaller model input it is an upper bound, the whole frame being counted); memc
 2 × size (read + write). Times are CUDA-event times of many back-to-back launches after a
 warm-up, median over repeats.
 
-    python -m benchmarks.gpu_kernels [--frame 1080x1920] [--classes 21] [--stride 8]
+    python -m deeplab_trt.benchmarks.gpu_kernels [--frame 1080x1920] [--classes 21] [--stride 8]
         [--repeats 7] [--iters 50] [--json OUT.json]
 
 Needs a CUDA GPU and cuda-python; torch (with CUDA) only for the comparison.
@@ -61,7 +61,7 @@ def copy_bandwidth(api, stream, nbytes: int, iters: int, repeats: int) -> float:
 
 
 def blob_logits(classes: int, h: int, w: int, seed: int = 0) -> np.ndarray:
-    from benchmarks.postprocess_speed import smooth_logits
+    from deeplab_trt.benchmarks.postprocess_speed import smooth_logits
 
     return smooth_logits(classes, h, w, seed=seed, cell=4)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
         count = api.device_count()
     except Exception as exc:  # noqa: BLE001 - cuda-python missing or broken: say so and stop
         print(f"gpu_kernels: no CUDA available ({exc}); run this on a machine with an NVIDIA GPU", file=sys.stderr)
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
               "run this on a machine with an NVIDIA GPU", file=sys.stderr)
         return 2
 
-    from runtime.cuda.kernels import get_kernels
-    from runtime.preprocess import Geometry
-    from runtime.spec import ModelSpec, voc_palette
+    from deeplab_trt.runtime.cuda.kernels import get_kernels
+    from deeplab_trt.runtime.preprocess import Geometry
+    from deeplab_trt.runtime.spec import ModelSpec, voc_palette
 
     info = api.use_device(0)
     kernels = get_kernels(0)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     fh, fw = args.frame
     rng = np.random.default_rng(0)
     results: dict = {"device": info.describe(), "arch": info.arch,
-                     "command": "python -m benchmarks.gpu_kernels " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                     "command": "python -m deeplab_trt.benchmarks.gpu_kernels " + shlex.join(argv if argv is not None else sys.argv[1:]),
                      "kernels": {"kind": kernels.launcher.compiled.kind, "nvrtc": list(kernels.launcher.compiled.nvrtc_version)}}
     print(f"device: {info.describe()}")
     print(f"command: {results['command']}")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results["overlay_ms"] = ms
     print(f"overlay {fw}x{fh}: {ms * 1e3:.0f} us")
     if args.json:
-        from runtime.atomic import write_text_atomic
+        from deeplab_trt.runtime.atomic import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.atomic import atomic_path
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 

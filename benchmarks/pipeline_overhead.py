@@ -2,17 +2,17 @@
 
 Why: the video loop (decode thread, preprocessing, upsample+argmax, overlay, sink) should
 cost little next to the model itself. Measured with the ``bench`` command's own pieces
-(:mod:`benchmarks.bench`), on one backend object, in alternating rounds (inference-only,
+(:mod:`deeplab_trt.benchmarks.bench`), on one backend object, in alternating rounds (inference-only,
 lockstep, pipelined, repeat), so a machine whose load changes (shared CI runners, other
 jobs) slows every side alike instead of biasing the ratios:
 
 * inference-only: ``backend.infer`` on a preprocessed 1x3xHxW batch, back to back (wall clock);
-* latency (lockstep): a synthetic street frame handed to ``runtime.pipeline.run_video`` only
+* latency (lockstep): a synthetic street frame handed to ``deeplab_trt.runtime.pipeline.run_video`` only
   after the previous overlay reached the sink (one frame in flight); per frame, sink time -
   read time = decode hand-off + preprocess + infer + upsample/argmax + overlay + sink;
 * throughput (pipelined): the same loop free-running over the frames of a round; the
   steady-state period is (last sink write - first sink write) / (frames - 1);
-* per-stage times: the loop's own :class:`runtime.pipeline.Stats` for the lockstep frames.
+* per-stage times: the loop's own :class:`deeplab_trt.runtime.pipeline.Stats` for the lockstep frames.
 
 Target (issue 7), precisely: at 512x1024 with deeplabv3_mobilenet_v3_large (lowres head) on
 ONNX Runtime CPU, **mean lockstep end-to-end latency / mean inference-only latency <= 1.05**.
@@ -20,7 +20,7 @@ That is the strict form: nothing overlaps with inference when one frame is in fl
 pipelined period / inference ratio is printed beside it (the frame rate a video gets, where
 the loop hides postprocessing behind the next inference) and checked against the same 1.05.
 
-    python -m benchmarks.pipeline_overhead [--model mobilenet|demo|PATH.onnx] [--rounds 6]
+    python -m deeplab_trt.benchmarks.pipeline_overhead [--model mobilenet|demo|PATH.onnx] [--rounds 6]
         [--per-round 5] [--warmup 3] [--threads N] [--ort-spinning]
 
 ``mobilenet`` (default, the issue's model): deeplabv3_mobilenet_v3_large with random weights
@@ -43,10 +43,10 @@ import numpy as np
 
 
 def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
-    from builder.export import export_onnx
+    from deeplab_trt.builder.export import export_onnx
 
-    from runtime.engine_loader import sha256_file
-    from builder.models import DEMO_PATH
+    from deeplab_trt.runtime.engine_loader import sha256_file
+    from deeplab_trt.builder.models import DEMO_PATH
 
     tag = f"demo-{sha256_file(DEMO_PATH)[:12]}" if which == "demo" else which  # a retrained demo re-exports
     path = cache_dir / f"{tag}_{head}_512x1024.onnx"
@@ -60,14 +60,14 @@ def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.bench import (ArraySource, LockstepSource, TimingSink, default_cache_dir, latency_stats,
+    from deeplab_trt.benchmarks.bench import (ArraySource, LockstepSource, TimingSink, default_cache_dir, latency_stats,
                                   measure_inference)
-    from benchmarks.environment import machine_line
-    from benchmarks.scenes import SceneGenerator
-    from builder.models import DEMO_PATH
-    from runtime.backends import open_backend
-    from runtime.pipeline import RunOptions, run_video
-    from runtime.preprocess import preprocess
+    from deeplab_trt.benchmarks.environment import machine_line
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
+    from deeplab_trt.builder.models import DEMO_PATH
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.pipeline import RunOptions, run_video
+    from deeplab_trt.runtime.preprocess import preprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet", help="mobilenet | demo | PATH.onnx (default: mobilenet)")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     pipelined = period["mean"] / infer["mean"]
 
     args_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"command: python -m benchmarks.pipeline_overhead {args_text}".rstrip())
+    print(f"command: python -m deeplab_trt.benchmarks.pipeline_overhead {args_text}".rstrip())
     print(f"machine: {machine_line()}")
     print(f"date:    {dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}")
     print(f"model:   {model.name} ({spec.extra.get('arch', spec.name)}, {spec.head} head, {spec.num_classes} classes, "

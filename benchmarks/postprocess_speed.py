@@ -15,7 +15,7 @@ Logits (``--logits``):
   * ``PATH.onnx``: a ``lowres``-head model (e.g. the demo model exported with
     ``--head lowres``) run with ONNX Runtime on a synthetic street scene.
 
-    python -m benchmarks.postprocess_speed [--logits scene|smooth|MODEL.onnx] [--frame 512x1024]
+    python -m deeplab_trt.benchmarks.postprocess_speed [--logits scene|smooth|MODEL.onnx] [--frame 512x1024]
         [--classes 21] [--stride 16] [--repeats 20]
 """
 
@@ -42,7 +42,7 @@ def smooth_logits(classes: int, h: int, w: int, seed: int = 0, cell: int = 8) ->
 
 def scene_logits(classes: int, frame_hw: tuple[int, int], stride: int, seed: int = 10_000_000 + 99,
                  noise: float = 0.5) -> np.ndarray:
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     _, labels = SceneGenerator(frame_hw[0], frame_hw[1], seed=seed).scene(0)
     h, w = frame_hw[0] // stride, frame_hw[1] // stride
@@ -57,9 +57,9 @@ def model_logits(path: Path, frame_hw: tuple[int, int]):
     """Low-res logits of a lowres-head ONNX on a synthetic scene, and the geometry to the frame."""
     import onnxruntime as ort
 
-    from benchmarks.scenes import SceneGenerator
-    from runtime.preprocess import preprocess
-    from runtime.spec import spec_from_onnx
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
+    from deeplab_trt.runtime.preprocess import preprocess
+    from deeplab_trt.runtime.spec import spec_from_onnx
 
     spec = spec_from_onnx(path)
     if spec.head != "lowres":
@@ -85,9 +85,9 @@ def _interleaved_median_ms(fns, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.environment import machine_line
-    from runtime.postprocess import upsample_argmax, upsample_then_argmax
-    from runtime.preprocess import Geometry
+    from deeplab_trt.benchmarks.environment import machine_line
+    from deeplab_trt.runtime.postprocess import upsample_argmax, upsample_then_argmax
+    from deeplab_trt.runtime.preprocess import Geometry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--logits", default="scene", help="'scene', 'smooth' or a lowres-head ONNX model")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                                lambda: upsample_then_argmax(lowres, geo)], args.repeats)
 
     args_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"command: python -m benchmarks.postprocess_speed {args_text}".rstrip())
+    print(f"command: python -m deeplab_trt.benchmarks.postprocess_speed {args_text}".rstrip())
     print(f"machine: {machine_line()}")
     print(f"date:    {dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}")
     print(f"input:   {what} -> labels {fh}x{fw}; {mixed * 100:.1f}% of low-res cells on a class boundary; "

@@ -8,7 +8,7 @@ JSON schema ``deeplab-trt-bench/1`` (keys marked * may be ``null`` when not meas
     {
       "schema": "deeplab-trt-bench/1",
       "created": "2026-11-24T12:00:00+00:00",          # UTC, ISO 8601
-      "environment": {                                   # see benchmarks.environment.environment()
+      "environment": {                                   # see deeplab_trt.benchmarks.environment.environment()
         "cpu": str, "cpu_cores": int, "platform": str, "python": str,
         "gpu"*: str, "gpu_memory_mb"*: float, "driver"*: str, "cuda"*: str,
         "tensorrt_flavour"*: "tensorrt"|"tensorrt-rtx", "tensorrt_version"*: str,
@@ -50,7 +50,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import atomic_path
+from deeplab_trt.runtime.atomic import atomic_path
 
 SCHEMA = "deeplab-trt-bench/1"
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")

@@ -1,7 +1,7 @@
 """``deeplab-trt scenes``: write synthetic street scenes with ground-truth labels to disk.
 
 Why: calibration, ``eval`` and outside tools want files, not a Python generator. The output
-is the layout of :mod:`benchmarks.labelled_dir` (``images/NAME.png``, ``labels/NAME.png``,
+is the layout of :mod:`deeplab_trt.benchmarks.labelled_dir` (``images/NAME.png``, ``labels/NAME.png``,
 ``classes.json``), which ``deeplab-trt eval --data DIR`` and ``calibrate`` read back.
 ``--video`` also writes one moving street as a video file, with its per-frame labels in
 ``DIR/video_labels/NNNNN.png``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from runtime.cli_types import positive_int
+from deeplab_trt.runtime.cli_types import positive_int
 
 
 
@@ -45,10 +45,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from benchmarks.labelled_dir import write_classes, write_pair, write_png
-    from benchmarks.scenes import CLASSES, PALETTE, SceneGenerator
-    from runtime.errors import ToolkitError
-    from runtime.video import VideoFileSink
+    from deeplab_trt.benchmarks.labelled_dir import write_classes, write_pair, write_png
+    from deeplab_trt.benchmarks.scenes import CLASSES, PALETTE, SceneGenerator
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.video import VideoFileSink
 
     out: Path = args.out_dir
     if out.exists() and not out.is_dir():

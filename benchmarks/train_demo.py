@@ -4,18 +4,18 @@ Why: pretrained DeepLab weights cannot be downloaded on air-gapped machines, yet
 calibration accuracy checks and benchmarks need a model whose output means something. This
 script reproduces the committed ``builder/assets/demo_model.pt``::
 
-    python -m benchmarks.train_demo --out builder/assets/demo_model.pt
+    python -m deeplab_trt.benchmarks.train_demo --out builder/assets/demo_model.pt
 
 Recipe (the defaults; every value is also stored in the checkpoint's ``"train"`` dict):
 
 * architecture: ``torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None,
   weights_backbone=None, num_classes=7, aux_loss=False)``, trained from scratch;
-* data: :class:`benchmarks.scenes.SceneGenerator` scenes rendered at the demo input size
+* data: :class:`deeplab_trt.benchmarks.scenes.SceneGenerator` scenes rendered at the demo input size
   256×512, generator seed 0, scene indices 0, 1, 2, ... (a fresh scene for every sample, all
   from seeds below ``TRAIN_SEED_LIMIT``); random 128×256 crops (objects keep their demo-size
   scale) and horizontal flips;
 * preprocessing: the runtime's (BGR→RGB, /255, ImageNet mean/std), done in torch on the batch
-  with the same arithmetic as :func:`runtime.preprocess.preprocess`;
+  with the same arithmetic as :func:`deeplab_trt.runtime.preprocess.preprocess`;
 * optimisation: AdamW (lr 3e-3, weight decay 1e-4), one-cycle schedule (10 % warm-up, cosine
   decay), class-weighted cross-entropy (:func:`class_weights`), batch 4, 3600 steps, torch
   seed 0, 1 torch thread (``--threads``: on a machine shared with other jobs, 2 OpenMP
@@ -24,7 +24,7 @@ Recipe (the defaults; every value is also stored in the checkpoint's ``"train"``
   MobileNetV3's BN momentum 0.01 leaves stale running statistics after a short run), over 64
   full-size scenes of generator seed 1, after rounding the weights to fp16 (the saved model);
 * held-out evaluation: 32 full 256×512 scenes from seed ``HELDOUT_SEED_BASE`` (10,000,000),
-  never used in training; mIoU with :mod:`benchmarks.metrics`, every ``--eval-every`` steps.
+  never used in training; mIoU with :mod:`deeplab_trt.benchmarks.metrics`, every ``--eval-every`` steps.
 
 Output: ``{"arch", "state_dict" (fp16, no aux head), "classes", "palette" (RGB),
 "input_size" [H, W], "mean", "std", "train": {...}}`` written atomically with ``torch.save``,
@@ -52,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.metrics import ConfusionMatrix
-from benchmarks.scenes import CLASSES, HELDOUT_SEED_BASE, PALETTE, TRAIN_SEED_LIMIT, SceneGenerator
-from runtime.atomic import atomic_path
-from runtime.spec import IMAGENET_MEAN, IMAGENET_STD
+from deeplab_trt.benchmarks.metrics import ConfusionMatrix
+from deeplab_trt.benchmarks.scenes import CLASSES, HELDOUT_SEED_BASE, PALETTE, TRAIN_SEED_LIMIT, SceneGenerator
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.spec import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("train_demo")
 
@@ -75,7 +75,7 @@ def build_model(num_classes: int = len(CLASSES)):
 def normalize_batch(images_bgr: np.ndarray):
     """N×H×W×3 uint8 BGR → N×3×H×W float tensor: BGR→RGB, /255, (x - mean) / std.
 
-    Same arithmetic as :func:`runtime.preprocess.preprocess` (which computes
+    Same arithmetic as :func:`deeplab_trt.runtime.preprocess.preprocess` (which computes
     ``(x - 255 * mean) / (255 * std)`` in float32) at the model size (no resize needed).
     """
     import torch
@@ -283,7 +283,7 @@ def finish(model, cfg: dict, out: Path, heldout, info: dict) -> dict:
                                       for k, v in final["per_class_iou"].items()},
             "heldout_seed": HELDOUT_SEED_BASE, "bn_recalibration_seed": cfg["seed"] + 1,
             "finish_s": round(time.perf_counter() - t0, 1),
-            "torch": str(torch.__version__), "command": "python -m benchmarks.train_demo " + " ".join(sys.argv[1:])}
+            "torch": str(torch.__version__), "command": "python -m deeplab_trt.benchmarks.train_demo " + " ".join(sys.argv[1:])}
     log.info("final held-out mIoU %.4f  %s", final["miou"],
              {k: round(v, 3) for k, v in final["per_class_iou"].items() if v is not None})
     return info
@@ -308,7 +308,7 @@ def finish_checkpoint(path: Path, cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deeplab_trt.benchmarks.train_demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("builder/assets/demo_model.pt"))
     for key, value in DEFAULTS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)

@@ -1,6 +1,6 @@
 """``deeplab-trt build``: ONNX → TensorRT engine + JSON sidecar, for the installed TensorRT flavour.
 
-Why here: the command sits next to :mod:`builder.engine`, which it drives; TensorRT is
+Why here: the command sits next to :mod:`deeplab_trt.builder.engine`, which it drives; TensorRT is
 imported only when the command runs. Every option is checked (by the pure planning
 functions) before calibration or the build starts.
 """
@@ -11,8 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from builder.engine import INT8_MODES, PRECISIONS
-from runtime.cli_types import parse_batch_range, positive_int
+from deeplab_trt.builder.engine import INT8_MODES, PRECISIONS
+from deeplab_trt.runtime.cli_types import parse_batch_range, positive_int
 
 METHODS = ("entropy", "percentile", "max")
 FLAVOUR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")
@@ -68,7 +68,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.engine import BuildOptions, build_engine
+    from deeplab_trt.builder.engine import BuildOptions, build_engine
 
     verbose = bool(getattr(args, "verbose", False) or args.build_verbose)
     if verbose:

@@ -3,7 +3,7 @@
 Why the decisions are pure functions: how precision is asked for differs per flavour
 (DESIGN.md, "TensorRT flavours"), and only TensorRT-RTX can run here. :func:`plan_precision`,
 :func:`plan_profile` and :func:`plan_compute_capabilities` take a
-:class:`~runtime.tensorrt_flavour.Flavour` *description* and return what to do, so the
+:class:`~deeplab_trt.runtime.tensorrt_flavour.Flavour` *description* and return what to do, so the
 TensorRT 10 and 11 paths are unit-tested with documented descriptions, and
 :func:`build_engine` only carries the plan out.
 
@@ -40,13 +40,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import __version__
-from runtime.atomic import atomic_path, write_bytes_atomic
-from runtime.cli_types import parse_batch_range
-from runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec, load_onnx
-from runtime.tensorrt_flavour import (Flavour, current_gpu, detect, dtype_name, parse_compute_capability, sm_name,
+from deeplab_trt.runtime import __version__
+from deeplab_trt.runtime.atomic import atomic_path, write_bytes_atomic
+from deeplab_trt.runtime.cli_types import parse_batch_range
+from deeplab_trt.runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec, load_onnx
+from deeplab_trt.runtime.tensorrt_flavour import (Flavour, current_gpu, detect, dtype_name, parse_compute_capability, sm_name,
                                       supported_compute_capabilities)
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ def _count_qdq(model) -> int:
 
 
 def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
-    from calibration.quantize import quantize_onnx
+    from deeplab_trt.calibration.quantize import quantize_onnx
 
     result = quantize_onnx(source, data=list(options.data), output=output, num=options.num, method=options.method,
                            percentile=options.percentile, cache=options.cache, seed=0, progress=options.progress)
@@ -372,7 +372,7 @@ def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
 
 
 def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
-    from calibration.trt_calibrator import make_entropy_calibrator
+    from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     return make_entropy_calibrator(trt, data=list(options.data), spec=spec, cache_path=options.cache,
                                    batch_size=1, num=options.num)
@@ -459,7 +459,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
         # 2. the graph TensorRT parses
         graph, pass_record = source, None
         if plan.onnx_pass == "fp16":
-            from builder.fp16 import convert_fp16
+            from deeplab_trt.builder.fp16 import convert_fp16
 
             graph = Path(workdir) / f"{source.stem}.fp16.onnx"
             report = convert_fp16(source, graph, output_dtype=options.fp16_output)
@@ -605,6 +605,6 @@ def _first_lines(messages: list[str], limit: int = 5) -> list[str]:
 
 
 def _make_logger(trt: Any, verbose: bool):
-    from runtime.tensorrt_log import make_logger
+    from deeplab_trt.runtime.tensorrt_log import make_logger
 
     return make_logger(trt, verbose)

@@ -1,10 +1,10 @@
 """torch → ONNX export of DeepLab v3, with metadata and a parity check against PyTorch.
 
 Why each step: the ONNX file is the hand-off to every later stage (FP16/Q-DQ passes, engine
-builds, the CPU runtime), so it carries the :class:`~runtime.spec.ModelSpec` in its
+builds, the CPU runtime), so it carries the :class:`~deeplab_trt.runtime.spec.ModelSpec` in its
 ``metadata_props``, is validated by ``onnx.checker``, and is proven numerically equal to the
 PyTorch model (ONNX Runtime CPU on a seeded random input) before it is renamed into place.
-A failed step leaves no file behind (:func:`runtime.atomic.atomic_path`).
+A failed step leaves no file behind (:func:`deeplab_trt.runtime.atomic.atomic_path`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import time
 import warnings
 from pathlib import Path
 
-from runtime import __version__
-from runtime.atomic import atomic_path
-from runtime.cli_types import parse_batch_range
-from runtime.errors import ToolkitError
-from runtime.spec import HEADS, ModelSpec
+from deeplab_trt.runtime import __version__
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.cli_types import parse_batch_range
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import HEADS, ModelSpec
 
 
 DEFAULT_SIZE = (520, 520)  # torchvision's evaluation size for these models
@@ -149,7 +149,7 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
     otherwise the batch is fixed to ``batch`` (``spec.extra["batch"]``). ``onnx.checker``
     always runs; ``check`` adds the ONNX Runtime parity check (a failure is a :class:`ToolkitError`).
     """
-    from builder.models import build_model
+    from deeplab_trt.builder.models import build_model
 
     started = time.perf_counter()
     output = Path(output)

@@ -1,6 +1,6 @@
 """``deeplab-trt export``: torchvision DeepLab v3 → ONNX with metadata and a parity check.
 
-Why here: the command sits next to the code it drives (:mod:`builder.export`); torch is
+Why here: the command sits next to the code it drives (:mod:`deeplab_trt.builder.export`); torch is
 imported only when the command runs, so ``deeplab-trt --help`` stays fast.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from builder.models import MODELS
-from runtime.spec import HEADS
-from runtime.cli_types import positive_int, batch_range
+from deeplab_trt.builder.models import MODELS
+from deeplab_trt.runtime.spec import HEADS
+from deeplab_trt.runtime.cli_types import positive_int, batch_range
 
 
 
@@ -53,10 +53,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if (args.height is None) != (args.width is None):
-        from runtime.errors import ToolkitError
+        from deeplab_trt.runtime.errors import ToolkitError
 
         raise ToolkitError("--height and --width go together: give both or neither")
-    from builder.export import export_onnx
+    from deeplab_trt.builder.export import export_onnx
 
     export_onnx(args.output, model=args.model, weights=args.weights, num_classes=args.num_classes,
                 height=args.height, width=args.width, batch=args.batch, dynamic_batch=args.dynamic_batch,

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import atomic_path
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def label_agreement(reference: np.ndarray, candidate: np.ndarray, spec: ModelSpe
     a few dozen cells, where one near-tie flips 3% of the map; the displayed labels are
     what the user sees, at frame resolution.
     """
-    from runtime.postprocess import labels_from_output
+    from deeplab_trt.runtime.postprocess import labels_from_output
 
     scores = []
     for i, geo in enumerate(geos):
@@ -237,8 +237,8 @@ def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float
     import onnx
     from onnxconverter_common import float16
 
-    from runtime.preprocess import preprocess
-    from runtime.spec import spec_from_onnx
+    from deeplab_trt.runtime.preprocess import preprocess
+    from deeplab_trt.runtime.spec import spec_from_onnx
 
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)

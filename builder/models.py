@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ToolkitError
-from runtime.spec import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, voc_palette
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, voc_palette
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import write_text_atomic
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.atomic import write_text_atomic
+from deeplab_trt.runtime.errors import ToolkitError
 
 ALGORITHM = "EntropyCalibration2"
 #: TensorRT 10.3: JetPack 6's TensorRT, the one most likely to read a cache written here.

@@ -2,9 +2,9 @@
 
 Why ONNX Runtime: it runs the FP32 ONNX graph the Q/DQ pass rewrites, on CPU anywhere and on
 CUDA where ``onnxruntime-gpu`` is installed, without TensorRT. The tensors to observe (the
-activation inputs of quantized ops, from :func:`calibration.qdq.plan_qdq`) are added as extra
+activation inputs of quantized ops, from :func:`deeplab_trt.calibration.qdq.plan_qdq`) are added as extra
 graph outputs of an in-memory copy of the model; each batch's values go straight into the
-per-tensor :class:`~calibration.histogram.AbsHistogram` and are dropped, so memory is one
+per-tensor :class:`~deeplab_trt.calibration.histogram.AbsHistogram` and are dropped, so memory is one
 batch of activations plus ``num_bins`` counters per tensor, whatever the number of frames.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibration.histogram import DEFAULT_BINS, AbsHistogram
-from runtime.errors import ToolkitError
+from deeplab_trt.calibration.histogram import DEFAULT_BINS, AbsHistogram
+from deeplab_trt.runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 

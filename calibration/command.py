@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from calibration.histogram import DEFAULT_BINS
-from calibration.scales import METHODS
+from deeplab_trt.calibration.histogram import DEFAULT_BINS
+from deeplab_trt.calibration.scales import METHODS
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,8 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from calibration.quantize import quantize_onnx  # onnx / onnxruntime only when the command runs
-    from runtime.errors import ToolkitError
+    from deeplab_trt.calibration.quantize import quantize_onnx  # onnx / onnxruntime only when the command runs
+    from deeplab_trt.runtime.errors import ToolkitError
 
     if args.bins < 256:
         raise ToolkitError(f"--bins {args.bins}: need at least 256 (2 per int8 level)")

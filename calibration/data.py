@@ -2,7 +2,7 @@
 
 Why the runtime's preprocessing: INT8 scales are only right for the inputs they were measured
 on, so calibration feeds the model exactly what deployment feeds it —
-:func:`runtime.preprocess.preprocess` (resize, BGR→RGB, mean/std, NCHW), no second copy.
+:func:`deeplab_trt.runtime.preprocess.preprocess` (resize, BGR→RGB, mean/std, NCHW), no second copy.
 
 Sources (mixed freely in one list):
 
@@ -15,7 +15,7 @@ Sources (mixed freely in one list):
 frames), then reads them in file order so videos are decoded front to back once. Frames are
 read lazily, one batch at a time, so memory does not grow with the number of frames.
 
-Bad data is a :class:`~runtime.errors.ToolkitError` naming the file: a path that does not
+Bad data is a :class:`~deeplab_trt.runtime.errors.ToolkitError` naming the file: a path that does not
 exist, a glob or directory with no usable files, an unreadable image or video, a frame
 smaller than :data:`MIN_SIDE` pixels on a side.
 """
@@ -31,9 +31,9 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.preprocess import preprocess
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.preprocess import preprocess
+from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class CalibrationData:
         return read_frames(self.refs)
 
     def batches(self, batch_size: int = 1, drop_last: bool = False) -> Iterator[np.ndarray]:
-        """(B, 3, H, W) arrays, preprocessed by :func:`runtime.preprocess.preprocess`.
+        """(B, 3, H, W) arrays, preprocessed by :func:`deeplab_trt.runtime.preprocess.preprocess`.
 
         The last batch may be short unless ``drop_last`` (for models with a fixed batch size).
         """

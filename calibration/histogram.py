@@ -23,7 +23,7 @@ batch's width (memory no longer fixed: a small first batch can make it grow with
 two passes (max first, then bins) would double the inference time.
 
 Exact zeros are counted separately as well (they are in bin 0 too): ReLU outputs are ~half
-zeros, and the entropy method leaves them out (see :mod:`calibration.scales`).
+zeros, and the entropy method leaves them out (see :mod:`deeplab_trt.calibration.scales`).
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.scales import quantize_weight, scale_from_amax, weight_scales
-from runtime.errors import ToolkitError
+from deeplab_trt.calibration.scales import quantize_weight, scale_from_amax, weight_scales
+from deeplab_trt.runtime.errors import ToolkitError
 
 QUANTIZED_OPS = ("Conv",)
 #: Ops between a Conv and an Add that TensorRT still fuses into the Conv (BN is folded).

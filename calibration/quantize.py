@@ -16,16 +16,16 @@ from typing import Sequence
 
 import onnx
 
-from calibration.cache import DEFAULT_TRT_VERSION, read_cache, trt_version_number, write_cache
-from calibration.collect import _input_batch, collect_histograms
-from calibration.data import CalibrationData
-from calibration.histogram import DEFAULT_BINS, AbsHistogram
-from calibration.qdq import QdqPlan, insert_qdq, plan_qdq
-from calibration.scales import METHODS, amax_from_scale, compute_amax, scale_from_amax
-from runtime.atomic import atomic_path
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec, spec_from_onnx
-from runtime.tensorrt_flavour import detect
+from deeplab_trt.calibration.cache import DEFAULT_TRT_VERSION, read_cache, trt_version_number, write_cache
+from deeplab_trt.calibration.collect import _input_batch, collect_histograms
+from deeplab_trt.calibration.data import CalibrationData
+from deeplab_trt.calibration.histogram import DEFAULT_BINS, AbsHistogram
+from deeplab_trt.calibration.qdq import QdqPlan, insert_qdq, plan_qdq
+from deeplab_trt.calibration.scales import METHODS, amax_from_scale, compute_amax, scale_from_amax
+from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
+from deeplab_trt.runtime.tensorrt_flavour import detect
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def calibrate(model: onnx.ModelProto, data: CalibrationData, *, method: str = "e
 def _cache_trt_version() -> int:
     """The installed TensorRT's version number (it is who reads the cache), else 10.3's.
 
-    Asks :func:`runtime.tensorrt_flavour.detect`, the one place that finds TensorRT; only the
+    Asks :func:`deeplab_trt.runtime.tensorrt_flavour.detect`, the one place that finds TensorRT; only the
     full ``tensorrt`` reads calibration caches (TensorRT-RTX has no calibrator API).
     """
     try:
@@ -151,7 +151,7 @@ def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy"
                   policy: str = "stretch", providers=None, progress: bool = True) -> Path:
     """Calibrate ``model_path`` and write its INT8 Q/DQ version to ``output``; returns ``output``.
 
-    ``data``: image/video files, folders, globs (see :mod:`calibration.data`). ``cache``: a
+    ``data``: image/video files, folders, globs (see :mod:`deeplab_trt.calibration.data`). ``cache``: a
     TensorRT calibration cache — written when ``data`` is given, read (instead of
     calibrating) when it is not. ``exclude``: fnmatch patterns of node names kept float.
     ``report_dir``: per-tensor amax table (JSON, Markdown) and histogram plots.
@@ -186,7 +186,7 @@ def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy"
     extra = {"exclude": list(exclude)} if exclude else {}
     write_qdq_model(model, result, output, weights=weights, extra=extra)
     if report_dir is not None:
-        from calibration.report import write_report
+        from deeplab_trt.calibration.report import write_report
 
         write_report(report_dir, result, title=f"{spec.name} ({model_path.name})")
     return output

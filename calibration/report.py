@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.histogram import AbsHistogram
-from calibration.scales import QMAX, scale_from_amax
-from runtime.atomic import atomic_path, write_text_atomic
-from runtime.errors import ToolkitError
+from deeplab_trt.calibration.histogram import AbsHistogram
+from deeplab_trt.calibration.scales import QMAX, scale_from_amax
+from deeplab_trt.runtime.atomic import atomic_path, write_text_atomic
+from deeplab_trt.runtime.errors import ToolkitError
 
 PLOTS = 8
 

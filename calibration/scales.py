@@ -6,7 +6,7 @@ above which activations are clipped.
 
 ``entropy`` — TensorRT's legacy KL-divergence calibration (``IInt8EntropyCalibrator2``;
 Migacz, "8-bit Inference with TensorRT", GTC 2017), on the |x| histogram of
-:mod:`calibration.histogram`:
+:mod:`deeplab_trt.calibration.histogram`:
 
 * **bins**: the histogram of |x| from 0 to max |x| (TensorRT: 2048 bins; here the bins that
   hold data after range growth, between ``num_bins / 2`` and ``num_bins`` of them).
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibration.histogram import AbsHistogram
+from deeplab_trt.calibration.histogram import AbsHistogram
 
 METHODS = ("entropy", "percentile", "max")
 INT8_LEVELS = 128  # non-negative int8 levels: 0..127

@@ -7,10 +7,10 @@ skips calibrating), and a cache TensorRT writes here can be turned into Q/DQ by
 ``deeplab-trt calibrate --cache FILE`` for TensorRT 11 / RTX.
 
 TensorRT 11 and TensorRT-RTX removed the calibrator API: :func:`make_entropy_calibrator`
-says so (a :class:`~runtime.errors.ToolkitError`) instead of failing on a missing attribute.
+says so (a :class:`~deeplab_trt.runtime.errors.ToolkitError`) instead of failing on a missing attribute.
 
 ``get_batch`` must return device pointers: batches are copied to one device buffer through the
-runtime's CUDA layer (:mod:`runtime.cuda.api`, cuda-python), imported only when the first
+runtime's CUDA layer (:mod:`deeplab_trt.runtime.cuda.api`, cuda-python), imported only when the first
 batch is requested.
 """
 
@@ -22,24 +22,24 @@ from typing import Sequence
 
 import numpy as np
 
-from calibration.cache import parse_cache
-from calibration.data import CalibrationData
-from runtime.atomic import write_bytes_atomic
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.calibration.cache import parse_cache
+from deeplab_trt.calibration.data import CalibrationData
+from deeplab_trt.runtime.atomic import write_bytes_atomic
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 class CudaDeviceBuffer:
-    """One device allocation (the runtime's :class:`runtime.cuda.api.DeviceBuffer`), grown as
+    """One device allocation (the runtime's :class:`deeplab_trt.runtime.cuda.api.DeviceBuffer`), grown as
     needed; ``upload(array) -> device pointer``, synchronous so TensorRT may read it at once."""
 
     def __init__(self) -> None:
         self._buf = None
 
     def upload(self, array: np.ndarray) -> int:
-        from runtime.cuda import api  # cuda-python only once TensorRT asks for a batch
+        from deeplab_trt.runtime.cuda import api  # cuda-python only once TensorRT asks for a batch
 
         array = np.ascontiguousarray(array)
         if self._buf is None or self._buf.nbytes < array.nbytes:
@@ -60,7 +60,7 @@ def make_entropy_calibrator(trt_module, data, spec: ModelSpec, cache_path, batch
                             device=None):
     """An ``IInt8EntropyCalibrator2`` for ``trt_module`` (the imported ``tensorrt``).
 
-    ``data``: a :class:`~calibration.data.CalibrationData` or the paths/globs to build one
+    ``data``: a :class:`~deeplab_trt.calibration.data.CalibrationData` or the paths/globs to build one
     (with ``num``/``every``/``seed``/``policy``). ``cache_path``: read if it exists (TensorRT
     skips calibration), written when TensorRT produces one. ``device``: object with
     ``upload(array) -> int`` and ``free()`` (default :class:`CudaDeviceBuffer`; tests pass a fake).

@@ -14,20 +14,20 @@ import importlib
 import logging
 import sys
 
-from runtime import __version__
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime import __version__
+from deeplab_trt.runtime.errors import ToolkitError
 
 #: subcommand -> module defining ``add_parser(subparsers)`` (which sets ``func``), in ``--help`` order.
 COMMANDS = {
-    "export": "builder.export_command",
-    "build": "builder.build_command",
-    "calibrate": "calibration.command",
-    "run": "runtime.run_command",
+    "export": "deeplab_trt.builder.export_command",
+    "build": "deeplab_trt.builder.build_command",
+    "calibrate": "deeplab_trt.calibration.command",
+    "run": "deeplab_trt.runtime.run_command",
     "info": "deeplab_trt.info_command",
-    "eval": "benchmarks.eval_command",
-    "demo": "benchmarks.demo_command",
-    "bench": "benchmarks.bench_command",
-    "scenes": "benchmarks.scenes_command",
+    "eval": "deeplab_trt.benchmarks.eval_command",
+    "demo": "deeplab_trt.benchmarks.demo_command",
+    "bench": "deeplab_trt.benchmarks.bench_command",
+    "scenes": "deeplab_trt.benchmarks.scenes_command",
 }
 
 

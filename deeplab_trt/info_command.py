@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 ONNX_SUFFIXES = (".onnx",)
 
@@ -47,9 +47,9 @@ def _value_info(vi) -> dict[str, Any]:
 def describe_onnx(path: Path) -> dict[str, Any]:
     import onnx
 
-    from runtime.spec import ModelSpec
+    from deeplab_trt.runtime.spec import ModelSpec
 
-    from runtime.spec import load_onnx
+    from deeplab_trt.runtime.spec import load_onnx
 
     model = load_onnx(path, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -75,8 +75,8 @@ def describe_onnx(path: Path) -> dict[str, Any]:
 
 # ----- engines -----------------------------------------------------------------------------------
 def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
-    from runtime.engine_loader import built_label, check_engine_bytes, read_sidecar, sidecar_path
-    from runtime.tensorrt_flavour import current_gpu
+    from deeplab_trt.runtime.engine_loader import built_label, check_engine_bytes, read_sidecar, sidecar_path
+    from deeplab_trt.runtime.tensorrt_flavour import current_gpu
 
     if path.name.endswith(".engine.json") or path.name.endswith(".plan.json"):
         path = path.with_name(path.name[: -len(".json")])
@@ -95,7 +95,7 @@ def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
     if gpu is None:
         info["engine_note"] = f"deserialising needs a CUDA GPU ({why}); showing the build record from the sidecar"
         return info
-    from runtime.engine_loader import engine_io, load_engine
+    from deeplab_trt.runtime.engine_loader import engine_io, load_engine
 
     try:
         loaded = load_engine(path)

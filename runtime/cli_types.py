@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Iterable
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 
 def positive_int(text: str) -> int:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
-from runtime.tensorrt_flavour import Flavour, current_gpu, detect, dtype_name, parse_version, sm_name
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
+from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, detect, dtype_name, parse_version, sm_name
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class LoadedEngine:
 
 def load_engine(path: str | Path, *, flavour: Flavour | None = None, verbose: bool = False) -> LoadedEngine:
     """Check the sidecar, then ``trt.Runtime(logger).deserialize_cuda_engine``; one error for every refusal."""
-    from runtime.tensorrt_log import make_logger
+    from deeplab_trt.runtime.tensorrt_log import make_logger
 
     path = Path(path)
     sidecar = read_sidecar(path)

@@ -14,10 +14,10 @@ rendered picture (overlay, mask or grey labels) comes back to the host; the logi
   there is no copy at all.
 
 Queues are bounded (slots): for files every frame is processed (the decoder waits); for live
-sources :class:`runtime.video.BackgroundReader` drops the oldest decoded frame instead, as in
+sources :class:`deeplab_trt.runtime.video.BackgroundReader` drops the oldest decoded frame instead, as in
 the CPU pipeline. Per-stage GPU times come from CUDA events (``upload``, ``preprocess``,
 ``infer``, ``postprocess``, ``download``); ``decode`` and ``encode`` are host times, as in
-:class:`runtime.pipeline.Stats`, which this returns too.
+:class:`deeplab_trt.runtime.pipeline.Stats`, which this returns too.
 
 Optional CUDA graphs (``cuda_graph=True``): after the first frame (which also runs TensorRT's
 ``execute_async_v3`` once outside capture, as TensorRT requires), each slot's kernel +
@@ -38,11 +38,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.pipeline import RunOptions, Stats
-from runtime.postprocess import labels_from_output, palette_bgr, render
-from runtime.preprocess import Geometry, preprocess
-from runtime.video import BackgroundReader, Sink, VideoSource
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.pipeline import RunOptions, Stats
+from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
+from deeplab_trt.runtime.preprocess import Geometry, preprocess
+from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Stage(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------
-# host stage: the references (what runtime.pipeline computes), behind slots
+# host stage: the references (what deeplab_trt.runtime.pipeline computes), behind slots
 # ----------------------------------------------------------------------------------------------
 class HostStage:
     """numpy/OpenCV references + ``backend.infer``: the CPU twin of :class:`CudaStage`."""
@@ -138,12 +138,12 @@ class _Slot:
 
 
 class CudaStage:
-    """Kernels + a :class:`~runtime.cuda.inference.DeviceInference` on three streams."""
+    """Kernels + a :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` on three streams."""
 
     def __init__(self, inference, options: RunOptions, frame_size: tuple[int, int], *, slots: int = DEFAULT_SLOTS,
                  device_index: int = 0, cuda_graph: bool = False, zero_copy: bool | None = None, kernels=None):
-        from runtime.cuda import api
-        from runtime.cuda.kernels import get_kernels, label_dtype_for
+        from deeplab_trt.runtime.cuda import api
+        from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
         self.api = api
         self.device_index = device_index
@@ -270,7 +270,7 @@ def make_stage(backend, source: VideoSource, options: RunOptions, *, stage: str 
     if inference is None:
         inference = getattr(backend, "runner", None)
         if inference is None:
-            from runtime.cuda.inference import HostBackendInference
+            from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
             inference = HostBackendInference(backend)
     return CudaStage(inference, options, source.size, slots=slots or DEFAULT_SLOTS, device_index=device_index,
@@ -281,7 +281,7 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
               stage: str | Stage = "cuda", slots: int | None = None, inference=None, device_index: int = 0,
               cuda_graph: bool = False) -> Stats:
     """Segment ``source`` on the GPU and write the pictures to ``sinks``; same contract as
-    :func:`runtime.pipeline.run_video` (the caller owns and closes the sinks)."""
+    :func:`deeplab_trt.runtime.pipeline.run_video` (the caller owns and closes the sinks)."""
     from tqdm import tqdm
 
     options = options or RunOptions()

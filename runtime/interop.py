@@ -4,7 +4,7 @@ Why: an application that already has frames on the GPU (a torch tensor from a de
 array, a pycuda ``GPUArray``, a DeepStream/VPI buffer exposed through DLPack) should not pay
 for a round trip through host memory. :class:`Segmenter` (in the spirit of jetson-inference's
 ``segNet``) takes any object speaking ``__cuda_array_interface__`` (v3) or DLPack, reads it in
-place, and returns :class:`~runtime.cuda.api.DeviceArray` results that those frameworks take
+place, and returns :class:`~deeplab_trt.runtime.cuda.api.DeviceArray` results that those frameworks take
 back the same way::
 
     seg = Segmenter("model.engine")               # or Segmenter(inference=..., ...)
@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.preprocess import POLICIES, Geometry
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.preprocess import POLICIES, Geometry
 
 
 def as_device_array(obj: Any, stream=None):
     """Wrap a CUDA array (``__cuda_array_interface__`` or DLPack) as a DeviceArray, zero-copy.
 
-    ``stream`` (a :class:`~runtime.cuda.api.Stream`): made to wait for the producer's stream
+    ``stream`` (a :class:`~deeplab_trt.runtime.cuda.api.Stream`): made to wait for the producer's stream
     when the producer names one, so the data is complete before our kernels read it.
     """
-    from runtime.cuda import api
-    from runtime.cuda import dlpack
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.cuda import dlpack
 
     if isinstance(obj, api.DeviceArray):
         if obj.stream is not None and stream is not None and int(obj.stream) != stream.handle:
@@ -84,14 +84,14 @@ class Segmenter:
     """Device-array segmentation over an engine (or any DeviceInference).
 
     ``model``: a TensorRT engine path (``.engine``/``.plan`` with its sidecar), or pass
-    ``inference=`` an object with the :class:`~runtime.cuda.inference.DeviceInference` contract
+    ``inference=`` an object with the :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` contract
     (e.g. ``HostBackendInference(open_backend("model.onnx"))``, or a torch module adapter).
     """
 
     def __init__(self, model: str | Path | None = None, *, inference=None, policy: str = "stretch",
                  bgr: bool = True, alpha: float = 0.5, device: int = 0):
-        from runtime.cuda import api
-        from runtime.cuda.kernels import get_kernels, label_dtype_for
+        from deeplab_trt.runtime.cuda import api
+        from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
         if policy not in POLICIES:
             raise ToolkitError(f"unknown resize policy {policy!r} (expected one of {', '.join(POLICIES)})")
@@ -99,8 +99,8 @@ class Segmenter:
         if inference is None:
             if model is None:
                 raise ToolkitError("Segmenter needs an engine path or an inference= object")
-            from runtime.backends.tensorrt import TensorRTRunner
-            from runtime.engine_loader import load_engine
+            from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+            from deeplab_trt.runtime.engine_loader import load_engine
 
             self._loaded = load_engine(model)
             inference = TensorRTRunner(self._loaded.engine, self._loaded.spec, self._loaded.flavour.module,

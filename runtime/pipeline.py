@@ -1,12 +1,12 @@
 """The CPU video pipeline: source → preprocess → infer → labels → render → sinks.
 
-Why this shape: every stage is the numpy/OpenCV reference (:mod:`runtime.preprocess`,
-:mod:`runtime.postprocess`), so this loop is also the definition of what ``deeplab-trt run``
-produces; the CUDA pipeline (``runtime.gpu_pipeline``) replaces the stages with kernels and
+Why this shape: every stage is the numpy/OpenCV reference (:mod:`deeplab_trt.runtime.preprocess`,
+:mod:`deeplab_trt.runtime.postprocess`), so this loop is also the definition of what ``deeplab-trt run``
+produces; the CUDA pipeline (``deeplab_trt.runtime.gpu_pipeline``) replaces the stages with kernels and
 returns the same :class:`Stats` from a ``run_video`` with the same signature, so the ``run``
 command, the benchmarks and the report code do not care which one ran.
 
-Decoding runs on a thread (:class:`runtime.video.BackgroundReader`): lossless for files,
+Decoding runs on a thread (:class:`deeplab_trt.runtime.video.BackgroundReader`): lossless for files,
 dropping the oldest frame for live sources. Labels, rendering and the sinks run on another
 (:class:`_Finisher`), one frame behind inference, in order. Ctrl-C stops the loop between
 frames; frames already inferred are written, the caller's sinks then finalise what was
@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.postprocess import MODES, labels_from_output, palette_bgr, render
-from runtime.preprocess import POLICIES, preprocess
-from runtime.errors import ToolkitError
-from runtime.video import BackgroundReader, Sink, VideoSource
+from deeplab_trt.runtime.postprocess import MODES, labels_from_output, palette_bgr, render
+from deeplab_trt.runtime.preprocess import POLICIES, preprocess
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoSource
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 
@@ -251,11 +251,11 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
 
 def runner_for(backend):
     """The video loop that drives ``backend``: this CPU loop, or the CUDA one
-    (:func:`runtime.gpu_pipeline.run_video`, same signature and :class:`Stats`) for a backend
+    (:func:`deeplab_trt.runtime.gpu_pipeline.run_video`, same signature and :class:`Stats`) for a backend
     whose ``pipeline`` is ``"gpu"``. One choice, so ``run``, ``demo`` and ``bench`` drive a
     backend alike; the CUDA module is imported only when it is the one chosen."""
     if getattr(backend, "pipeline", "cpu") == "gpu":
-        from runtime.gpu_pipeline import run_video as gpu_run_video
+        from deeplab_trt.runtime.gpu_pipeline import run_video as gpu_run_video
 
         return gpu_run_video
     return run_video

@@ -1,6 +1,6 @@
 """Reference postprocessing: model output → labels at the frame's resolution → pictures.
 
-Head forms (see :mod:`runtime.spec`):
+Head forms (see :mod:`deeplab_trt.runtime.spec`):
 
 * ``lowres``: C×h×w logits before torchvision's final bilinear upsample. Labels are
   ``argmax(bilinear(lowres → frame))``. Bilinear interpolation is linear, so each output
@@ -25,9 +25,9 @@ import functools
 import cv2
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.preprocess import Geometry
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.preprocess import Geometry
+from deeplab_trt.runtime.spec import ModelSpec
 
 MODES = ("overlay", "mask", "labels")
 

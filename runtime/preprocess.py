@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 POLICIES = ("stretch", "letterbox")
 

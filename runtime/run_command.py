@@ -15,15 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from runtime.backends.base import BACKENDS
-    from runtime.postprocess import MODES
-    from runtime.preprocess import POLICIES
+    from deeplab_trt.runtime.backends.base import BACKENDS
+    from deeplab_trt.runtime.postprocess import MODES
+    from deeplab_trt.runtime.preprocess import POLICIES
 
     p = subparsers.add_parser(
         "run", help="segment a video with an ONNX model or TensorRT engine",
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_paths(args) -> None:
     """Output-side checks that need no model or video (fail before the slow work)."""
-    from runtime.video import LOSSLESS_SUFFIXES, check_video_output, classify_source
+    from deeplab_trt.runtime.video import LOSSLESS_SUFFIXES, check_video_output, classify_source
 
     if args.output is not None:
         check_video_output(args.output)
@@ -71,10 +71,10 @@ def _check_paths(args) -> None:
 
 
 def main(args) -> int:
-    from runtime.atomic import write_text_atomic
-    from runtime.backends import open_backend
-    from runtime.pipeline import RunOptions, runner_for
-    from runtime.video import NullSink, VideoFileSink, WindowSink, open_source
+    from deeplab_trt.runtime.atomic import write_text_atomic
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.pipeline import RunOptions, runner_for
+    from deeplab_trt.runtime.video import NullSink, VideoFileSink, WindowSink, open_source
 
     options = RunOptions(mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames,
                          progress=not args.no_progress)

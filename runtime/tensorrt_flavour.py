@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 #: Import names tried per flavour, in order. ``tensorrt_rtx`` is what NVIDIA's docs import;

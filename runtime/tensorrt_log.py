@@ -3,7 +3,7 @@
 Why: TensorRT prints to stdout by default, which breaks the toolkit's rule that a failure
 is *one* line naming the file. Here every TensorRT message goes to the ``tensorrt`` logger
 at DEBUG (``--verbose`` shows INFO and VERBOSE too), errors are kept so the caller can put
-the first one into its :class:`~runtime.errors.ToolkitError`, and warnings are kept so a
+the first one into its :class:`~deeplab_trt.runtime.errors.ToolkitError`, and warnings are kept so a
 successful build can show them once at the end.
 """
 

@@ -37,8 +37,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime.atomic import atomic_path  # noqa: E402
-from runtime.errors import ToolkitError  # noqa: E402
+from deeplab_trt.runtime.atomic import atomic_path  # noqa: E402
+from deeplab_trt.runtime.errors import ToolkitError  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 @functools.lru_cache(maxsize=1)
 def cuda_device_reason() -> str | None:
     """None when a CUDA device is usable, else why not (the runtime's own probe)."""
-    from runtime.tensorrt_flavour import current_gpu
+    from deeplab_trt.runtime.tensorrt_flavour import current_gpu
 
     capability, why = current_gpu()
     return None if capability is not None else why
@@ -39,7 +39,7 @@ def onnx_factory(tmp_path_factory):
     ``onnx_factory(head="lowres", height=64, width=128, num_classes=5, **export_kwargs) -> Path``.
     Random weights: tests about numerics compare backends on the same graph, not accuracy.
     """
-    from builder.export import export_onnx
+    from deeplab_trt.builder.export import export_onnx
 
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("onnx")

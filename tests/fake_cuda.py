@@ -1,6 +1,6 @@
 """A FAKE of the slice of cuda-python the runtime uses, backed by host memory (tests only).
 
-Why a fake: this machine has no GPU, and the GPU-side Python (``runtime.cuda.api`` objects,
+Why a fake: this machine has no GPU, and the GPU-side Python (``deeplab_trt.runtime.cuda.api`` objects,
 ``CudaStage``, the ``Segmenter``, ``TensorRTRunner``) must still be executed somewhere before
 a GPU session sees it. The fake follows cuda-python's conventions (``(error, value)`` tuples,
 enum names) and CUDA's semantics where they matter to the callers: kernel arguments are copied
@@ -21,7 +21,7 @@ import threading
 import time
 import types
 
-from runtime.cuda.kernels import _CTYPES, SIGNATURES
+from deeplab_trt.runtime.cuda.kernels import _CTYPES, SIGNATURES
 
 
 class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
@@ -308,8 +308,8 @@ class FakeCuda:
 
 
 def install(monkeypatch, emulator_lib_path, device: FakeDevice | None = None) -> FakeCuda:
-    """Route ``runtime.cuda.api``'s cuda-python access to a fresh fake; kernels are re-loaded."""
-    from runtime.cuda import api, kernels
+    """Route ``deeplab_trt.runtime.cuda.api``'s cuda-python access to a fresh fake; kernels are re-loaded."""
+    from deeplab_trt.runtime.cuda import api, kernels
 
     lib = ctypes.CDLL(str(emulator_lib_path))
     lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,

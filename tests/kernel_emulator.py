@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from runtime.cuda.kernels import HostMemory, Kernels
+from deeplab_trt.runtime.cuda.kernels import HostMemory, Kernels
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent / "runtime" / "cuda" / "kernels.cu"

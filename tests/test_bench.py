@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks import bench, bench_data, environment
-from benchmarks.report import RESULT_KEYS, SCHEMA, STAT_KEYS, format_markdown, format_table
+from deeplab_trt.benchmarks import bench, bench_data, environment
+from deeplab_trt.benchmarks.report import RESULT_KEYS, SCHEMA, STAT_KEYS, format_markdown, format_table
 from deeplab_trt.cli import main
 
 FAST = ["--iterations", "3", "--warmup", "1", "--e2e-frames", "2", "--fidelity-frames", "2", "--quiet"]
@@ -29,7 +29,7 @@ def tiny(onnx_factory) -> Path:
 @pytest.fixture(scope="module")
 def scene_data(tmp_path_factory) -> Path:
     """Synthetic scenes as an ``images/`` + ``labels/`` folder (labels must not become frames)."""
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     root = tmp_path_factory.mktemp("scenes")
     (root / "images").mkdir()
@@ -121,7 +121,7 @@ def test_synthetic_fidelity_without_data(tiny, tmp_path):
 
 
 def test_e2e_from_a_video_file(tiny, tmp_path):
-    from benchmarks.scenes import SceneGenerator
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     video = tmp_path / "street.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 96))
@@ -146,8 +146,8 @@ def test_split_is_disjoint():
 
 
 def test_gt_used_only_for_scene_classes():
-    from benchmarks.scenes import CLASSES
-    from runtime.spec import ModelSpec
+    from deeplab_trt.benchmarks.scenes import CLASSES
+    from deeplab_trt.runtime.spec import ModelSpec
 
     frames = [bench_data.Frame(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8), "s")]
     scene_spec = ModelSpec("demo", list(CLASSES), [], 4, 4)
@@ -208,7 +208,7 @@ def test_tensorrt_rtx_without_gpu_says_build_only(tiny, tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_bench_tensorrt_uses_cuda_events(tiny, tmp_path):
-    from runtime import tensorrt_flavour as tf
+    from deeplab_trt.runtime import tensorrt_flavour as tf
 
     backend, flavour = bench.resolve_backend("auto")
     if backend != "tensorrt":

@@ -19,13 +19,13 @@ from pathlib import Path
 import onnx
 import pytest
 
-from builder.engine import BuildOptions, build_engine
-from builder.fp16 import convert_fp16, probe_frames
-from runtime.engine_loader import (check_compatibility, check_engine_bytes, load_engine, read_sidecar,
+from deeplab_trt.builder.engine import BuildOptions, build_engine
+from deeplab_trt.builder.fp16 import convert_fp16, probe_frames
+from deeplab_trt.runtime.engine_loader import (check_compatibility, check_engine_bytes, load_engine, read_sidecar,
                                    sha256_file, sidecar_path)
-from runtime.errors import ToolkitError
-from runtime.spec import spec_from_onnx
-from runtime.tensorrt_flavour import Flavour, current_gpu, detect, supported_compute_capabilities
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import spec_from_onnx
+from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, detect, supported_compute_capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "builder" / "assets" / "demo_model.pt"
@@ -48,7 +48,7 @@ def _ort_qdq(src: Path, dst: Path, spec) -> Path:
     """A Q/DQ model made by ONNX Runtime's quantizer (symmetric, no bias quantization: TensorRT's rules)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from runtime.preprocess import preprocess
+    from deeplab_trt.runtime.preprocess import preprocess
 
     frames = [preprocess(f, spec)[0] for f in probe_frames(spec, 2, seed=3)]
 
@@ -129,7 +129,7 @@ def test_fp16_pass(mobilenet, tmp_path):
 
     out = tmp_path / "m.fp16.onnx"
     report = convert_fp16(mobilenet, out)
-    # Random weights: a weak check (near-ties everywhere; see builder.fp16.random_weights). The
+    # Random weights: a weak check (near-ties everywhere; see deeplab_trt.builder.fp16.random_weights). The
     # 99.5% bar itself is enforced on trained weights (demo model test, gate test below).
     assert report.agreement >= 0.99 and report.input_dtype == report.output_dtype == "float16"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -170,7 +170,7 @@ def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path):
 
 
 def test_int8_with_data_runs_calibration_first(mobilenet, tmp_path):
-    pytest.importorskip("calibration.quantize")
+    pytest.importorskip("deeplab_trt.calibration.quantize")
     import cv2
 
     data = tmp_path / "frames"
@@ -215,8 +215,8 @@ def test_resnet50_small(onnx_factory, tmp_path):
 def test_timing_cache_code_path_with_real_bindings(tmp_path):
     """TensorRT-RTX's timing cache calls are no-ops, but its API is TensorRT's: drive our load/save code
     through the real bindings with the capability switched on (what TensorRT 10/11 do for real)."""
-    from builder.engine import _apply_timing_cache
-    from runtime.tensorrt_log import make_logger
+    from deeplab_trt.builder.engine import _apply_timing_cache
+    from deeplab_trt.runtime.tensorrt_log import make_logger
 
     rtx = detect("tensorrt-rtx")
     pretend = dataclasses.replace(rtx, has_timing_cache=True)
@@ -287,7 +287,7 @@ def test_loader_without_gpu_says_so(engines):
 def test_load_engine_on_gpu(mobilenet, tmp_path):
     """Build for the GPU present and deserialise; on a GPU TensorRT-RTX cannot target (e.g. SM90), the
     loader must refuse with the targets in the message instead."""
-    from runtime.engine_loader import engine_io
+    from deeplab_trt.runtime.engine_loader import engine_io
 
     gpu, name = current_gpu()
     out = tmp_path / "gpu.engine"
@@ -333,7 +333,7 @@ def _det_onnx(path: Path) -> Path:
     """A valid ONNX (with our metadata) whose only op, Det, TensorRT has no importer for."""
     from onnx import TensorProto, helper
 
-    from runtime.spec import ModelSpec
+    from deeplab_trt.runtime.spec import ModelSpec
 
     graph = helper.make_graph([helper.make_node("Det", ["input"], ["output"], name="det0")], "det",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],

@@ -14,15 +14,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import cache as cache_mod
-from calibration.data import CalibrationData, discover, read_frames, select
-from calibration.histogram import AbsHistogram
-from calibration.qdq import insert_qdq, plan_qdq
-from calibration.quantize import quantize_onnx
-from calibration.scales import entropy_amax, kl_divergences, max_amax, percentile_amax
-from runtime.errors import ToolkitError
-from runtime.preprocess import preprocess
-from runtime.spec import ModelSpec
+from deeplab_trt.calibration import cache as cache_mod
+from deeplab_trt.calibration.data import CalibrationData, discover, read_frames, select
+from deeplab_trt.calibration.histogram import AbsHistogram
+from deeplab_trt.calibration.qdq import insert_qdq, plan_qdq
+from deeplab_trt.calibration.quantize import quantize_onnx
+from deeplab_trt.calibration.scales import entropy_amax, kl_divergences, max_amax, percentile_amax
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.preprocess import preprocess
+from deeplab_trt.runtime.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = "/work/venv/bin/python" if Path("/work/venv/bin/python").exists() else sys.executable
@@ -435,7 +435,7 @@ class FakeDeviceBuffer:
 
 
 def test_entropy_calibrator_adapter(media, tiny_int8, tmp_path):
-    from calibration.trt_calibrator import make_entropy_calibrator
+    from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     spec = _spec()
     device = FakeDeviceBuffer()
@@ -459,7 +459,7 @@ def test_entropy_calibrator_adapter(media, tiny_int8, tmp_path):
 
 
 def test_calibrator_refused_without_calibrator_api(media):
-    from calibration.trt_calibrator import make_entropy_calibrator
+    from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     trt = _rtx()
     with pytest.raises(ToolkitError, match="no calibrator API"):
@@ -501,8 +501,8 @@ def test_cli_bad_inputs(case, tiny_onnx, tmp_path):
 
 @pytest.mark.gpu
 def test_calibrator_device_buffer_round_trip():
-    from calibration.trt_calibrator import CudaDeviceBuffer
-    from runtime.cuda import api
+    from deeplab_trt.calibration.trt_calibrator import CudaDeviceBuffer
+    from deeplab_trt.runtime.cuda import api
 
     batch = np.random.default_rng(0).normal(size=(2, 3, 8, 16)).astype(np.float32)
     buf = CudaDeviceBuffer()

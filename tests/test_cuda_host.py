@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 import kernel_emulator
-from runtime.cuda import dlpack
-from runtime.cuda.tables import opencv_linear_taps, preprocess_model
-from runtime.postprocess import (labels_from_output, palette_bgr, render, upsample_argmax,
+from deeplab_trt.runtime.cuda import dlpack
+from deeplab_trt.runtime.cuda.tables import opencv_linear_taps, preprocess_model
+from deeplab_trt.runtime.postprocess import (labels_from_output, palette_bgr, render, upsample_argmax,
                                  upsample_then_argmax)
-from runtime.preprocess import Geometry, preprocess
-from runtime.spec import ModelSpec, voc_palette
+from deeplab_trt.runtime.preprocess import Geometry, preprocess
+from deeplab_trt.runtime.spec import ModelSpec, voc_palette
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(20261124)
@@ -257,8 +257,8 @@ def test_dlpack_import_from_numpy_and_torch():
 
 
 def test_interop_rejects_host_arrays_clearly():
-    from runtime.errors import ToolkitError
-    from runtime.interop import as_device_array
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.interop import as_device_array
 
     with pytest.raises(ToolkitError, match="lives on cpu, not on a CUDA device"):
         as_device_array(_Exporter(np.zeros((2, 2), np.uint8)))
@@ -267,9 +267,9 @@ def test_interop_rejects_host_arrays_clearly():
 
 
 def test_interop_image_layout_reads_pitch_and_pixel_stride():
-    from runtime.cuda.api import DeviceArray
-    from runtime.errors import ToolkitError
-    from runtime.interop import image_layout
+    from deeplab_trt.runtime.cuda.api import DeviceArray
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.interop import image_layout
 
     assert image_layout(DeviceArray(0, (5, 7, 3), np.uint8)) == (5, 7, 21, 3)
     assert image_layout(DeviceArray(0, (5, 7, 3), np.uint8, strides=(64, 4, 1))) == (5, 7, 64, 4)
@@ -284,7 +284,7 @@ def test_interop_image_layout_reads_pitch_and_pixel_stride():
 # ---------------------------------------------------------------------------------------------
 def test_check_names_the_call():
     rt = pytest.importorskip("cuda.bindings.runtime")
-    from runtime.cuda.api import CudaError, check
+    from deeplab_trt.runtime.cuda.api import CudaError, check
 
     assert check((rt.cudaError_t.cudaSuccess, 42), "cudaMalloc") == 42
     assert check((rt.cudaError_t.cudaSuccess, 1, 2), "x") == (1, 2)
@@ -297,7 +297,7 @@ def test_check_names_the_call():
 
 def test_no_gpu_is_a_clear_error():
     pytest.importorskip("cuda.bindings.runtime")
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     if api.device_count() > 0:
         pytest.skip("this machine has a GPU")
@@ -331,8 +331,8 @@ def test_runtime_imports_without_cuda_python_or_torch():
         "        if name == 'cuda' or name.startswith('cuda.') or name == 'torch':\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import runtime.gpu_pipeline, runtime.interop, runtime.backends.tensorrt, runtime.cuda.kernels\n"
-        "import runtime.cuda.api as api\n"
+        "import deeplab_trt.runtime.gpu_pipeline, deeplab_trt.runtime.interop, deeplab_trt.runtime.backends.tensorrt, deeplab_trt.runtime.cuda.kernels\n"
+        "import deeplab_trt.runtime.cuda.api as api\n"
         "assert 'torch' not in sys.modules\n"
         "try:\n"
         "    api.device_count()\n"

@@ -8,8 +8,8 @@ import shutil
 import cv2
 import pytest
 
-from benchmarks import demo_command
-from builder.models import DEMO_PATH
+from deeplab_trt.benchmarks import demo_command
+from deeplab_trt.builder.models import DEMO_PATH
 from deeplab_trt.cli import main
 
 pytestmark = pytest.mark.skipif(not DEMO_PATH.exists(), reason=f"{DEMO_PATH} not trained yet")

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.labelled_dir import write_pair
-from benchmarks.metrics import ConfusionMatrix, confusion_matrix, label_agreement, miou
-from benchmarks.scenes import CLASSES, HELDOUT_SEED_BASE, SceneGenerator
-from builder.models import DEMO_PATH
+from deeplab_trt.benchmarks.labelled_dir import write_pair
+from deeplab_trt.benchmarks.metrics import ConfusionMatrix, confusion_matrix, label_agreement, miou
+from deeplab_trt.benchmarks.scenes import CLASSES, HELDOUT_SEED_BASE, SceneGenerator
+from deeplab_trt.builder.models import DEMO_PATH
 from deeplab_trt.cli import main
 
 needs_demo = pytest.mark.skipif(not DEMO_PATH.exists(), reason=f"{DEMO_PATH} not trained yet")
@@ -147,8 +147,8 @@ def test_demo_model_heldout_miou(demo_onnx):
     checkpoint's ``train.heldout_miou`` (0.867); smaller samples spread 0.842-0.868 (person,
     the smallest class, moves most), so the test uses the whole held-out set (~1.5 s).
     """
-    from benchmarks.accuracy import evaluate, synthetic_samples
-    from runtime.backends import open_backend
+    from deeplab_trt.benchmarks.accuracy import evaluate, synthetic_samples
+    from deeplab_trt.runtime.backends import open_backend
 
     with open_backend(demo_onnx) as backend:
         h, w = backend.spec.input_size

@@ -17,11 +17,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from builder import export as export_mod
-from builder.export import export_onnx
-from builder.models import build_model, build_network, random_network
-from runtime.errors import ToolkitError
-from runtime.spec import spec_from_onnx
+from deeplab_trt.builder import export as export_mod
+from deeplab_trt.builder.export import export_onnx
+from deeplab_trt.builder.models import build_model, build_network, random_network
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import spec_from_onnx
 
 MOBILENET = "deeplabv3_mobilenet_v3_large"
 

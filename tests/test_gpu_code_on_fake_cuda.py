@@ -20,11 +20,11 @@ import pytest
 
 import fake_cuda
 import kernel_emulator
-from runtime.pipeline import RunOptions
-from runtime.postprocess import labels_from_output, palette_bgr, render
-from runtime.preprocess import preprocess
-from runtime.spec import ModelSpec, voc_palette
-from runtime.video import Sink, open_source
+from deeplab_trt.runtime.pipeline import RunOptions
+from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
+from deeplab_trt.runtime.preprocess import preprocess
+from deeplab_trt.runtime.spec import ModelSpec, voc_palette
+from deeplab_trt.runtime.video import Sink, open_source
 
 FRAMES = 6
 SPEC = ModelSpec("fake", [f"c{i}" for i in range(6)], voc_palette(6), 32, 48, head="lowres", output_stride=8)
@@ -188,7 +188,7 @@ def reference_pictures(clip, options) -> list[np.ndarray]:
 # tests
 # ---------------------------------------------------------------------------------------------
 def test_api_objects_on_fake(fake):
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     info = api.use_device(0)
     assert info.arch == "sm_87" and not info.integrated and info.zero_copy is False
@@ -212,8 +212,8 @@ def test_api_objects_on_fake(fake):
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 @pytest.mark.parametrize("integrated", [False, True])
 def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, opencv_without_ipp):
-    from runtime import gpu_pipeline
-    from runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime import gpu_pipeline
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
 
     fake.device.integrated = integrated
     runner = TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt, name="fake TensorRT")
@@ -232,8 +232,8 @@ def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, op
 
 
 def test_cuda_graph_replays_the_same_pictures(fake, clip, opencv_without_ipp):
-    from runtime import gpu_pipeline
-    from runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime import gpu_pipeline
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
 
     options = RunOptions(mode="labels", policy="letterbox", progress=False)
     pictures = {}
@@ -254,7 +254,7 @@ def test_cuda_graph_replays_the_same_pictures(fake, clip, opencv_without_ipp):
 
 
 def test_cuda_stage_with_host_backend_inference(fake, clip, opencv_without_ipp):
-    from runtime import gpu_pipeline
+    from deeplab_trt.runtime import gpu_pipeline
 
     options = RunOptions(mode="mask", policy="stretch", progress=False)
     sink = CollectSink()
@@ -266,9 +266,9 @@ def test_cuda_stage_with_host_backend_inference(fake, clip, opencv_without_ipp):
 
 
 def test_tensorrt_backend_host_contract(fake):
-    from runtime.backends.base import Backend
-    from runtime.backends.tensorrt import TensorRTBackend
-    from runtime.errors import ToolkitError
+    from deeplab_trt.runtime.backends.base import Backend
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.errors import ToolkitError
 
     loaded = types.SimpleNamespace(path="fake.engine", engine=FakeEngine(fake), spec=SPEC,
                                    flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt))
@@ -286,8 +286,8 @@ def test_tensorrt_backend_host_contract(fake):
 
 
 def test_static_engine_rejects_other_batches(fake):
-    from runtime.backends.tensorrt import TensorRTRunner
-    from runtime.errors import ToolkitError
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.errors import ToolkitError
 
     runner = TensorRTRunner(FakeEngine(fake, dynamic=False), SPEC, FakeTrt)
     assert runner.fixed_batch == 1 and runner.input.shape == (1, 3, 32, 48) and runner.output.shape == (1, 6, 4, 6)
@@ -296,9 +296,9 @@ def test_static_engine_rejects_other_batches(fake):
 
 
 def test_segmenter_on_cuda_array_interface_images(fake, opencv_without_ipp):
-    from runtime.cuda import api
-    from runtime.backends.tensorrt import TensorRTRunner
-    from runtime.interop import Segmenter
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.interop import Segmenter
 
     class ForeignArray:  # what a CuPy/pycuda array looks like to us: pitched rows, our fake device memory
         def __init__(self, buffer, shape, strides):
@@ -333,7 +333,7 @@ def test_gpu_benchmark_script_runs(fake, tmp_path, capsys):
     """``benchmarks/gpu_kernels.py`` end to end on the fake (numbers meaningless; the code path is not)."""
     import json
 
-    from benchmarks import gpu_kernels
+    from deeplab_trt.benchmarks import gpu_kernels
 
     out = tmp_path / "bench.json"
     rc = gpu_kernels.main(["--frame", "45x75", "--input", "16x24", "--classes", "5", "--iters", "1", "--repeats", "1",
@@ -349,9 +349,9 @@ def test_gpu_benchmark_without_gpu_says_so():
     import subprocess
     import sys
 
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     if api.device_count() > 0:
         pytest.skip("this machine has a GPU")
-    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "deeplab_trt.benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no CUDA GPU on this machine" in out.stderr and "Traceback" not in out.stderr

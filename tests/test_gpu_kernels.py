@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.cuda.tables import preprocess_model
-from runtime.postprocess import labels_from_output, palette_bgr, render, upsample_argmax
-from runtime.preprocess import Geometry, preprocess
-from runtime.spec import ModelSpec, voc_palette
+from deeplab_trt.runtime.cuda.tables import preprocess_model
+from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render, upsample_argmax
+from deeplab_trt.runtime.preprocess import Geometry, preprocess
+from deeplab_trt.runtime.spec import ModelSpec, voc_palette
 
 pytestmark = pytest.mark.gpu
 RNG = np.random.default_rng(7)
@@ -21,7 +21,7 @@ RNG = np.random.default_rng(7)
 
 @pytest.fixture(scope="module")
 def api():
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     api.use_device(0)
     return api
@@ -29,7 +29,7 @@ def api():
 
 @pytest.fixture(scope="module")
 def kernels(api):
-    from runtime.cuda.kernels import get_kernels
+    from deeplab_trt.runtime.cuda.kernels import get_kernels
 
     return get_kernels(0)
 
@@ -55,7 +55,7 @@ def tied_logits(c, h, w, dtype):
 
 
 def test_device_facts_and_arch(api):
-    from runtime.cuda.kernels import get_kernels
+    from deeplab_trt.runtime.cuda.kernels import get_kernels
 
     info = api.current_device()
     print(info.describe())
@@ -184,7 +184,7 @@ def torch_cuda():
 
 
 def test_device_array_round_trips_through_torch_without_copies(api, torch_cuda):
-    from runtime.interop import as_device_array
+    from deeplab_trt.runtime.interop import as_device_array
 
     torch = torch_cuda
     t = torch.arange(24, device="cuda", dtype=torch.float32).reshape(4, 6)
@@ -212,7 +212,7 @@ def test_device_array_round_trips_through_torch_without_copies(api, torch_cuda):
 
 
 def test_segmenter_on_torch_tensors(api, torch_cuda):
-    from runtime.interop import Segmenter
+    from deeplab_trt.runtime.interop import Segmenter
     from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
 
     torch = torch_cuda
@@ -238,8 +238,8 @@ def test_segmenter_on_torch_tensors(api, torch_cuda):
 
 def test_segmenter_on_cupy_arrays(api):
     cupy = pytest.importorskip("cupy")
-    from runtime.cuda.inference import HostBackendInference  # noqa: F401 - documented alternative
-    from runtime.interop import as_device_array
+    from deeplab_trt.runtime.cuda.inference import HostBackendInference  # noqa: F401 - documented alternative
+    from deeplab_trt.runtime.interop import as_device_array
 
     x = cupy.arange(12, dtype=cupy.uint8).reshape(2, 2, 3)
     arr = as_device_array(x)

@@ -1,4 +1,4 @@
-"""The pipelined video loop of ``runtime.gpu_pipeline``.
+"""The pipelined video loop of ``deeplab_trt.runtime.gpu_pipeline``.
 
 Without a GPU: the same slot/thread/queue loop runs the numpy references (``stage="host"``)
 and must produce exactly what the CPU pipeline produces. With a GPU (``gpu`` tests): the CUDA
@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import gpu_pipeline
-from runtime.backends import open_backend
-from runtime.pipeline import STAGES, RunOptions
-from runtime.pipeline import run_video as cpu_run_video
-from runtime.video import Sink, open_source
+from deeplab_trt.runtime import gpu_pipeline
+from deeplab_trt.runtime.backends import open_backend
+from deeplab_trt.runtime.pipeline import STAGES, RunOptions
+from deeplab_trt.runtime.pipeline import run_video as cpu_run_video
+from deeplab_trt.runtime.video import Sink, open_source
 from video_helpers import write_video
 
 FRAMES = 9
@@ -112,7 +112,7 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 @pytest.mark.parametrize("zero_copy", [False, True])
 def test_cuda_stage_with_onnxruntime_inference(lowres_onnx, clip, policy, zero_copy, monkeypatch):
     """GPU kernels + ONNX Runtime (host round trip for inference only) vs the CPU pipeline."""
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     if zero_copy:  # mapped pinned frames also work on discrete GPUs (reads over PCIe)
         monkeypatch.setattr(api.DeviceInfo, "zero_copy", property(lambda self: True))
@@ -132,8 +132,8 @@ def test_cuda_stage_with_torch_inference(clip):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
-    from runtime.postprocess import labels_from_output, palette_bgr, render
-    from runtime.preprocess import preprocess
+    from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
+    from deeplab_trt.runtime.preprocess import preprocess
     from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
 
     spec = tiny_spec()
@@ -167,7 +167,7 @@ class ConstantInference:
     name = "constant"
 
     def __init__(self, spec, logits: np.ndarray):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         self.api = api
         self.spec = spec
@@ -207,12 +207,12 @@ def test_cuda_graph_replay_equals_eager(clip):
 @pytest.mark.gpu
 def test_tensorrt_engine_in_the_gpu_pipeline(lowres_onnx, clip, tmp_path):
     """Build an fp32 engine for this GPU (when a TensorRT flavour can) and run it end to end."""
-    from runtime.errors import ToolkitError
-    from runtime.tensorrt_flavour import available
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.tensorrt_flavour import available
 
     if not available():
         pytest.skip("no TensorRT flavour installed")
-    from builder.engine import BuildOptions, build_engine
+    from deeplab_trt.builder.engine import BuildOptions, build_engine
 
     engine = tmp_path / "m.engine"
     try:

@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python (NVRTC) is not installed")
 
-from runtime.cuda import compile as kc  # noqa: E402
-from runtime.cuda.kernels import KERNEL_NAMES, SIGNATURES  # noqa: E402
-from runtime.errors import ToolkitError  # noqa: E402
+from deeplab_trt.runtime.cuda import compile as kc  # noqa: E402
+from deeplab_trt.runtime.cuda.kernels import KERNEL_NAMES, SIGNATURES  # noqa: E402
+from deeplab_trt.runtime.errors import ToolkitError  # noqa: E402
 
 ARCHS = ("sm_87", "sm_90")
 PTX_PARAM = {"p": ".u64", "q": ".u64", "i": ".u32", "f": ".f32"}

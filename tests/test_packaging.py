@@ -38,9 +38,9 @@ def test_hook_really_blocks_torch():
 
 def test_runtime_imports_without_torch():
     proc = run_without_torch("""
-        import runtime, runtime.spec, runtime.preprocess, runtime.postprocess, runtime.atomic
-        import runtime.backends, runtime.backends.onnxruntime, runtime.pipeline, runtime.video
-        import runtime.run_command
+        import deeplab_trt.runtime, deeplab_trt.runtime.spec, deeplab_trt.runtime.preprocess, deeplab_trt.runtime.postprocess, deeplab_trt.runtime.atomic
+        import deeplab_trt.runtime.backends, deeplab_trt.runtime.backends.onnxruntime, deeplab_trt.runtime.pipeline, deeplab_trt.runtime.video
+        import deeplab_trt.runtime.run_command
         assert not any(m.split(".")[0] in ("torch", "torchvision") for m in sys.modules)
         print("ok")
     """)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import ToolkitError
-from runtime.postprocess import (labels_from_output, overlay, palette_bgr, render, upsample_argmax,
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.postprocess import (labels_from_output, overlay, palette_bgr, render, upsample_argmax,
                                  upsample_then_argmax)
-from runtime.preprocess import Geometry, preprocess, preprocess_batch
-from runtime.spec import ModelSpec, read_onnx_metadata, spec_from_onnx, voc_palette
+from deeplab_trt.runtime.preprocess import Geometry, preprocess, preprocess_batch
+from deeplab_trt.runtime.spec import ModelSpec, read_onnx_metadata, spec_from_onnx, voc_palette
 
 
 def make_spec(h=64, w=128, classes=5, head="lowres", **kw) -> ModelSpec:

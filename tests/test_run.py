@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from deeplab_trt.cli import main as cli_main
-from runtime.backends import open_backend
-from runtime.pipeline import RunOptions, run_video
-from runtime.postprocess import palette_bgr
+from deeplab_trt.runtime.backends import open_backend
+from deeplab_trt.runtime.pipeline import RunOptions, run_video
+from deeplab_trt.runtime.postprocess import palette_bgr
 from video_helpers import synthetic_frame, write_video
-from runtime.video import BackgroundReader, VideoFileSink, even_size, open_source, probe_video
+from deeplab_trt.runtime.video import BackgroundReader, VideoFileSink, even_size, open_source, probe_video
 
 PYTHON = sys.executable
 
@@ -76,7 +76,7 @@ def test_run_even_size_mask_mode_lossless_colours(lowres_onnx, tmp_path):
     got = probe_video(out)
     assert got == {"frames": 12, "size": (320, 240), "fps": pytest.approx(15.0)}
     # FFV1 is lossless: every pixel is one of the model's palette colours.
-    from runtime.spec import spec_from_onnx
+    from deeplab_trt.runtime.spec import spec_from_onnx
 
     lut = palette_bgr(spec_from_onnx(lowres_onnx))[:5]
     cap = cv2.VideoCapture(str(out))
@@ -201,7 +201,7 @@ def test_background_reader_lossless_for_files_drops_oldest_when_live(odd_clip, l
 
 
 def test_ort_backend_and_open_backend_choices(lowres_onnx, tmp_path):
-    from runtime.errors import ToolkitError
+    from deeplab_trt.runtime.errors import ToolkitError
 
     with open_backend(lowres_onnx, "onnxruntime", threads=1) as backend:
         assert backend.input_dtype == np.float32 and backend.fixed_batch == 1 and backend.pipeline == "cpu"
@@ -227,8 +227,8 @@ def test_ort_load_failure_is_one_line(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from runtime.errors import ToolkitError
-    from runtime.spec import ModelSpec
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.spec import ModelSpec
 
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["output"], domain="no.such.domain")], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -312,8 +312,8 @@ class _RecordingSink:
 
 def test_finisher_thread_keeps_order_and_matches_serial_reference(lowres_onnx, odd_clip):
     """Rendering runs on a worker thread; the frames it writes equal the step-by-step reference."""
-    from runtime.postprocess import labels_from_output, render
-    from runtime.preprocess import preprocess
+    from deeplab_trt.runtime.postprocess import labels_from_output, render
+    from deeplab_trt.runtime.preprocess import preprocess
 
     sink = _RecordingSink()
     with open_backend(lowres_onnx) as backend, open_source(odd_clip) as source:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.scenes import CLASSES, PALETTE, PERSON, SKY, VEHICLE, SceneGenerator, render_video
+from deeplab_trt.benchmarks.scenes import CLASSES, PALETTE, PERSON, SKY, VEHICLE, SceneGenerator, render_video
 from deeplab_trt.cli import main
 
 H, W = 128, 256

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from runtime.cli_types import parse_batch_range
-from builder.engine import (DEFAULT_DYNAMIC_BATCH, RTX_DEFAULT_TARGETS, plan_compute_capabilities,
+from deeplab_trt.runtime.cli_types import parse_batch_range
+from deeplab_trt.builder.engine import (DEFAULT_DYNAMIC_BATCH, RTX_DEFAULT_TARGETS, plan_compute_capabilities,
                             plan_precision, plan_profile)
-from runtime import tensorrt_flavour as tf
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime import tensorrt_flavour as tf
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 FAKE_TRT10 = tf.Flavour.documented("tensorrt", (10, 3, 0))
 FAKE_TRT11 = tf.Flavour.documented("tensorrt", (11, 0, 0))
@@ -82,13 +82,13 @@ def test_unknown_flavour_name():
 
 
 def test_module_imports_without_tensorrt():
-    """runtime.tensorrt_flavour imports, and explains, with no TensorRT importable."""
+    """deeplab_trt.runtime.tensorrt_flavour imports, and explains, with no TensorRT importable."""
     import subprocess
 
     code = ("import sys\n"
             "for n in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings'): sys.modules[n] = None\n"
             "from runtime import tensorrt_flavour as tf\n"
-            "from runtime.errors import ToolkitError\n"
+            "from deeplab_trt.runtime.errors import ToolkitError\n"
             "assert tf.Flavour.documented('tensorrt', '10.3.0.30').has_calibrator_api\n"
             "try:\n    tf.detect()\nexcept ToolkitError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.interop import as_device_array
-from runtime.spec import ModelSpec, voc_palette
+from deeplab_trt.runtime.interop import as_device_array
+from deeplab_trt.runtime.spec import ModelSpec, voc_palette
 
 
 def tiny_lowres_model(num_classes: int = 5, seed: int = 0):

@@ -4,6 +4,6 @@
 it picks ONNX Runtime for ``.onnx`` files and the TensorRT backend for ``.engine``/``.plan``.
 """
 
-from runtime.backends.base import BACKENDS, Backend, open_backend
+from deeplab_trt.runtime.backends.base import BACKENDS, Backend, open_backend
 
 __all__ = ["BACKENDS", "Backend", "open_backend"]

@@ -7,13 +7,13 @@ the pipeline and the benchmarks touch.
 Contract
 --------
 ``name``         what runs the model, for reports (``"onnxruntime (CPUExecutionProvider)"``).
-``spec``         the :class:`~runtime.spec.ModelSpec` carried by the model file.
+``spec``         the :class:`~deeplab_trt.runtime.spec.ModelSpec` carried by the model file.
 ``input_dtype``  the numpy dtype the model's input takes (float32 or float16); the
                  pipeline preprocesses straight into it.
 ``fixed_batch``  the batch size the model requires (``None``: a dynamic batch; any N the
                  model's profile allows).
-``pipeline``     ``"cpu"``: host numpy in/out, driven by :mod:`runtime.pipeline`;
-                 ``"gpu"``: the backend is driven by ``runtime.gpu_pipeline`` (device buffers).
+``pipeline``     ``"cpu"``: host numpy in/out, driven by :mod:`deeplab_trt.runtime.pipeline`;
+                 ``"gpu"``: the backend is driven by ``deeplab_trt.runtime.gpu_pipeline`` (device buffers).
 ``infer(batch)`` N×3×H×W array of ``input_dtype`` → the model's single output (host numpy,
                  batch dim kept: N×C×h×w logits, or N×H×W labels).
 ``close()``      release the session/engine; backends are also context managers.
@@ -27,8 +27,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -106,13 +106,13 @@ def open_backend(model_path: str | Path, backend: str = "auto", *, threads: int 
         raise ToolkitError(f"{path}: --backend tensorrt needs a TensorRT engine (.engine/.plan, "
                            "from 'deeplab-trt build'), not an ONNX model")
     if kind == "onnxruntime":
-        from runtime.backends.onnxruntime import OrtBackend
+        from deeplab_trt.runtime.backends.onnxruntime import OrtBackend
 
         return OrtBackend(path, threads=threads, **options)
     try:
-        trt_backend = importlib.import_module("runtime.backends.tensorrt")
+        trt_backend = importlib.import_module("deeplab_trt.runtime.backends.tensorrt")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("runtime.backends.tensorrt", "tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
+        if exc.name not in ("deeplab_trt.runtime.backends.tensorrt", "tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
             raise
         raise ToolkitError(f"{path}: TensorRT engines need a CUDA GPU and tensorrt/tensorrt_rtx "
                            "(this installation has no TensorRT backend); run the .onnx model instead") from None

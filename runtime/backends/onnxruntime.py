@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import BackendBase
-from runtime.errors import ToolkitError
-from runtime.spec import spec_from_onnx
+from deeplab_trt.runtime.backends.base import BackendBase
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import spec_from_onnx
 
 log = logging.getLogger(__name__)
 

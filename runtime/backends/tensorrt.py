@@ -9,9 +9,9 @@ back) only when the batch changes.
 
 Two faces:
 
-* :class:`TensorRTRunner`: the device-side :class:`~runtime.cuda.inference.DeviceInference`
-  used by ``runtime.gpu_pipeline`` and :mod:`runtime.interop`.
-* :class:`TensorRTBackend`: the host-array ``Backend`` contract of :mod:`runtime.backends.base`
+* :class:`TensorRTRunner`: the device-side :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference`
+  used by ``deeplab_trt.runtime.gpu_pipeline`` and :mod:`deeplab_trt.runtime.interop`.
+* :class:`TensorRTBackend`: the host-array ``Backend`` contract of :mod:`deeplab_trt.runtime.backends.base`
   (``infer(np) -> np`` through pinned staging buffers), with ``pipeline = "gpu"`` so
   ``deeplab-trt run`` drives it with the GPU pipeline.
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendBase
-from runtime.errors import ToolkitError
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.backends.base import BackendBase
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class TensorRTRunner:
 
     def __init__(self, engine: Any, spec: ModelSpec, trt: Any, *, batch: int | None = None,
                  device_index: int = 0, name: str = "TensorRT", source: str = "engine"):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         self.device = api.use_device(device_index)
         self.engine = engine
@@ -107,7 +107,7 @@ class TensorRTRunner:
     # ---- binding and shapes ---------------------------------------------------------------
     def _allocate(self, n: int) -> None:
         """(Re)allocate and bind every I/O buffer for batch ``n``. Not while a graph holds the old ones."""
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         hw = (self.spec.input_height, self.spec.input_width)
         if self.dynamic:
@@ -138,7 +138,7 @@ class TensorRTRunner:
                                f"(profile allows batch {self.min_batch}..{self.max_batch})")
 
     def _refresh_views(self) -> None:
-        from runtime.cuda.api import DeviceArray
+        from deeplab_trt.runtime.cuda.api import DeviceArray
 
         in_shape = (self.batch, 3, self.spec.input_height, self.spec.input_width)
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
@@ -177,7 +177,7 @@ class TensorRTRunner:
         if check is None:
             return True  # TensorRT 10/11: capturable for static shapes after one eager run
         try:
-            from runtime.cuda.api import Stream
+            from deeplab_trt.runtime.cuda.api import Stream
 
             probe = Stream()
             try:
@@ -201,7 +201,7 @@ class TensorRTBackend(BackendBase):
     pipeline = "gpu"
 
     def __init__(self, loaded, *, device_index: int = 0, batch: int | None = None):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         self.loaded = loaded
         self.path = Path(loaded.path)
@@ -216,7 +216,7 @@ class TensorRTBackend(BackendBase):
         self._staging: dict[str, Any] = {}
 
     def _pinned(self, key: str, shape, dtype) -> np.ndarray:
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         buf = self._staging.get(key)
@@ -226,7 +226,7 @@ class TensorRTBackend(BackendBase):
         return buf.array(shape, dtype)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         batch = self.check_batch(batch)
         self.runner.set_batch(batch.shape[0])
@@ -251,7 +251,7 @@ class TensorRTBackend(BackendBase):
 def open_engine(path: str | Path, *, device: int = 0, batch: int | None = None, verbose: bool = False,
                 **ignored) -> TensorRTBackend:
     """``open_backend``'s entry point for ``.engine``/``.plan`` files (sidecar checked first)."""
-    from runtime.engine_loader import load_engine
+    from deeplab_trt.runtime.engine_loader import load_engine
 
     if ignored:
         log.debug("TensorRT backend ignores options %s", sorted(ignored))

@@ -7,7 +7,7 @@ memory)``). The objects are small owners with ``close()``/context managers, and 
 views (:class:`DeviceArray`) speak ``__cuda_array_interface__`` v3 and DLPack so torch, CuPy
 and pycuda take them without copies.
 
-cuda-python is imported lazily: ``import runtime.cuda.api`` works without it (and without a
+cuda-python is imported lazily: ``import deeplab_trt.runtime.cuda.api`` works without it (and without a
 GPU); the first call that needs CUDA raises a :class:`CudaError` saying what is missing.
 
 Memory kinds:
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError
 
 
 class CudaError(ToolkitError):
@@ -517,7 +517,7 @@ class DeviceArray:
 
     ``strides`` are in bytes (None: C-contiguous). ``owner`` keeps the memory alive (a
     :class:`DeviceBuffer`, a :class:`PinnedBuffer`, or a foreign tensor imported by
-    :mod:`runtime.interop`). ``stream``: where the data was last written (advertised in
+    :mod:`deeplab_trt.runtime.interop`). ``stream``: where the data was last written (advertised in
     ``__cuda_array_interface__`` so consumers synchronise).
     """
 
@@ -591,12 +591,12 @@ class DeviceArray:
         return cai
 
     def __dlpack_device__(self) -> tuple[int, int]:
-        from runtime.cuda import dlpack
+        from deeplab_trt.runtime.cuda import dlpack
 
         return (dlpack.kDLCUDA, self.device_id)
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        from runtime.cuda import dlpack
+        from deeplab_trt.runtime.cuda import dlpack
 
         if copy:
             raise BufferError("DeviceArray.__dlpack__: copy=True is not supported")

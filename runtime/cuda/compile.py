@@ -7,7 +7,7 @@ loading a cubin takes microseconds.
 
 Cache key = sha256(source, architecture, NVRTC version, options, output kind), so a new
 source, a new NVRTC or a different GPU never reuses a stale binary. Files are written
-atomically (:mod:`runtime.atomic`), so two processes compiling at once both end up with a
+atomically (:mod:`deeplab_trt.runtime.atomic`), so two processes compiling at once both end up with a
 complete file. Location: ``$DEEPLAB_TRT_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/deeplab-trt/kernels``,
 else ``~/.cache/deeplab-trt/kernels``; an unwritable cache only costs the compile time.
 
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.atomic import write_bytes_atomic
-from runtime.errors import ToolkitError
+from deeplab_trt.runtime.atomic import write_bytes_atomic
+from deeplab_trt.runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def supported_archs() -> list[int]:
 def normalize_arch(arch: str | int | tuple[int, int] | None) -> str:
     """``"sm_87"`` from ``"sm_87"``, ``"87"``, ``87``, ``(8, 7)`` or ``"8.7"``; None = the running GPU."""
     if arch is None:
-        from runtime.cuda.api import current_device
+        from deeplab_trt.runtime.cuda.api import current_device
 
         return current_device().arch
     if isinstance(arch, tuple):

@@ -1,8 +1,8 @@
 """The inference step of the GPU path: device input → model → device output, on a stream.
 
-Why a protocol: the GPU pipeline and :mod:`runtime.interop` need only "run the model on this
+Why a protocol: the GPU pipeline and :mod:`deeplab_trt.runtime.interop` need only "run the model on this
 stream, reading this device tensor and writing that one". TensorRT does that natively
-(:class:`runtime.backends.tensorrt.TensorRTRunner`); any host backend (ONNX Runtime, or the
+(:class:`deeplab_trt.runtime.backends.tensorrt.TensorRTRunner`); any host backend (ONNX Runtime, or the
 TensorRT backend's own host path) can be adapted with :class:`HostBackendInference`, which
 lets the very same GPU pipeline run on a GPU machine without TensorRT (one host round trip
 per frame, for testing and as a fallback). A torch module can be adapted the same way (the
@@ -10,7 +10,7 @@ tests do; the runtime never imports torch).
 
 Contract
 --------
-``spec``, ``name``; ``input``: a :class:`~runtime.cuda.api.DeviceArray` N×3×H×W of the
+``spec``, ``name``; ``input``: a :class:`~deeplab_trt.runtime.cuda.api.DeviceArray` N×3×H×W of the
 model's input dtype (preprocessing writes image 0 there); ``output``: a DeviceArray with the
 model's output (N×C×h×w logits or N×H×W labels); ``enqueue(stream)``: queue one inference
 on ``stream`` (may block the host, e.g. the host adapter); ``capturable``: whether
@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.spec import ModelSpec
 
 
 @runtime_checkable
@@ -49,7 +49,7 @@ class HostBackendInference:
     capturable = False
 
     def __init__(self, backend, batch: int | None = None):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         self.backend = backend
         self.spec: ModelSpec = backend.spec
@@ -65,7 +65,7 @@ class HostBackendInference:
         self._host_out = api.PinnedBuffer(self.output.nbytes).array(probe.shape, probe.dtype)
 
     def enqueue(self, stream) -> None:
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         api.copy_async(self._host_in, self.input.ptr, self.input.nbytes, stream)
         stream.synchronize()

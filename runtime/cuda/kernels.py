@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.errors import ToolkitError
-from runtime.preprocess import Geometry
-from runtime.spec import ModelSpec
+from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.preprocess import Geometry
+from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class CudaLauncher:
     """Loads the compiled module into the current context and launches with ``cuLaunchKernel``."""
 
     def __init__(self, compiled):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         self._api = api
         drv = api.driver()
@@ -148,12 +148,12 @@ class CudaLauncher:
 
 class CudaMemory:
     def upload(self, array: np.ndarray):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         return api.to_device(np.ascontiguousarray(array))
 
     def scratch(self, nbytes: int):
-        from runtime.cuda import api
+        from deeplab_trt.runtime.cuda import api
 
         return api.DeviceBuffer(nbytes)
 
@@ -216,7 +216,7 @@ class Kernels:
 
     def lut(self, spec: ModelSpec, channel_order: str = "BGR") -> tuple[int, int]:
         """(device pointer, entries) of the palette as 3-byte colours in the frame's channel order."""
-        from runtime.postprocess import palette_bgr
+        from deeplab_trt.runtime.postprocess import palette_bgr
 
         table = palette_bgr(spec)
         if channel_order.upper() == "RGB":
@@ -235,7 +235,7 @@ class Kernels:
                    *, out_dtype=np.float32, frame_pitch: int | None = None, pixel_stride: int = 3,
                    bgr: bool = True, stream=0) -> None:
         """uint8 frame (h×w, pitch bytes/row) → one image (3×H×W) of ``out_dtype`` at ``out``."""
-        from runtime.cuda.tables import normalization, preprocess_tables
+        from deeplab_trt.runtime.cuda.tables import normalization, preprocess_tables
 
         out_dtype = np.dtype(out_dtype)
         if out_dtype not in _FLOAT_SUFFIX:
@@ -265,7 +265,7 @@ class Kernels:
                         *, dtype=np.float32, label_dtype=np.uint8, label_pitch: int | None = None,
                         stream=0) -> None:
         """Low-res C×h×w logits → labels at the frame's resolution (== ``upsample_argmax``)."""
-        from runtime.cuda.tables import upsample_tables
+        from deeplab_trt.runtime.cuda.tables import upsample_tables
 
         def build():
             rows, cols = upsample_tables(geo, low_h, low_w)
@@ -284,7 +284,7 @@ class Kernels:
     def gather_nearest(self, src, src_h: int, src_w: int, geo: Geometry, labels, *, src_dtype=np.int32,
                        label_dtype=np.uint8, label_pitch: int | None = None, stream=0) -> None:
         """Model-resolution labels → frame-resolution labels with the reference's nearest taps."""
-        from runtime.cuda.tables import nearest_tables
+        from deeplab_trt.runtime.cuda.tables import nearest_tables
 
         yi, xi = self._tables_for(("nearest", geo, src_h, src_w), lambda: nearest_tables(geo, src_h, src_w))
         src_dtype = np.dtype(src_dtype)
@@ -303,7 +303,7 @@ class Kernels:
                            stream=0) -> None:
         """One image's model output (no batch dim) → frame-resolution labels, by head form.
 
-        Device twin of :func:`runtime.postprocess.labels_from_output`.
+        Device twin of :func:`deeplab_trt.runtime.postprocess.labels_from_output`.
         """
         output_dtype = np.dtype(output_dtype)
         label_dtype = np.dtype(label_dtype or label_dtype_for(spec))
@@ -356,8 +356,8 @@ def label_dtype_for(spec: ModelSpec) -> np.dtype:
 # loading for the running GPU
 # ----------------------------------------------------------------------------------------------
 def _load_for(device_index: int):
-    from runtime.cuda import api
-    from runtime.cuda.compile import compile_kernels, supported_archs
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.cuda.compile import compile_kernels, supported_archs
 
     info = api.use_device(device_index)
     cc = info.compute_capability[0] * 10 + info.compute_capability[1]
@@ -381,7 +381,7 @@ def _cached(device_index: int) -> Kernels:
 
 def get_kernels(device_index: int | None = None) -> Kernels:
     """The kernels loaded on ``device_index`` (default: the current device), compiled/cached once."""
-    from runtime.cuda import api
+    from deeplab_trt.runtime.cuda import api
 
     index = api.current_device().index if device_index is None else device_index
     api.use_device(index)

@@ -2,7 +2,7 @@
 
 Why tables: the kernels then need no sampling arithmetic of their own, so their taps are
 *bit-identical* to the numpy references (postprocess taps come straight from
-:func:`runtime.postprocess.bilinear_taps` / :func:`~runtime.postprocess.nearest_taps`, computed
+:func:`deeplab_trt.runtime.postprocess.bilinear_taps` / :func:`~deeplab_trt.runtime.postprocess.nearest_taps`, computed
 in float64 there) and to OpenCV's float ``INTER_LINEAR`` for preprocessing. A table is H + W
 entries, built once per geometry and cached by the kernel wrappers.
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.postprocess import bilinear_taps, nearest_taps
-from runtime.preprocess import Geometry
+from deeplab_trt.runtime.postprocess import bilinear_taps, nearest_taps
+from deeplab_trt.runtime.preprocess import Geometry
 
 
 @dataclass(frozen=True)
