@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -56,12 +56,15 @@ def check_labels(name: str, labels: np.ndarray, num_classes: int, ignore: int = 
     if top >= num_classes:
         bad = np.unique(labels[(labels >= num_classes) & (labels != ignore)])
         if bad.size:
-            raise ToolkitError(f"{name}: label values {bad[:5].tolist()} are not classes of this "
-                               f"{num_classes}-class model (use 255 for 'ignore')")
+            raise ToolkitError(
+                f"{name}: label values {bad[:5].tolist()} are not classes of this "
+                f"{num_classes}-class model (use 255 for 'ignore')"
+            )
 
 
-def evaluate(backend, samples: Iterable[Sample], policy: str = "stretch", total: int | None = None,
-             progress: bool = True) -> EvalResult:
+def evaluate(
+    backend, samples: Iterable[Sample], policy: str = "stretch", total: int | None = None, progress: bool = True
+) -> EvalResult:
     from tqdm import tqdm
 
     spec = backend.spec
@@ -70,8 +73,9 @@ def evaluate(backend, samples: Iterable[Sample], policy: str = "stretch", total:
     n = 0
     infer_s = 0.0
     start = time.perf_counter()
-    for name, image, labels in tqdm(samples, total=total, desc="eval", unit="img", file=sys.stderr,
-                                    disable=not progress, mininterval=1.0):
+    for name, image, labels in tqdm(
+        samples, total=total, desc="eval", unit="img", file=sys.stderr, disable=not progress, mininterval=1.0
+    ):
         check_labels(name, labels, spec.num_classes)
         t0 = time.perf_counter()
         pred = segment(backend, image, policy, batch)

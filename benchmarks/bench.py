@@ -44,18 +44,25 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from deeplab_trt.benchmarks.bench_data import (FIDELITY_SEED, Frame, read_data_frames, split_data, synthetic_frames,
-                                   write_calibration_frames)
+from deeplab_trt.benchmarks.bench_data import (
+    FIDELITY_SEED,
+    Frame,
+    read_data_frames,
+    split_data,
+    synthetic_frames,
+    write_calibration_frames,
+)
 from deeplab_trt.benchmarks.environment import cuda_device_reason, environment, gpu_info
+from deeplab_trt.runtime.engine_loader import sha256_file
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
-from deeplab_trt.runtime.engine_loader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +133,10 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.e2e_frames is not None and cfg.e2e_frames < 0:
         raise ToolkitError(f"--e2e-frames {cfg.e2e_frames}: must be 0 or more")
     if "int8" in cfg.precisions and not cfg.data:
-        raise ToolkitError(f"{model}: int8 needs calibration data: pass --data PATH... (image folders, "
-                           "images, videos or globs; e.g. frames written by 'deeplab-trt scenes')")
+        raise ToolkitError(
+            f"{model}: int8 needs calibration data: pass --data PATH... (image folders, "
+            "images, videos or globs; e.g. frames written by 'deeplab-trt scenes')"
+        )
     if cfg.video is not None:
         from deeplab_trt.runtime.video import open_source
 
@@ -161,14 +170,18 @@ def resolve_backend(requested: str) -> tuple[str, str | None]:
     try:
         flavour = tf.detect(requested).name
     except ToolkitError as exc:  # the flavour module speaks of --flavour; here the option is --backend
-        raise ToolkitError(str(exc).replace(f"--flavour {requested}", f"--backend {requested}", 1)) from None
+        raise ToolkitError(str(exc).replace(f"--flavour {requested}", f"--backend {requested}", 1)) from exc
     if no_gpu is not None:
         if requested == "tensorrt-rtx":
-            raise ToolkitError(f"--backend tensorrt-rtx: {no_gpu}: TensorRT-RTX engines build on this machine "
-                               "('deeplab-trt build --flavour tensorrt-rtx') but need an RTX GPU to run; "
-                               "bench here with --backend onnxruntime")
-        raise ToolkitError(f"--backend tensorrt: {no_gpu}: TensorRT engines need a CUDA GPU to run; "
-                           "bench here with --backend onnxruntime")
+            raise ToolkitError(
+                f"--backend tensorrt-rtx: {no_gpu}: TensorRT-RTX engines build on this machine "
+                "('deeplab-trt build --flavour tensorrt-rtx') but need an RTX GPU to run; "
+                "bench here with --backend onnxruntime"
+            )
+        raise ToolkitError(
+            f"--backend tensorrt: {no_gpu}: TensorRT engines need a CUDA GPU to run; "
+            "bench here with --backend onnxruntime"
+        )
     return "tensorrt", flavour
 
 
@@ -179,8 +192,15 @@ def latency_stats(samples_ms: Iterable[float]) -> dict[str, float] | None:
     if a.size == 0:
         return None
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "p50": float(p50),
-            "p90": float(p90), "p99": float(p99), "max": float(a.max())}
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "max": float(a.max()),
+    }
 
 
 def _rss_bytes() -> int:
@@ -226,7 +246,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -300,8 +320,9 @@ def _int8_onnx(src: Path, dst: Path, calib_dir: Path, method: str, progress: boo
     quantize_onnx(src, data=[str(calib_dir)], output=dst, num=None, method=method, progress=progress)
 
 
-def _engine(src_onnx: Path, dst: Path, precision: str, flavour: str, batch: tuple[int, int, int] | None,
-            progress: bool) -> None:
+def _engine(
+    src_onnx: Path, dst: Path, precision: str, flavour: str, batch: tuple[int, int, int] | None, progress: bool
+) -> None:
     """An engine from the builder, which alone decides how ``precision`` is realised on ``flavour``
     (BuilderFlag on TensorRT 10, FP16 pass / Q/DQ graph on strongly typed flavours)."""
     from deeplab_trt.builder.engine import BuildOptions, build_engine
@@ -312,8 +333,9 @@ def _engine(src_onnx: Path, dst: Path, precision: str, flavour: str, batch: tupl
 class Preparer:
     """Builds or reuses the model for each precision, keyed by ONNX sha256 + options."""
 
-    def __init__(self, cfg: BenchConfig, backend: str, flavour: str | None, onnx_sha: str,
-                 calib: tuple[Path, str] | None):
+    def __init__(
+        self, cfg: BenchConfig, backend: str, flavour: str | None, onnx_sha: str, calib: tuple[Path, str] | None
+    ):
         self.cfg, self.backend, self.flavour, self.onnx_sha, self.calib = cfg, backend, flavour, onnx_sha, calib
         self.root = Path(cfg.cache_dir or default_cache_dir())
         self.stem = Path(cfg.model).stem
@@ -330,9 +352,10 @@ class Preparer:
         assert self.calib is not None
         calib_dir, digest = self.calib
         key = _key(CACHE_VERSION, self.onnx_sha, "int8", digest, self.cfg.calibration_method)
-        path, cached, secs = _cached(self.root / f"{self.stem}.int8.{key}.onnx",
-                                     lambda d: _int8_onnx(src, d, calib_dir, self.cfg.calibration_method,
-                                                          self.cfg.progress))
+        path, cached, secs = _cached(
+            self.root / f"{self.stem}.int8.{key}.onnx",
+            lambda d: _int8_onnx(src, d, calib_dir, self.cfg.calibration_method, self.cfg.progress),
+        )
         return Prepared("int8", path, cached, secs)
 
     def prepare(self, precision: str) -> Prepared:
@@ -347,8 +370,10 @@ class Preparer:
         dyn = spec_from_onnx(self.cfg.model).extra.get("dynamic_batch")
         batch = (int(dyn[0]), max(int(dyn[0]), self.cfg.batch), max(int(dyn[0]), self.cfg.batch)) if dyn else None
         key = _key(CACHE_VERSION, sha256_file(g.path), precision, label, batch, gpu_info().get("gpu"))
-        path, cached, secs = _cached(self.root / f"{self.stem}.{precision}.{key}.engine",
-                                     lambda d: _engine(g.path, d, precision, self.flavour, batch, self.cfg.progress))
+        path, cached, secs = _cached(
+            self.root / f"{self.stem}.{precision}.{key}.engine",
+            lambda d: _engine(g.path, d, precision, self.flavour, batch, self.cfg.progress),
+        )
         return Prepared(precision, path, cached and g.cached, secs + g.seconds)
 
 
@@ -382,8 +407,10 @@ def _check_batch(spec: ModelSpec, batch: int, model: Path) -> None:
         return
     fixed = int(spec.extra.get("batch", 1))
     if batch != fixed:
-        raise ToolkitError(f"{model}: the model's batch is fixed at {fixed}; export with --dynamic-batch "
-                           f"MIN:OPT:MAX to bench --batch {batch}")
+        raise ToolkitError(
+            f"{model}: the model's batch is fixed at {fixed}; export with --dynamic-batch "
+            f"MIN:OPT:MAX to bench --batch {batch}"
+        )
 
 
 def _device_timer(backend):
@@ -406,8 +433,9 @@ def _device_timer(backend):
     return timed
 
 
-def measure_inference(backend, batch: np.ndarray, warmup: int, iterations: int,
-                      progress: bool = False, label: str = "") -> tuple[list[float], str]:
+def measure_inference(
+    backend, batch: np.ndarray, warmup: int, iterations: int, progress: bool = False, label: str = ""
+) -> tuple[list[float], str]:
     """Latency samples (ms) of one inference of ``batch``: CUDA events around the engine's
     enqueue on a GPU backend, wall clock around ``backend.infer`` otherwise."""
     from tqdm import tqdm
@@ -417,8 +445,12 @@ def measure_inference(backend, batch: np.ndarray, warmup: int, iterations: int,
     run = timer if timer is not None else (lambda: _wall_ms(backend.infer, batch))
     for _ in range(warmup):
         run()
-    samples = [run() for _ in tqdm(range(iterations), desc=f"{label} infer", unit="it", disable=not progress,
-                                   file=sys.stderr, leave=False)]
+    samples = [
+        run()
+        for _ in tqdm(
+            range(iterations), desc=f"{label} infer", unit="it", disable=not progress, file=sys.stderr, leave=False
+        )
+    ]
     return samples, ("cuda-events" if timer is not None else "wall-clock")
 
 
@@ -523,8 +555,9 @@ def _make_source(video: Path | None, frames: list[np.ndarray] | None, count: int
     return ArraySource(frames, count)
 
 
-def measure_pipeline(backend, video: Path | None, frames: list[np.ndarray] | None, n_frames: int,
-                     warmup: int, progress: bool = False) -> dict[str, Any]:
+def measure_pipeline(
+    backend, video: Path | None, frames: list[np.ndarray] | None, n_frames: int, warmup: int, progress: bool = False
+) -> dict[str, Any]:
     """End-to-end latency (lockstep run) and throughput + per-stage times (free-running run)
     through the real video loop into a null sink."""
     from deeplab_trt.runtime.pipeline import RunOptions, runner_for
@@ -546,8 +579,11 @@ def measure_pipeline(backend, video: Path | None, frames: list[np.ndarray] | Non
     finally:
         source.close()
     stage = {k: round(v, 3) for k, v in stats.ms_per_frame().items()} if stats.frames else None
-    return {"e2e_latency_ms": latency_stats(e2e), "throughput_fps": stats.fps if stats.frames else None,
-            "stage_ms": stage}
+    return {
+        "e2e_latency_ms": latency_stats(e2e),
+        "throughput_fps": stats.fps if stats.frames else None,
+        "stage_ms": stage,
+    }
 
 
 def _labels_for(backend, spec: ModelSpec, frames: list[Frame], dtype) -> list[np.ndarray]:
@@ -562,8 +598,9 @@ def _labels_for(backend, spec: ModelSpec, frames: list[Frame], dtype) -> list[np
     return out
 
 
-def fidelity(labels: list[np.ndarray], reference: list[np.ndarray] | None, frames: list[Frame],
-             num_classes: int, with_gt: bool) -> dict[str, float | None]:
+def fidelity(
+    labels: list[np.ndarray], reference: list[np.ndarray] | None, frames: list[Frame], num_classes: int, with_gt: bool
+) -> dict[str, float | None]:
     """Agreement and mIoU vs the fp32 labels; mIoU vs ground truth when ``with_gt``."""
     from deeplab_trt.benchmarks.metrics import ConfusionMatrix
 
@@ -613,8 +650,9 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
     if cfg.data:
         frames = read_data_frames(cfg.data, 2 * max(cfg.calibration_frames, cfg.fidelity_frames))
         if len(frames) < 2:
-            raise ToolkitError(f"{cfg.data[0]}: need at least 2 frames (one to calibrate, one to check "
-                               f"fidelity); found {len(frames)}")
+            raise ToolkitError(
+                f"{cfg.data[0]}: need at least 2 frames (one to calibrate, one to check fidelity); found {len(frames)}"
+            )
         calib_frames, fid_frames = split_data(frames, cfg.calibration_frames, cfg.fidelity_frames)
     else:
         fid_frames = synthetic_frames(spec, cfg.fidelity_frames)
@@ -626,16 +664,28 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
     e2e_frames = _e2e_frames(cfg, spec, e2e_n + cfg.warmup) if e2e_n else None
 
     config = {
-        "model": str(model), "model_sha256": onnx_sha, "backend": backend, "backend_requested": cfg.backend,
+        "model": str(model),
+        "model_sha256": onnx_sha,
+        "backend": backend,
+        "backend_requested": cfg.backend,
         "tensorrt_flavour": flavour,
-        "precisions": list(cfg.precisions), "iterations": cfg.iterations, "warmup": cfg.warmup,
-        "batch": cfg.batch, "input_size": [spec.input_height, spec.input_width], "head": spec.head,
-        "num_classes": spec.num_classes, "video": str(cfg.video) if cfg.video else None,
-        "data": [str(d) for d in cfg.data], "calibration_frames": len(calib_frames) if calib else 0,
+        "precisions": list(cfg.precisions),
+        "iterations": cfg.iterations,
+        "warmup": cfg.warmup,
+        "batch": cfg.batch,
+        "input_size": [spec.input_height, spec.input_width],
+        "head": spec.head,
+        "num_classes": spec.num_classes,
+        "video": str(cfg.video) if cfg.video else None,
+        "data": [str(d) for d in cfg.data],
+        "calibration_frames": len(calib_frames) if calib else 0,
         "calibration_method": cfg.calibration_method if calib else None,
-        "fidelity_frames": len(fid_frames), "fidelity_source": "synthetic scenes" if synthetic else "--data",
+        "fidelity_frames": len(fid_frames),
+        "fidelity_source": "synthetic scenes" if synthetic else "--data",
         "ground_truth": "used" if with_gt else f"not used: {gt_note}",
-        "e2e_frames": e2e_n, "cache_dir": str(cache_dir), "command": cfg.command,
+        "e2e_frames": e2e_n,
+        "cache_dir": str(cache_dir),
+        "command": cfg.command,
     }
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -662,8 +712,11 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
             batch = _input_batch(fid_frames, spec, cfg.batch, dtype)
             samples, source = measure_inference(be, batch, cfg.warmup, cfg.iterations, cfg.progress, precision)
             labels = _labels_for(be, spec, fid_frames, dtype)
-            pipe = (measure_pipeline(be, cfg.video, e2e_frames, e2e_n, cfg.warmup, cfg.progress)
-                    if e2e_n else {"e2e_latency_ms": None, "throughput_fps": None, "stage_ms": None})
+            pipe = (
+                measure_pipeline(be, cfg.video, e2e_frames, e2e_n, cfg.warmup, cfg.progress)
+                if e2e_n
+                else {"e2e_latency_ms": None, "throughput_fps": None, "stage_ms": None}
+            )
             _close(be)
             del be
             gc.collect()
@@ -671,8 +724,11 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
             reference = labels
         fid = fidelity(labels, reference, fid_frames, spec.num_classes, with_gt)
         result = {
-            "model": str(prepared.path), "cached": prepared.cached, "prepare_s": round(prepared.seconds, 3),
-            "latency_ms": latency_stats(samples), "latency_source": source,
+            "model": str(prepared.path),
+            "cached": prepared.cached,
+            "prepare_s": round(prepared.seconds, 3),
+            "latency_ms": latency_stats(samples),
+            "latency_source": source,
             **pipe,
             "peak_memory_mb": round(mem.rss_mb, 1),
             "peak_gpu_memory_mb": None if mem.gpu_mb is None else round(mem.gpu_mb, 1),

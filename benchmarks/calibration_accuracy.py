@@ -51,9 +51,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs visible, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, onnxruntime {ort.__version__} "
-            f"({', '.join(ort.get_available_providers())})")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs visible, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, onnxruntime {ort.__version__} "
+        f"({', '.join(ort.get_available_providers())})"
+    )
 
 
 def write_calibration_frames(folder: Path, num: int, height: int, width: int) -> None:
@@ -70,8 +72,13 @@ def write_calibration_frames(folder: Path, num: int, height: int, width: int) ->
 
 def ort_quantize_static(fp32: Path, out: Path, frames_dir: Path, spec) -> float:
     """ONNX Runtime's entropy PTQ (settings in the module docstring); returns wall seconds."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from deeplab_trt.calibration.data import CalibrationData
 
@@ -88,11 +95,17 @@ def ort_quantize_static(fp32: Path, out: Path, frames_dir: Path, spec) -> float:
         cwd = os.getcwd()
         os.chdir(tmp)  # quantize_static writes its augmented model to the working directory
         try:
-            quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.Entropy,
-                            extra_options={"QuantizeBias": False, "ActivationSymmetric": True,
-                                           "WeightSymmetric": True})
+            quantize_static(
+                str(fp32),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True},
+            )
         finally:
             os.chdir(cwd)
     return time.perf_counter() - started
@@ -121,8 +134,9 @@ def evaluate_all(models: dict[str, Path], num: int, threads: int) -> dict[str, d
     from deeplab_trt.benchmarks.scenes import HELDOUT_SEED_BASE, SceneGenerator
     from deeplab_trt.runtime.backends.onnxruntime import OrtBackend
 
-    backends = {name: OrtBackend(path, threads=threads, providers=["CPUExecutionProvider"])
-                for name, path in models.items()}
+    backends = {
+        name: OrtBackend(path, threads=threads, providers=["CPUExecutionProvider"]) for name, path in models.items()
+    }
     spec = next(iter(backends.values())).spec
     gen = SceneGenerator(spec.input_height, spec.input_width, seed=HELDOUT_SEED_BASE)
     cms = {name: ConfusionMatrix(spec.num_classes) for name in backends}
@@ -139,9 +153,15 @@ def evaluate_all(models: dict[str, Path], num: int, threads: int) -> dict[str, d
             cms[name].update(labels, preds[name])
         for name in backends:
             agree[name] += float(np.mean(preds[name] == preds[reference]))
-    return {name: {"miou": cms[name].miou(), "pixel_accuracy": cms[name].pixel_accuracy(),
-                   "agreement_vs_fp32": agree[name] / num, "ms_per_image": 1000 * seconds[name] / num}
-            for name in backends}
+    return {
+        name: {
+            "miou": cms[name].miou(),
+            "pixel_accuracy": cms[name].pixel_accuracy(),
+            "agreement_vs_fp32": agree[name] / num,
+            "ms_per_image": 1000 * seconds[name] / num,
+        }
+        for name in backends
+    }
 
 
 def _quantize_worker(argv: list[str]) -> int:
@@ -175,8 +195,12 @@ def _quantize_worker(argv: list[str]) -> int:
 def run_quantizer(kind: str, method: str, fp32: Path, frames: Path, out: Path) -> dict:
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, method, str(fp32),
-                           str(frames), str(out)], capture_output=True, text=True, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", kind, method, str(fp32), str(frames), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} {method} quantization failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -199,7 +223,9 @@ def main(argv=None) -> int:
 
     from deeplab_trt.runtime.spec import spec_from_onnx
 
-    command = "python -m deeplab_trt.benchmarks.calibration_accuracy " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m deeplab_trt.benchmarks.calibration_accuracy " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
     print(f"command: {command}\nmachine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="calib_acc_") as tmp:
         tmp = Path(tmp)
@@ -220,8 +246,11 @@ def main(argv=None) -> int:
             name = f"ours {method}" if kind == "ours" else "onnxruntime entropy"
             out = tmp / f"{kind}_{method}.onnx"
             stats = run_quantizer(kind, method, fp32, frames, out)
-            rows[name] = {"calib_s": stats["seconds"], "calib_peak_rss_mb": stats["peak_rss_mb"],
-                          "tensorrt_rtx": rtx_builds(out)}
+            rows[name] = {
+                "calib_s": stats["seconds"],
+                "calib_peak_rss_mb": stats["peak_rss_mb"],
+                "tensorrt_rtx": rtx_builds(out),
+            }
             models[name] = out
             print(f"{name}: {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
         sizes = {name: path.stat().st_size for name, path in models.items()}
@@ -230,27 +259,39 @@ def main(argv=None) -> int:
     for name in rows:
         rows[name].update(metrics[name], onnx_mb=sizes[name] / 2**20)
     fp32_miou = rows["fp32"]["miou"]
-    lines = [f"{spec.name}, input {spec.input_height}x{spec.input_width}; calibration {args.calib_num} frames; "
-             f"evaluation {args.eval_num} held-out scenes", "",
-             "| model | mIoU | Δ vs FP32 (points) | agreement with FP32 | calibration wall (s) | calibration peak RSS (MB) "
-             "| ONNX MB | ORT CPU ms/img | TensorRT-RTX builds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"{spec.name}, input {spec.input_height}x{spec.input_width}; calibration {args.calib_num} frames; "
+        f"evaluation {args.eval_num} held-out scenes",
+        "",
+        "| model | mIoU | Δ vs FP32 (points) | agreement with FP32 | calibration wall (s) | calibration peak RSS (MB) "
+        "| ONNX MB | ORT CPU ms/img | TensorRT-RTX builds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name, r in rows.items():
         calib = "—" if r["calib_s"] is None else f"{r['calib_s']:.1f}"
         rss = f"{r['calib_peak_rss_mb']:.0f}" if r.get("calib_peak_rss_mb") else "—"
-        lines.append(f"| {name} | {100 * r['miou']:.2f} | {100 * (r['miou'] - fp32_miou):+.2f} | "
-                     f"{100 * r['agreement_vs_fp32']:.2f} % | {calib} | {rss} | {r['onnx_mb']:.1f} | "
-                     f"{r['ms_per_image']:.0f} | {r['tensorrt_rtx']} |")
+        lines.append(
+            f"| {name} | {100 * r['miou']:.2f} | {100 * (r['miou'] - fp32_miou):+.2f} | "
+            f"{100 * r['agreement_vs_fp32']:.2f} % | {calib} | {rss} | {r['onnx_mb']:.1f} | "
+            f"{r['ms_per_image']:.0f} | {r['tensorrt_rtx']} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:
         from deeplab_trt.runtime.atomic import write_text_atomic
 
-        doc = {"command": command, "machine": machine(), "model": spec.name, "calib_num": args.calib_num,
-               "eval_num": args.eval_num, "rows": rows}
+        doc = {
+            "command": command,
+            "machine": machine(),
+            "model": spec.name,
+            "calib_num": args.calib_num,
+            "eval_num": args.eval_num,
+            "rows": rows,
+        }
         write_text_atomic(args.out / "calibration_accuracy.json", json.dumps(doc, indent=1) + "\n")
-        write_text_atomic(args.out / "calibration_accuracy.md",
-                          f"command: `{command}`\n\nmachine: {machine()}\n\n{table}\n")
+        write_text_atomic(
+            args.out / "calibration_accuracy.md", f"command: `{command}`\n\nmachine: {machine()}\n\n{table}\n"
+        )
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from deeplab_trt.runtime.cli_types import positive_int
 from deeplab_trt.runtime.engine_loader import sha256_file
 
@@ -38,30 +39,56 @@ CACHE_ENV = "DEEPLAB_TRT_CACHE"
 DEFAULT_STREET = 16
 
 
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     from deeplab_trt.runtime.backends import BACKENDS
 
-    p = sub.add_parser("demo", help="segment a synthetic street video with the demo model (offline, any machine)",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--output", "-o", type=Path, default=Path("demo.mp4"), metavar="OUT.mp4",
-                   help="overlay video to write (default demo.mp4; .mp4/.avi/.mkv)")
+    p = sub.add_parser(
+        "demo",
+        help="segment a synthetic street video with the demo model (offline, any machine)",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("demo.mp4"),
+        metavar="OUT.mp4",
+        help="overlay video to write (default demo.mp4; .mp4/.avi/.mkv)",
+    )
     p.add_argument("--frames", type=positive_int, default=90, metavar="N", help="video length (default 90 = 3 s)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the written video (default 30)")
-    p.add_argument("--seed", type=int, default=10_000_000, metavar="S",
-                   help="scene seed (default 10000000: streets the demo model never saw)")
-    p.add_argument("--street", type=int, default=DEFAULT_STREET, metavar="I",
-                   help=f"which street of that seed (scene index, default {DEFAULT_STREET}: one with all seven "
-                        "classes in view, so every class's IoU is measured)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=10_000_000,
+        metavar="S",
+        help="scene seed (default 10000000: streets the demo model never saw)",
+    )
+    p.add_argument(
+        "--street",
+        type=int,
+        default=DEFAULT_STREET,
+        metavar="I",
+        help=f"which street of that seed (scene index, default {DEFAULT_STREET}: one with all seven "
+        "classes in view, so every class's IoU is measured)",
+    )
     p.add_argument("--height", type=positive_int, metavar="H", help="video height (default: the model's input)")
     p.add_argument("--width", type=positive_int, metavar="W", help="video width (default: the model's input)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto (default): TensorRT when a CUDA GPU and TensorRT are present, else ONNX Runtime")
-    p.add_argument("--model", type=Path, metavar="PATH",
-                   help="run this ONNX model or engine instead of the built-in demo model")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR", help=f"export/engine cache (default ${CACHE_ENV} "
-                   "or ~/.cache/deeplab-trt)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto (default): TensorRT when a CUDA GPU and TensorRT are present, else ONNX Runtime",
+    )
+    p.add_argument(
+        "--model", type=Path, metavar="PATH", help="run this ONNX model or engine instead of the built-in demo model"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"export/engine cache (default ${CACHE_ENV} or ~/.cache/deeplab-trt)",
+    )
     p.add_argument("--threads", type=positive_int, metavar="N", help="ONNX Runtime intra-op threads")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write FPS, stage times and mIoU as JSON")
@@ -81,7 +108,6 @@ def cache_root(explicit: Path | None = None) -> Path:
     return Path(base) / "deeplab-trt"
 
 
-
 def cached_onnx_name(cache: Path) -> Path:
     """Where the demo export lives in ``cache``: keyed by the weights' SHA-256 and the toolkit version."""
     from deeplab_trt.builder.models import DEMO_PATH
@@ -89,8 +115,10 @@ def cached_onnx_name(cache: Path) -> Path:
     from deeplab_trt.runtime.errors import ToolkitError
 
     if not DEMO_PATH.exists():
-        raise ToolkitError(f"{DEMO_PATH}: the demo model's weights are not installed "
-                           "(python -m deeplab_trt.benchmarks.train_demo trains them)")
+        raise ToolkitError(
+            f"{DEMO_PATH}: the demo model's weights are not installed "
+            "(python -m deeplab_trt.benchmarks.train_demo trains them)"
+        )
     return cache / "demo" / f"demo-{sha256_file(DEMO_PATH)[:16]}-v{__version__}-lowres.onnx"
 
 
@@ -116,7 +144,7 @@ def _gpu_tensorrt_available() -> bool:
 
         detect("auto")  # raises when no TensorRT flavour can be imported
         return True
-    except Exception:  # no cuda-python, no driver, no TensorRT: ONNX Runtime it is
+    except Exception:  # no cuda-python, no driver, no TensorRT: ONNX Runtime it is  # noqa: BLE001
         return False
 
 
@@ -245,13 +273,17 @@ def run(args) -> int:
         backend.close()
     summary = sink.confusion.summary(spec.classes)
     stats.mode = "overlay"
-    stats.outputs.append({"path": str(args.output), "size": list(file_sink.output_size), "fps": args.fps,
-                          "frames": file_sink.frames})
+    stats.outputs.append(
+        {"path": str(args.output), "size": list(file_sink.output_size), "fps": args.fps, "frames": file_sink.frames}
+    )
     for line in stats.report_lines():
         print(line)
-    print(f"mIoU vs ground truth {summary['miou']:.4f}, pixel accuracy {summary['pixel_accuracy']:.4f} "
-          f"({sink.frames} frames; " + ", ".join(f"{k} {v:.2f}" for k, v in summary["per_class_iou"].items()
-                                                 if v is not None) + ")")
+    print(
+        f"mIoU vs ground truth {summary['miou']:.4f}, pixel accuracy {summary['pixel_accuracy']:.4f} "
+        f"({sink.frames} frames; "
+        + ", ".join(f"{k} {v:.2f}" for k, v in summary["per_class_iou"].items() if v is not None)
+        + ")"
+    )
     print(f"total {time.perf_counter() - started:.1f} s (model: {model_path})")
     if args.json is not None:
         report = {**stats.to_dict(), "model_path": str(model_path), "accuracy": summary}

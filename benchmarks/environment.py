@@ -42,8 +42,13 @@ def cuda_device_reason() -> str | None:
 
 
 def gpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"gpu": None, "gpu_memory_mb": None, "compute_capability": None,
-                            "driver": None, "cuda": None}
+    info: dict[str, Any] = {
+        "gpu": None,
+        "gpu_memory_mb": None,
+        "compute_capability": None,
+        "driver": None,
+        "cuda": None,
+    }
     if cuda_device_reason() is not None:
         return info
     from cuda.bindings import runtime as cudart
@@ -51,7 +56,9 @@ def gpu_info() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         err, prop = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
-            info["gpu"] = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+            info["gpu"] = (
+                prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+            )
             info["gpu_memory_mb"] = round(prop.totalGlobalMem / 2**20, 1)
             info["compute_capability"] = f"{prop.major}.{prop.minor}"
     with contextlib.suppress(Exception):
@@ -65,8 +72,12 @@ def gpu_info() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         import subprocess
 
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if out.returncode == 0 and out.stdout.strip():
             info["driver"] = out.stdout.strip().splitlines()[0]
     return info
@@ -81,8 +92,11 @@ def tensorrt_info() -> dict[str, Any]:
         found = tf.detect("auto")
     except ToolkitError:
         return {"tensorrt_flavour": None, "tensorrt_version": None, "tensorrt_installed": []}
-    return {"tensorrt_flavour": found.name, "tensorrt_version": found.version_string,
-            "tensorrt_installed": [f.label for f in tf.available()]}
+    return {
+        "tensorrt_flavour": found.name,
+        "tensorrt_version": found.version_string,
+        "tensorrt_installed": [f.label for f in tf.available()],
+    }
 
 
 def environment() -> dict[str, Any]:

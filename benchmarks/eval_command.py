@@ -14,27 +14,40 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
 from deeplab_trt.runtime.cli_types import positive_int
 
 log = logging.getLogger(__name__)
-
-
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from deeplab_trt.runtime.backends import BACKENDS
     from deeplab_trt.runtime.preprocess import POLICIES
 
-    p = sub.add_parser("eval", help="mIoU / pixel accuracy / per-class IoU against ground truth",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "eval", help="mIoU / pixel accuracy / per-class IoU against ground truth", description=__doc__.splitlines()[0]
+    )
     p.add_argument("model", type=Path, metavar="MODEL", help="ONNX model (from export) or TensorRT engine")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--synthetic", type=positive_int, metavar="N",
-                     help="evaluate on N synthetic street scenes (default when no --data: 32)")
-    src.add_argument("--data", type=Path, metavar="DIR",
-                     help="labelled folder: DIR/images/NAME.png|jpg + DIR/labels/NAME.png (class indices, 255 = ignore)")
-    p.add_argument("--seed", type=int, default=10_000_000, metavar="S",
-                   help="synthetic scene seed (default 10000000: held out from the demo model's training)")
+    src.add_argument(
+        "--synthetic",
+        type=positive_int,
+        metavar="N",
+        help="evaluate on N synthetic street scenes (default when no --data: 32)",
+    )
+    src.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="labelled folder: DIR/images/NAME.png|jpg + DIR/labels/NAME.png (class indices, 255 = ignore)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=10_000_000,
+        metavar="S",
+        help="synthetic scene seed (default 10000000: held out from the demo model's training)",
+    )
     p.add_argument("--height", type=positive_int, metavar="H", help="synthetic scene height (default: model input)")
     p.add_argument("--width", type=positive_int, metavar="W", help="synthetic scene width (default: model input)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (default: by file type)")
@@ -47,8 +60,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def format_table(summary: dict) -> list[str]:
-    lines = [f"mIoU {summary['miou']:.4f}   pixel accuracy {summary['pixel_accuracy']:.4f}   "
-             f"({summary['images']} images)"]
+    lines = [
+        f"mIoU {summary['miou']:.4f}   pixel accuracy {summary['pixel_accuracy']:.4f}   ({summary['images']} images)"
+    ]
     width = max((len(k) for k in summary["per_class_iou"]), default=5)
     for name, iou in summary["per_class_iou"].items():
         lines.append(f"  {name:<{width}}  {'   n/a' if iou is None else f'{iou:.4f}'}")
@@ -82,8 +96,9 @@ def run(args) -> int:
             _warn_class_mismatch(args.data, spec.classes)
         result = evaluate(backend, samples, args.policy, total=total, progress=not args.no_progress)
         summary = result.summary(spec.classes)
-        summary.update(model=str(args.model), backend=backend.name, policy=args.policy,
-                       input_size=list(spec.input_size), **source)
+        summary.update(
+            model=str(args.model), backend=backend.name, policy=args.policy, input_size=list(spec.input_size), **source
+        )
     finally:
         backend.close()
     for line in format_table(summary):
@@ -99,5 +114,9 @@ def _warn_class_mismatch(root: Path, model_classes) -> None:
 
     classes = read_classes(root)
     if classes and classes != list(model_classes):
-        log.warning("%s: the data's classes %s differ from the model's %s; scores compare indices",
-                    Path(root) / CLASSES_FILE, classes, list(model_classes))
+        log.warning(
+            "%s: the data's classes %s differ from the model's %s; scores compare indices",
+            Path(root) / CLASSES_FILE,
+            classes,
+            list(model_classes),
+        )

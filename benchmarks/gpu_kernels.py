@@ -33,8 +33,8 @@ def _parse_hw(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
         return h, w
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 1080x1920), got {text!r}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 1080x1920), got {text!r}") from exc
 
 
 def time_ms(api, stream, fn, iters: int, repeats: int) -> float:
@@ -80,13 +80,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from deeplab_trt.runtime.cuda import api
+
         count = api.device_count()
     except Exception as exc:  # noqa: BLE001 - cuda-python missing or broken: say so and stop
         print(f"gpu_kernels: no CUDA available ({exc}); run this on a machine with an NVIDIA GPU", file=sys.stderr)
         return 2
     if count == 0:
-        print("gpu_kernels: no CUDA GPU on this machine (cudaGetDeviceCount = 0 or no driver); "
-              "run this on a machine with an NVIDIA GPU", file=sys.stderr)
+        print(
+            "gpu_kernels: no CUDA GPU on this machine (cudaGetDeviceCount = 0 or no driver); "
+            "run this on a machine with an NVIDIA GPU",
+            file=sys.stderr,
+        )
         return 2
 
     from deeplab_trt.runtime.cuda.kernels import get_kernels
@@ -98,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     stream = api.Stream()
     fh, fw = args.frame
     rng = np.random.default_rng(0)
-    results: dict = {"device": info.describe(), "arch": info.arch,
-                     "command": "python -m deeplab_trt.benchmarks.gpu_kernels " + shlex.join(argv if argv is not None else sys.argv[1:]),
-                     "kernels": {"kind": kernels.launcher.compiled.kind, "nvrtc": list(kernels.launcher.compiled.nvrtc_version)}}
+    results: dict = {
+        "device": info.describe(),
+        "arch": info.arch,
+        "command": "python -m deeplab_trt.benchmarks.gpu_kernels "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "kernels": {"kind": kernels.launcher.compiled.kind, "nvrtc": list(kernels.launcher.compiled.nvrtc_version)},
+    }
     print(f"device: {info.describe()}")
     print(f"command: {results['command']}")
 
@@ -115,19 +123,34 @@ def main(argv: list[str] | None = None) -> int:
         geo = Geometry.compute((fh, fw), (ih, iw), policy)
         for dtype in (np.float32, np.float16):
             out = api.empty((1, 3, ih, iw), dtype)
-            ms = time_ms(api, stream, lambda: kernels.preprocess(frame, fh, fw, out, spec, geo, out_dtype=dtype,
-                                                                 stream=stream.handle), args.iters, args.repeats)
+            ms = time_ms(
+                api,
+                stream,
+                lambda: kernels.preprocess(frame, fh, fw, out, spec, geo, out_dtype=dtype, stream=stream.handle),  # noqa: B023
+                args.iters,
+                args.repeats,
+            )
             moved = fh * fw * 3 + out.nbytes  # the whole frame counted as read (exact for 1080p -> 1080p)
             gbs = moved / (ms * 1e-3) / 1e9
-            row = {"frame": [fh, fw], "input": [ih, iw], "policy": policy, "dtype": np.dtype(dtype).name,
-                   "ms": ms, "gbs": gbs, "ratio_to_memcpy": gbs / copy_gbs}
+            row = {
+                "frame": [fh, fw],
+                "input": [ih, iw],
+                "policy": policy,
+                "dtype": np.dtype(dtype).name,
+                "ms": ms,
+                "gbs": gbs,
+                "ratio_to_memcpy": gbs / copy_gbs,
+            }
             results["preprocess"].append(row)
-            print(f"preprocess {fw}x{fh} -> {iw}x{ih} {policy} {np.dtype(dtype).name}: {ms * 1e3:.0f} us, "
-                  f"{gbs:.1f} GB/s = {gbs / copy_gbs:.2f} x memcpy")
+            print(
+                f"preprocess {fw}x{fh} -> {iw}x{ih} {policy} {np.dtype(dtype).name}: {ms * 1e3:.0f} us, "
+                f"{gbs:.1f} GB/s = {gbs / copy_gbs:.2f} x memcpy"
+            )
 
     c, lh, lw = args.classes, -(-fh // args.stride), -(-fw // args.stride)
-    spec = ModelSpec("bench", [str(i) for i in range(c)], voc_palette(c), lh * args.stride, lw * args.stride,
-                     head="lowres")
+    spec = ModelSpec(
+        "bench", [str(i) for i in range(c)], voc_palette(c), lh * args.stride, lw * args.stride, head="lowres"
+    )
     geo = Geometry.compute((fh, fw), spec.input_size, "stretch")
     try:
         import torch
@@ -137,37 +160,60 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         have_torch = False
     results["upsample_argmax"] = []
-    for kind, host in (("smooth blobs", blob_logits(c, lh, lw)),
-                       ("random (worst case)", rng.standard_normal((c, lh, lw)).astype(np.float32))):
+    for kind, host in (
+        ("smooth blobs", blob_logits(c, lh, lw)),
+        ("random (worst case)", rng.standard_normal((c, lh, lw)).astype(np.float32)),
+    ):
         for dtype in (np.float32, np.float16):
             logits = api.to_device(host.astype(dtype))
             labels = api.empty((fh, fw), np.uint8)
-            ms = time_ms(api, stream, lambda: kernels.upsample_argmax(logits, c, lh, lw, geo, labels, dtype=dtype,
-                                                                      stream=stream.handle), args.iters, args.repeats)
+            ms = time_ms(
+                api,
+                stream,
+                lambda: kernels.upsample_argmax(logits, c, lh, lw, geo, labels, dtype=dtype, stream=stream.handle),  # noqa: B023
+                args.iters,
+                args.repeats,
+            )
             row = {"logits": kind, "dtype": np.dtype(dtype).name, "shape": [c, lh, lw], "frame": [fh, fw], "ms": ms}
             if have_torch:
                 t = torch.as_tensor(host.astype(dtype), device="cuda")[None]
                 ext = torch.cuda.ExternalStream(stream.handle)
 
                 def torch_step():
-                    with torch.cuda.stream(ext):
-                        F.interpolate(t, size=(fh, fw), mode="bilinear", align_corners=False).argmax(1).to(torch.uint8)
+                    with torch.cuda.stream(ext):  # noqa: B023
+                        F.interpolate(t, size=(fh, fw), mode="bilinear", align_corners=False).argmax(1).to(torch.uint8)  # noqa: B023
 
                 row["torch_ms"] = time_ms(api, stream, torch_step, args.iters, args.repeats)
                 row["speedup_vs_torch"] = row["torch_ms"] / ms
-                agree = (torch.as_tensor(labels, device="cuda").cpu().numpy() ==
-                         F.interpolate(t.float(), size=(fh, fw), mode="bilinear", align_corners=False)
-                         .argmax(1)[0].to(torch.uint8).cpu().numpy()).mean()
+                agree = (
+                    torch.as_tensor(labels, device="cuda").cpu().numpy()
+                    == F.interpolate(t.float(), size=(fh, fw), mode="bilinear", align_corners=False)
+                    .argmax(1)[0]
+                    .to(torch.uint8)
+                    .cpu()
+                    .numpy()
+                ).mean()
                 row["label_agreement_with_torch"] = float(agree)
             results["upsample_argmax"].append(row)
-            extra = (f"; torch interpolate+argmax {row['torch_ms'] * 1e3:.0f} us -> {row['speedup_vs_torch']:.1f}x, "
-                     f"labels agree {row['label_agreement_with_torch']:.5f}") if have_torch else "; torch (CUDA) absent"
+            extra = (
+                (
+                    f"; torch interpolate+argmax {row['torch_ms'] * 1e3:.0f} us -> {row['speedup_vs_torch']:.1f}x, "
+                    f"labels agree {row['label_agreement_with_torch']:.5f}"
+                )
+                if have_torch
+                else "; torch (CUDA) absent"
+            )
             print(f"upsample+argmax {kind} {np.dtype(dtype).name} {c}x{lh}x{lw} -> {fw}x{fh}: {ms * 1e3:.0f} us{extra}")
 
     picture = api.to_device(rng.integers(0, 256, (fh, fw, 3), dtype=np.uint8))
     labels = api.to_device(rng.integers(0, c, (fh, fw)).astype(np.uint8))
-    ms = time_ms(api, stream, lambda: kernels.render(picture, fh, fw, labels, spec, mode="overlay", alpha=0.5,
-                                                     stream=stream.handle), args.iters, args.repeats)
+    ms = time_ms(
+        api,
+        stream,
+        lambda: kernels.render(picture, fh, fw, labels, spec, mode="overlay", alpha=0.5, stream=stream.handle),
+        args.iters,
+        args.repeats,
+    )
     results["overlay_ms"] = ms
     print(f"overlay {fw}x{fh}: {ms * 1e3:.0f} us")
     if args.json:

@@ -108,13 +108,16 @@ def read_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarra
     if labels is None:
         raise ToolkitError(f"{label_path}: not a readable label PNG")
     if labels.ndim == 3:
-        if labels.shape[2] >= 3 and not (np.array_equal(labels[..., 0], labels[..., 1])
-                                         and np.array_equal(labels[..., 1], labels[..., 2])):
+        if labels.shape[2] >= 3 and not (
+            np.array_equal(labels[..., 0], labels[..., 1]) and np.array_equal(labels[..., 1], labels[..., 2])
+        ):
             raise ToolkitError(f"{label_path}: colour label image; expected single-channel class indices")
         labels = labels[..., 0]
     if labels.dtype != np.uint8:
         raise ToolkitError(f"{label_path}: {labels.dtype} labels; expected an 8-bit PNG of class indices")
     if labels.shape != image.shape[:2]:
-        raise ToolkitError(f"{label_path}: label size {labels.shape[1]}x{labels.shape[0]} does not match its "
-                           f"image {image_path.name} ({image.shape[1]}x{image.shape[0]})")
+        raise ToolkitError(
+            f"{label_path}: label size {labels.shape[1]}x{labels.shape[0]} does not match its "
+            f"image {image_path.name} ({image.shape[1]}x{image.shape[0]})"
+        )
     return image, labels

@@ -22,11 +22,11 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
 
-    def update(self, truth: np.ndarray, pred: np.ndarray) -> "ConfusionMatrix":
+    def update(self, truth: np.ndarray, pred: np.ndarray) -> ConfusionMatrix:
         self.matrix += confusion_matrix(truth, pred, self.num_classes)
         return self
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         self.matrix += other.matrix
         return self
 

@@ -44,9 +44,8 @@ import numpy as np
 
 def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
     from deeplab_trt.builder.export import export_onnx
-
-    from deeplab_trt.runtime.engine_loader import sha256_file
     from deeplab_trt.builder.models import DEMO_PATH
+    from deeplab_trt.runtime.engine_loader import sha256_file
 
     tag = f"demo-{sha256_file(DEMO_PATH)[:12]}" if which == "demo" else which  # a retrained demo re-exports
     path = cache_dir / f"{tag}_{head}_512x1024.onnx"
@@ -54,14 +53,28 @@ def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
         if which == "demo":
             export_onnx(path, model="demo", weights="demo", height=512, width=1024, head=head, progress=True)
         else:
-            export_onnx(path, model="deeplabv3_mobilenet_v3_large", weights="none", num_classes=21,
-                        height=512, width=1024, head=head, progress=True)
+            export_onnx(
+                path,
+                model="deeplabv3_mobilenet_v3_large",
+                weights="none",
+                num_classes=21,
+                height=512,
+                width=1024,
+                head=head,
+                progress=True,
+            )
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deeplab_trt.benchmarks.bench import (ArraySource, LockstepSource, TimingSink, default_cache_dir, latency_stats,
-                                  measure_inference)
+    from deeplab_trt.benchmarks.bench import (
+        ArraySource,
+        LockstepSource,
+        TimingSink,
+        default_cache_dir,
+        latency_stats,
+        measure_inference,
+    )
     from deeplab_trt.benchmarks.environment import machine_line
     from deeplab_trt.benchmarks.scenes import SceneGenerator
     from deeplab_trt.builder.models import DEMO_PATH
@@ -75,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=5, help="inference runs and frames per round (default 5)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
-    ap.add_argument("--ort-spinning", action="store_true",
-                    help="let ONNX Runtime's worker threads spin between runs (ORT's default; off in OrtBackend)")
+    ap.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="let ONNX Runtime's worker threads spin between runs (ORT's default; off in OrtBackend)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args(argv)
     cache_dir = args.cache_dir or default_cache_dir()
@@ -131,28 +147,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python -m deeplab_trt.benchmarks.pipeline_overhead {args_text}".rstrip())
     print(f"machine: {machine_line()}")
     print(f"date:    {dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}")
-    print(f"model:   {model.name} ({spec.extra.get('arch', spec.name)}, {spec.head} head, {spec.num_classes} classes, "
-          f"input {spec.input_height}x{spec.input_width}), {backend.name}, ORT spinning "
-          f"{'on' if spinning else 'off'}; frames {frames[0].shape[1]}x{frames[0].shape[0]}; "
-          f"{args.rounds} rounds x {args.per_round} (inference-only, lockstep, pipelined)")
-    print(f"inference only:       mean {infer['mean']:.1f} ms  p50 {infer['p50']:.1f}  p90 {infer['p90']:.1f}  "
-          f"std {infer['std']:.1f}  (n={len(infer_ms)})")
-    print(f"end-to-end lockstep:  mean {e2e['mean']:.1f} ms  p50 {e2e['p50']:.1f}  p90 {e2e['p90']:.1f}  "
-          f"std {e2e['std']:.1f}  (n={len(e2e_ms)}; latency, one frame in flight)")
-    print(f"pipelined period:     mean {period['mean']:.1f} ms  p50 {period['p50']:.1f}  p90 {period['p90']:.1f}  "
-          f"std {period['std']:.1f}  (n={len(period_ms)}; {1e3 / period['mean']:.2f} FPS free-running)")
-    print("lockstep loop, ms/frame: " + "  ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "decode")
-          + "  (decode is in-memory; its thread waits for the lockstep)")
+    print(
+        f"model:   {model.name} ({spec.extra.get('arch', spec.name)}, {spec.head} head, {spec.num_classes} classes, "
+        f"input {spec.input_height}x{spec.input_width}), {backend.name}, ORT spinning "
+        f"{'on' if spinning else 'off'}; frames {frames[0].shape[1]}x{frames[0].shape[0]}; "
+        f"{args.rounds} rounds x {args.per_round} (inference-only, lockstep, pipelined)"
+    )
+    print(
+        f"inference only:       mean {infer['mean']:.1f} ms  p50 {infer['p50']:.1f}  p90 {infer['p90']:.1f}  "
+        f"std {infer['std']:.1f}  (n={len(infer_ms)})"
+    )
+    print(
+        f"end-to-end lockstep:  mean {e2e['mean']:.1f} ms  p50 {e2e['p50']:.1f}  p90 {e2e['p90']:.1f}  "
+        f"std {e2e['std']:.1f}  (n={len(e2e_ms)}; latency, one frame in flight)"
+    )
+    print(
+        f"pipelined period:     mean {period['mean']:.1f} ms  p50 {period['p50']:.1f}  p90 {period['p90']:.1f}  "
+        f"std {period['std']:.1f}  (n={len(period_ms)}; {1e3 / period['mean']:.2f} FPS free-running)"
+    )
+    print(
+        "lockstep loop, ms/frame: "
+        + "  ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "decode")
+        + "  (decode is in-memory; its thread waits for the lockstep)"
+    )
     non_infer = sum(v for k, v in stages.items() if k not in ("infer", "decode"))
-    print(f"where the overhead goes: preprocess {stages.get('preprocess', 0):.1f} ms + upsample/argmax/overlay "
-          f"{stages.get('postprocess', 0):.1f} ms + sink {stages.get('encode', 0):.1f} ms = {non_infer:.1f} ms "
-          f"per frame ({100 * non_infer / stages.get('infer', np.nan):.1f}% of the loop's own inference time)")
-    print(f"latency ratio, lockstep end-to-end / inference (mean): {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; "
-          f"p50 ratio {e2e['p50'] / infer['p50']:.3f})")
-    print(f"throughput ratio, pipelined period / inference (mean): {pipelined:.3f}  "
-          f"(overhead {100 * (pipelined - 1):+.1f}%; p50 ratio {period['p50'] / infer['p50']:.3f})")
-    print(f"target: mean lockstep latency ratio <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}; "
-          f"pipelined: {'met' if pipelined <= 1.05 else 'NOT met'}")
+    print(
+        f"where the overhead goes: preprocess {stages.get('preprocess', 0):.1f} ms + upsample/argmax/overlay "
+        f"{stages.get('postprocess', 0):.1f} ms + sink {stages.get('encode', 0):.1f} ms = {non_infer:.1f} ms "
+        f"per frame ({100 * non_infer / stages.get('infer', np.nan):.1f}% of the loop's own inference time)"
+    )
+    print(
+        f"latency ratio, lockstep end-to-end / inference (mean): {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; "
+        f"p50 ratio {e2e['p50'] / infer['p50']:.3f})"
+    )
+    print(
+        f"throughput ratio, pipelined period / inference (mean): {pipelined:.3f}  "
+        f"(overhead {100 * (pipelined - 1):+.1f}%; p50 ratio {period['p50'] / infer['p50']:.3f})"
+    )
+    print(
+        f"target: mean lockstep latency ratio <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}; "
+        f"pipelined: {'met' if pipelined <= 1.05 else 'NOT met'}"
+    )
     return 0
 
 

@@ -40,8 +40,9 @@ def smooth_logits(classes: int, h: int, w: int, seed: int = 0, cell: int = 8) ->
     return fields + rng.normal(0.0, 0.3, size=fields.shape).astype(np.float32)
 
 
-def scene_logits(classes: int, frame_hw: tuple[int, int], stride: int, seed: int = 10_000_000 + 99,
-                 noise: float = 0.5) -> np.ndarray:
+def scene_logits(
+    classes: int, frame_hw: tuple[int, int], stride: int, seed: int = 10_000_000 + 99, noise: float = 0.5
+) -> np.ndarray:
     from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     _, labels = SceneGenerator(frame_hw[0], frame_hw[1], seed=seed).scene(0)
@@ -93,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logits", default="scene", help="'scene', 'smooth' or a lowres-head ONNX model")
     ap.add_argument("--frame", default="512x1024", help="frame (and model input) size HxW")
     ap.add_argument("--classes", type=int, default=21, help="channels for smooth logits (VOC: 21)")
-    ap.add_argument("--stride", type=int, default=16,
-                    help="output stride of the scene/smooth logits (16: deeplabv3_mobilenet_v3_large; 8: resnet)")
+    ap.add_argument(
+        "--stride",
+        type=int,
+        default=16,
+        help="output stride of the scene/smooth logits (16: deeplabv3_mobilenet_v3_large; 8: resnet)",
+    )
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
     fh, fw = (int(v) for v in args.frame.lower().split("x"))
@@ -117,15 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     fused = upsample_argmax(lowres, geo)
     naive = upsample_then_argmax(lowres, geo)
     agree = float((fused == naive).mean())
-    t_fused, t_naive = _interleaved_median_ms([lambda: upsample_argmax(lowres, geo),
-                                               lambda: upsample_then_argmax(lowres, geo)], args.repeats)
+    t_fused, t_naive = _interleaved_median_ms(
+        [lambda: upsample_argmax(lowres, geo), lambda: upsample_then_argmax(lowres, geo)], args.repeats
+    )
 
     args_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"command: python -m deeplab_trt.benchmarks.postprocess_speed {args_text}".rstrip())
     print(f"machine: {machine_line()}")
     print(f"date:    {dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}")
-    print(f"input:   {what} -> labels {fh}x{fw}; {mixed * 100:.1f}% of low-res cells on a class boundary; "
-          f"median of {args.repeats} runs")
+    print(
+        f"input:   {what} -> labels {fh}x{fw}; {mixed * 100:.1f}% of low-res cells on a class boundary; "
+        f"median of {args.repeats} runs"
+    )
     print(f"naive upsample_then_argmax: {t_naive:8.2f} ms")
     print(f"fused upsample_argmax:      {t_fused:8.2f} ms   (labels identical on {agree * 100:.4f}% of pixels)")
     ratio = t_naive / t_fused

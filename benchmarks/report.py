@@ -54,8 +54,15 @@ from deeplab_trt.runtime.atomic import atomic_path
 
 SCHEMA = "deeplab-trt-bench/1"
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
-RESULT_KEYS = ("latency_ms", "e2e_latency_ms", "throughput_fps", "peak_memory_mb", "agreement",
-               "miou_vs_fp32", "miou_vs_gt")
+RESULT_KEYS = (
+    "latency_ms",
+    "e2e_latency_ms",
+    "throughput_fps",
+    "peak_memory_mb",
+    "agreement",
+    "miou_vs_fp32",
+    "miou_vs_gt",
+)
 
 
 def _fmt(value: Any, spec: str = ".2f", none: str = "-") -> str:
@@ -73,40 +80,66 @@ def _rows(report: dict) -> list[list[str]]:
     for precision, r in report["results"].items():
         lat = r.get("latency_ms") or {}
         e2e = r.get("e2e_latency_ms") or {}
-        rows.append([
-            precision,
-            _fmt(lat.get("mean")), _fmt(lat.get("p50")), _fmt(lat.get("p99")),
-            _fmt(e2e.get("p50")), _fmt(e2e.get("p99")),
-            _fmt(r.get("throughput_fps"), ".1f"),
-            _fmt(r.get("peak_memory_mb"), ".0f") + (f" / {r['peak_gpu_memory_mb']:.0f}"
-                                                   if r.get("peak_gpu_memory_mb") is not None else ""),
-            _pct(r.get("agreement")), _fmt(r.get("miou_vs_fp32"), ".4f"), _fmt(r.get("miou_vs_gt"), ".4f"),
-        ])
+        rows.append(
+            [
+                precision,
+                _fmt(lat.get("mean")),
+                _fmt(lat.get("p50")),
+                _fmt(lat.get("p99")),
+                _fmt(e2e.get("p50")),
+                _fmt(e2e.get("p99")),
+                _fmt(r.get("throughput_fps"), ".1f"),
+                _fmt(r.get("peak_memory_mb"), ".0f")
+                + (f" / {r['peak_gpu_memory_mb']:.0f}" if r.get("peak_gpu_memory_mb") is not None else ""),
+                _pct(r.get("agreement")),
+                _fmt(r.get("miou_vs_fp32"), ".4f"),
+                _fmt(r.get("miou_vs_gt"), ".4f"),
+            ]
+        )
     return rows
 
 
 def _headers(report: dict) -> list[str]:
     batch = report.get("config", {}).get("batch", 1)
-    mem = "peak MB (RSS / GPU)" if any(r.get("peak_gpu_memory_mb") is not None
-                                       for r in report["results"].values()) else "peak RSS MB"
+    mem = (
+        "peak MB (RSS / GPU)"
+        if any(r.get("peak_gpu_memory_mb") is not None for r in report["results"].values())
+        else "peak RSS MB"
+    )
     per = f"/batch{batch}" if batch != 1 else ""
-    return ["precision", f"infer mean ms{per}", "infer p50", "infer p99", "e2e p50 ms", "e2e p99",
-            "FPS", mem, "agreement", "mIoU vs fp32", "mIoU vs GT"]
+    return [
+        "precision",
+        f"infer mean ms{per}",
+        "infer p50",
+        "infer p99",
+        "e2e p50 ms",
+        "e2e p99",
+        "FPS",
+        mem,
+        "agreement",
+        "mIoU vs fp32",
+        "mIoU vs GT",
+    ]
 
 
 def format_table(report: dict) -> str:
     """Plain-text table for the console (fixed-width columns)."""
     headers, rows = _headers(report), _rows(report)
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line(row) for row in rows]
     env, cfg = report.get("environment", {}), report.get("config", {})
     device = env.get("gpu") or f"{env.get('cpu', '?')} ({env.get('cpu_cores', '?')} cores)"
     size = "x".join(map(str, cfg.get("input_size") or [])) or "?"
-    out.append(f"backend {cfg.get('backend')} on {device}; {cfg.get('iterations')} iterations after "
-               f"{cfg.get('warmup')} warmup; input {size}; fidelity on {cfg.get('fidelity_frames')} frames "
-               f"({cfg.get('fidelity_source')}; ground truth {str(cfg.get('ground_truth', '?')).split(':')[0]})")
+    out.append(
+        f"backend {cfg.get('backend')} on {device}; {cfg.get('iterations')} iterations after "
+        f"{cfg.get('warmup')} warmup; input {size}; fidelity on {cfg.get('fidelity_frames')} frames "
+        f"({cfg.get('fidelity_source')}; ground truth {str(cfg.get('ground_truth', '?')).split(':')[0]})"
+    )
     return "\n".join(out)
 
 
@@ -124,9 +157,25 @@ def format_markdown(report: dict) -> str:
     lines.append("")
     lines.append("## Configuration")
     lines.append("")
-    for key in ("backend", "tensorrt_flavour", "precisions", "input_size", "head", "num_classes", "batch",
-                "iterations", "warmup", "e2e_frames", "fidelity_frames", "fidelity_source", "ground_truth",
-                "calibration_frames", "calibration_method", "video", "data"):
+    for key in (
+        "backend",
+        "tensorrt_flavour",
+        "precisions",
+        "input_size",
+        "head",
+        "num_classes",
+        "batch",
+        "iterations",
+        "warmup",
+        "e2e_frames",
+        "fidelity_frames",
+        "fidelity_source",
+        "ground_truth",
+        "calibration_frames",
+        "calibration_method",
+        "video",
+        "data",
+    ):
         if cfg.get(key) not in (None, "", [], 0):
             value = cfg[key]
             if key == "input_size":
@@ -140,11 +189,13 @@ def format_markdown(report: dict) -> str:
     lines.append("|" + "|".join([":--"] + ["--:"] * (len(headers) - 1)) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines.append("")
-    lines.append("Latency in milliseconds: `infer` = model inference only (" +
-                 ", ".join(sorted({r.get('latency_source', '?') for r in report['results'].values()})) +
-                 "); `e2e` = host frame in to host overlay out through the pipeline, per frame. "
-                 "FPS = frames per second through the pipelined loop. Agreement and mIoU vs fp32 "
-                 "compare label maps with the fp32 model's on the same frames.")
+    lines.append(
+        "Latency in milliseconds: `infer` = model inference only ("
+        + ", ".join(sorted({r.get("latency_source", "?") for r in report["results"].values()}))
+        + "); `e2e` = host frame in to host overlay out through the pipeline, per frame. "
+        "FPS = frames per second through the pipelined loop. Agreement and mIoU vs fp32 "
+        "compare label maps with the fp32 model's on the same frames."
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -183,8 +234,14 @@ def write_plot(report: dict, path: str | Path) -> Path:
         p50 = [(results[n].get(key) or {}).get("p50") or 0.0 for n in names]
         p99 = [(results[n].get(key) or {}).get("p99") or 0.0 for n in names]
         pos = [x + (j - (len(present) - 1) / 2) * width for x in xs]
-        ax_lat.bar(pos, p50, width, label=f"{label} p50",
-                   yerr=[[0.0] * len(names), [max(0.0, b - a) for a, b in zip(p50, p99)]], capsize=4)
+        ax_lat.bar(
+            pos,
+            p50,
+            width,
+            label=f"{label} p50",
+            yerr=[[0.0] * len(names), [max(0.0, b - a) for a, b in zip(p50, p99)]],
+            capsize=4,
+        )
     ax_lat.set_xticks(xs, names)
     ax_lat.set_ylabel("milliseconds (bar p50, whisker p99)")
     ax_lat.set_title("Latency per precision")

@@ -30,8 +30,8 @@ Convention used by the demo model: training scenes come from seeds below
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -40,13 +40,13 @@ import numpy as np
 CLASSES = ("sky", "road", "building", "vehicle", "person", "vegetation", "sidewalk")
 #: RGB display colour per class (Cityscapes-like).
 PALETTE = (
-    (70, 130, 180),   # sky
-    (128, 64, 128),   # road
-    (70, 70, 70),     # building
-    (0, 0, 142),      # vehicle
-    (220, 20, 60),    # person
-    (107, 142, 35),   # vegetation
-    (244, 35, 232),   # sidewalk
+    (70, 130, 180),  # sky
+    (128, 64, 128),  # road
+    (70, 70, 70),  # building
+    (0, 0, 142),  # vehicle
+    (220, 20, 60),  # person
+    (107, 142, 35),  # vegetation
+    (244, 35, 232),  # sidewalk
 )
 SKY, ROAD, BUILDING, VEHICLE, PERSON, VEGETATION, SIDEWALK = range(len(CLASSES))
 
@@ -77,7 +77,7 @@ class _Canvas:
         self.lab = np.zeros((height, width), np.uint8)
         self.tex = np.zeros((height, width, 2), np.float32)
 
-    def copy(self) -> "_Canvas":
+    def copy(self) -> _Canvas:
         c = _Canvas.__new__(_Canvas)
         c.h, c.w = self.h, self.w
         c.img, c.lab, c.tex = self.img.copy(), self.lab.copy(), self.tex.copy()
@@ -151,9 +151,9 @@ class _Street:
     w: int
     horizon: float
     vx: float
-    road_half: float      # road half-width at d = 1 (pixels)
-    walk_factor: float    # sidewalk outer edge / road edge
-    apex: float = 2.0     # half-width at the vanishing point
+    road_half: float  # road half-width at d = 1 (pixels)
+    walk_factor: float  # sidewalk outer edge / road edge
+    apex: float = 2.0  # half-width at the vanishing point
 
     def y(self, d: float) -> float:
         return self.horizon + d * (self.h - self.horizon)
@@ -169,16 +169,16 @@ class _Street:
 
 @dataclass
 class _Vehicle:
-    d: float          # depth of the bottom edge
-    u: float          # lateral position on the road (-1..1) or, for crossing, x fraction
-    vd: float         # depth speed per frame (rear view) or x speed in metres per frame (side view)
-    view: str         # "rear" | "side"
-    kind: str         # "car" | "van" | "bus"
+    d: float  # depth of the bottom edge
+    u: float  # lateral position on the road (-1..1) or, for crossing, x fraction
+    vd: float  # depth speed per frame (rear view) or x speed in metres per frame (side view)
+    view: str  # "rear" | "side"
+    kind: str  # "car" | "van" | "bus"
     colour: np.ndarray
     window: np.ndarray
     facing: int = 1
 
-    def at(self, t: float) -> "_Vehicle":
+    def at(self, t: float) -> _Vehicle:
         v = _Vehicle(**{**self.__dict__})
         if self.view == "rear":
             span = 1.25 - 0.12
@@ -191,8 +191,8 @@ class _Vehicle:
 @dataclass
 class _Person:
     d: float
-    x: float          # metres from the vanishing line (negative = left)
-    vx: float         # metres per frame
+    x: float  # metres from the vanishing line (negative = left)
+    vx: float  # metres per frame
     phase: float
     height_m: float
     shirt: np.ndarray
@@ -200,7 +200,7 @@ class _Person:
     skin: np.ndarray
     hair: np.ndarray
 
-    def at(self, t: float) -> "_Person":
+    def at(self, t: float) -> _Person:
         p = _Person(**{**self.__dict__})
         p.x = self.x + self.vx * t
         p.phase = self.phase + abs(self.vx) * t * 4.0
@@ -234,8 +234,7 @@ class _Layout:
 
 def _make_layout(rng: np.random.Generator, h: int, w: int) -> _Layout:
     horizon = h * rng.uniform(0.36, 0.52)
-    street = _Street(h, w, horizon, w * rng.uniform(0.3, 0.7), w * rng.uniform(0.32, 0.6),
-                     rng.uniform(1.5, 2.1))
+    street = _Street(h, w, horizon, w * rng.uniform(0.3, 0.7), w * rng.uniform(0.32, 0.6), rng.uniform(1.5, 2.1))
     mood = rng.choice(["clear", "overcast", "dusk"], p=[0.5, 0.3, 0.2])
     if mood == "clear":
         top, bottom = _jitter(rng, (190, 120, 60), 25), _jitter(rng, (235, 205, 170), 20)
@@ -246,8 +245,7 @@ def _make_layout(rng: np.random.Generator, h: int, w: int) -> _Layout:
     clouds = []
     for _ in range(rng.integers(0, 6)):
         cx, cy = rng.uniform(0, w), rng.uniform(0, horizon * 0.8)
-        clouds.append(((cx, cy), (rng.uniform(0.05, 0.2) * w, rng.uniform(0.02, 0.06) * h),
-                       rng.uniform(0.3, 0.8)))
+        clouds.append(((cx, cy), (rng.uniform(0.05, 0.2) * w, rng.uniform(0.02, 0.06) * h), rng.uniform(0.3, 0.8)))
     sides = tuple(str(s) for s in rng.choice(["buildings", "park"], size=2, p=[0.75, 0.25]))
     lay = _Layout(street, top, bottom, clouds, sides)
     lay.road_colour = _grey(rng, 55, 120, 10)
@@ -263,10 +261,19 @@ def _make_layout(rng: np.random.Generator, h: int, w: int) -> _Layout:
         d = rng.uniform(0.05, 0.1)
         while d < 1.6:
             d1 = d * rng.uniform(1.25, 1.9)
-            lay.facades.append(dict(side=side, d0=d, d1=d1, height_m=rng.uniform(6, 22),
-                                    colour=_building_colour(rng), rows_m=rng.uniform(2.8, 3.6),
-                                    cols=int(rng.integers(2, 6)), win=_jitter(rng, (70, 60, 50), 30),
-                                    frame=rng.uniform(0.15, 0.35)))
+            lay.facades.append(
+                dict(
+                    side=side,
+                    d0=d,
+                    d1=d1,
+                    height_m=rng.uniform(6, 22),
+                    colour=_building_colour(rng),
+                    rows_m=rng.uniform(2.8, 3.6),
+                    cols=int(rng.integers(2, 6)),
+                    win=_jitter(rng, (70, 60, 50), 30),
+                    frame=rng.uniform(0.15, 0.35),
+                )
+            )
             d = d1
     # distant skyline near the vanishing point
     x = street.vx - w * rng.uniform(0.08, 0.2)
@@ -282,62 +289,132 @@ def _make_layout(rng: np.random.Generator, h: int, w: int) -> _Layout:
         for _ in range(n):
             d = rng.uniform(0.1, 1.15)
             off = rng.uniform(1.1, lay.street.walk_factor * (1.6 if park else 0.95))
-            lay.trees.append(dict(side=side, d=d, off=off, height_m=rng.uniform(4, 9),
-                                  crown_m=rng.uniform(1.6, 3.2),
-                                  green=_jitter(rng, rng.choice([(40, 110, 60), (30, 95, 85), (40, 120, 120),
-                                                                 (25, 70, 40)]), 20),
-                                  trunk=_jitter(rng, (40, 60, 85), 15),
-                                  blobs=rng.uniform(-1, 1, size=(5, 3))))
+            lay.trees.append(
+                dict(
+                    side=side,
+                    d=d,
+                    off=off,
+                    height_m=rng.uniform(4, 9),
+                    crown_m=rng.uniform(1.6, 3.2),
+                    green=_jitter(rng, rng.choice([(40, 110, 60), (30, 95, 85), (40, 120, 120), (25, 70, 40)]), 20),
+                    trunk=_jitter(rng, (40, 60, 85), 15),
+                    blobs=rng.uniform(-1, 1, size=(5, 3)),
+                )
+            )
     # vehicles: rear view in lanes (moving in depth), some side-view crossing/parked
     for _ in range(int(rng.integers(1, 6))):
         kind = rng.choice(["car", "van", "bus"], p=[0.75, 0.18, 0.07])
-        lay.vehicles.append(_Vehicle(d=rng.uniform(0.15, 0.95) * (0.6 if kind == "bus" else 1.0), u=rng.uniform(-0.75, 0.75),
-                                     vd=rng.uniform(-0.012, 0.012), view="rear", kind=str(kind),
-                                     colour=_car_colour(rng), window=_grey(rng, 20, 70, 10)))
+        lay.vehicles.append(
+            _Vehicle(
+                d=rng.uniform(0.15, 0.95) * (0.6 if kind == "bus" else 1.0),
+                u=rng.uniform(-0.75, 0.75),
+                vd=rng.uniform(-0.012, 0.012),
+                view="rear",
+                kind=str(kind),
+                colour=_car_colour(rng),
+                window=_grey(rng, 20, 70, 10),
+            )
+        )
     for _ in range(int(rng.integers(0, 3))):
         kind = rng.choice(["car", "van", "bus"], p=[0.75, 0.18, 0.07])
-        lay.vehicles.append(_Vehicle(d=rng.uniform(0.35, 0.9) * (0.7 if kind == "bus" else 1.0), u=rng.uniform(-1.2, 1.2),
-                                     vd=rng.uniform(-0.08, 0.08), view="side", kind=str(kind),
-                                     colour=_car_colour(rng), window=_grey(rng, 20, 70, 10),
-                                     facing=int(rng.choice([-1, 1]))))
+        lay.vehicles.append(
+            _Vehicle(
+                d=rng.uniform(0.35, 0.9) * (0.7 if kind == "bus" else 1.0),
+                u=rng.uniform(-1.2, 1.2),
+                vd=rng.uniform(-0.08, 0.08),
+                view="side",
+                kind=str(kind),
+                colour=_car_colour(rng),
+                window=_grey(rng, 20, 70, 10),
+                facing=int(rng.choice([-1, 1])),
+            )
+        )
     # people: on sidewalks, a few crossing the road
     for _ in range(int(rng.integers(2, 8))):
         side = rng.choice([-1, 1])
         d = rng.uniform(0.5, 1.2)  # not too far: a person stays a few output-stride cells wide
         on_road = rng.random() < 0.2
         x_m = rng.uniform(-3, 3) if on_road else side * rng.uniform(3.8, 3.5 * lay.street.walk_factor)
-        lay.people.append(_Person(d=d, x=x_m, vx=rng.uniform(-0.05, 0.05), phase=rng.uniform(0, 2 * np.pi),
-                                  height_m=rng.uniform(1.55, 1.95), shirt=_clothes(rng), trousers=_clothes(rng),
-                                  skin=_jitter(rng, rng.choice([(150, 180, 225), (90, 120, 170), (60, 80, 110)]), 15),
-                                  hair=_grey(rng, 15, 90, 15)))
+        lay.people.append(
+            _Person(
+                d=d,
+                x=x_m,
+                vx=rng.uniform(-0.05, 0.05),
+                phase=rng.uniform(0, 2 * np.pi),
+                height_m=rng.uniform(1.55, 1.95),
+                shirt=_clothes(rng),
+                trousers=_clothes(rng),
+                skin=_jitter(rng, rng.choice([(150, 180, 225), (90, 120, 170), (60, 80, 110)]), 15),
+                hair=_grey(rng, 15, 90, 15),
+            )
+        )
     lay.gain = rng.uniform(0.6, 1.3)
     lay.cast = rng.uniform(0.85, 1.15, 3).astype(np.float32)
     lay.gradient = rng.uniform(-0.35, 0.35)
     for _ in range(int(rng.integers(0, 3))):
         x0 = rng.uniform(-0.2, 1.0) * w
-        lay.shadows.append(([(x0, horizon), (x0 + rng.uniform(0.1, 0.5) * w, horizon),
-                             (x0 + rng.uniform(0.2, 1.0) * w, h), (x0 - rng.uniform(0.0, 0.5) * w, h)],
-                            rng.uniform(0.55, 0.85)))
+        lay.shadows.append(
+            (
+                [
+                    (x0, horizon),
+                    (x0 + rng.uniform(0.1, 0.5) * w, horizon),
+                    (x0 + rng.uniform(0.2, 1.0) * w, h),
+                    (x0 - rng.uniform(0.0, 0.5) * w, h),
+                ],
+                rng.uniform(0.55, 0.85),
+            )
+        )
     lay.sensor_sigma = rng.uniform(1.0, 6.0)
     lay.noise_offsets = tuple(int(v) for v in rng.integers(0, 1 << 30, size=4))
     return lay
 
 
 def _building_colour(rng) -> np.ndarray:
-    base = rng.choice([(60, 80, 150), (90, 110, 170), (150, 170, 190), (120, 120, 120), (170, 170, 170),
-                       (100, 100, 90), (80, 90, 110), (190, 200, 210)])
+    base = rng.choice(
+        [
+            (60, 80, 150),
+            (90, 110, 170),
+            (150, 170, 190),
+            (120, 120, 120),
+            (170, 170, 170),
+            (100, 100, 90),
+            (80, 90, 110),
+            (190, 200, 210),
+        ]
+    )
     return _jitter(rng, base, 25)
 
 
 def _car_colour(rng) -> np.ndarray:
-    base = rng.choice([(40, 40, 40), (200, 200, 200), (140, 140, 140), (40, 40, 180), (150, 60, 30),
-                       (60, 120, 60), (230, 230, 230), (80, 80, 90), (30, 150, 200)])
+    base = rng.choice(
+        [
+            (40, 40, 40),
+            (200, 200, 200),
+            (140, 140, 140),
+            (40, 40, 180),
+            (150, 60, 30),
+            (60, 120, 60),
+            (230, 230, 230),
+            (80, 80, 90),
+            (30, 150, 200),
+        ]
+    )
     return _jitter(rng, base, 20)
 
 
 def _clothes(rng) -> np.ndarray:
-    base = rng.choice([(30, 30, 30), (120, 70, 30), (60, 60, 140), (180, 180, 180), (50, 100, 50),
-                       (100, 100, 100), (40, 40, 90), (160, 120, 90)])
+    base = rng.choice(
+        [
+            (30, 30, 30),
+            (120, 70, 30),
+            (60, 60, 140),
+            (180, 180, 180),
+            (50, 100, 50),
+            (100, 100, 100),
+            (40, 40, 90),
+            (160, 120, 90),
+        ]
+    )
     return _jitter(rng, base, 30)
 
 
@@ -351,14 +428,17 @@ def _paint_static(lay: _Layout, c: _Canvas) -> None:
     yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
     c.img[:] = lay.sky_top * (1 - yy) + lay.sky_bottom * yy
     c.tex[:] = _TEX[SKY]
-    for (centre, axes, alpha) in lay.clouds:
+    for centre, axes, alpha in lay.clouds:
         col = lay.sky_bottom * (1 - alpha) + np.float32(245) * alpha
         c.ellipse(centre, axes, col, SKY)
         c.ellipse((centre[0] + axes[0] * 0.4, centre[1] - axes[1] * 0.5), (axes[0] * 0.5, axes[1] * 0.8), col, SKY)
     # distant skyline and park tree lines behind everything on the ground
-    for (x, bw, bh, col) in lay.skyline:
-        c.poly([(x, s.horizon - bh), (x + bw, s.horizon - bh), (x + bw, s.horizon + 1), (x, s.horizon + 1)],
-               col * 0.9, BUILDING)
+    for x, bw, bh, col in lay.skyline:
+        c.poly(
+            [(x, s.horizon - bh), (x + bw, s.horizon - bh), (x + bw, s.horizon + 1), (x, s.horizon + 1)],
+            col * 0.9,
+            BUILDING,
+        )
     for side in (-1, 1):
         if lay.sides[(side + 1) // 2] == "park":
             x_far = s.vx + side * s.apex * s.walk_factor
@@ -384,28 +464,52 @@ def _paint_static(lay: _Layout, c: _Canvas) -> None:
         for k in range(1, 14):
             d = (k / 14.0) ** 1.6 * dmax
             y = s.y(d)
-            c.line((s.road_x(d, side), y), (s.road_x(d, side * s.walk_factor), y), max(0.6, 1.2 * d),
-                   lay.walk_colour * 0.8, None)
+            c.line(
+                (s.road_x(d, side), y),
+                (s.road_x(d, side * s.walk_factor), y),
+                max(0.6, 1.2 * d),
+                lay.walk_colour * 0.8,
+                None,
+            )
         edge = (0.0 if side < 0 else float(w)) + side * w
         beyond = [(far_x, s.horizon), (edge, s.horizon), (edge, yb), (outer_x, yb)]
         if park:
             c.poly(beyond, _jitter(np.random.default_rng(int(s.road_half)), (50, 130, 90), 15), VEGETATION)
         else:
             c.poly(beyond, lay.walk_colour * 0.9, SIDEWALK)
-    c.poly([(s.road_x(0, -1), s.horizon), (s.road_x(0, 1), s.horizon), (s.road_x(dmax, 1), yb),
-            (s.road_x(dmax, -1), yb)], lay.road_colour, ROAD)
+    c.poly(
+        [(s.road_x(0, -1), s.horizon), (s.road_x(0, 1), s.horizon), (s.road_x(dmax, 1), yb), (s.road_x(dmax, -1), yb)],
+        lay.road_colour,
+        ROAD,
+    )
     # lane markings: dashed centre line and solid edge lines (details on the road)
     n_dash = 10
     for k in range(n_dash):
         a = ((k + lay.dash_phase) / n_dash) ** 2 * dmax
         b = ((k + lay.dash_phase + 0.45) / n_dash) ** 2 * dmax
         wa, wb = 0.12 * s.ppm(a), 0.12 * s.ppm(b)
-        c.poly([(s.road_x(a, 0.0) - wa, s.y(a)), (s.road_x(a, 0.0) + wa, s.y(a)),
-                (s.road_x(b, 0.0) + wb, s.y(b)), (s.road_x(b, 0.0) - wb, s.y(b))], lay.marking, None)
+        c.poly(
+            [
+                (s.road_x(a, 0.0) - wa, s.y(a)),
+                (s.road_x(a, 0.0) + wa, s.y(a)),
+                (s.road_x(b, 0.0) + wb, s.y(b)),
+                (s.road_x(b, 0.0) - wb, s.y(b)),
+            ],
+            lay.marking,
+            None,
+        )
     for u in (-0.93, 0.93):
         wb = 0.1 * s.ppm(dmax)
-        c.poly([(s.road_x(0, u), s.horizon), (s.road_x(0, u) + 0.3, s.horizon),
-                (s.road_x(dmax, u) + wb, yb), (s.road_x(dmax, u) - wb, yb)], lay.marking, None)
+        c.poly(
+            [
+                (s.road_x(0, u), s.horizon),
+                (s.road_x(0, u) + 0.3, s.horizon),
+                (s.road_x(dmax, u) + wb, yb),
+                (s.road_x(dmax, u) - wb, yb),
+            ],
+            lay.marking,
+            None,
+        )
     # facades, far to near on each side (nearer ones occlude farther ones)
     for f in sorted(lay.facades, key=lambda f: f["d0"]):
         _paint_facade(lay, c, f)
@@ -417,11 +521,14 @@ def _paint_facade(lay: _Layout, c: _Canvas, f: dict) -> None:
     s = lay.street
     side, d0, d1 = f["side"], f["d0"], f["d1"]
     u = side * s.walk_factor
+
     def base(d):
         return s.road_x(d, u), s.y(d)
+
     def top(d):
         x, y = base(d)
         return x, y - f["height_m"] * s.ppm(d)
+
     quad = [top(d0), top(d1), base(d1), base(d0)]  # TL, TR, BR, BL in "u,v" order
     c.poly(quad, f["colour"], BUILDING)
     rows = max(1, int(f["height_m"] / f["rows_m"]))
@@ -432,22 +539,25 @@ def _paint_facade(lay: _Layout, c: _Canvas, f: dict) -> None:
     r = np.arange(rows, dtype=np.float64)
     u0, u1 = (k + fr) / cols, (k + 1 - fr) / cols
     v0, v1 = (r + fr) / rows, (r + 1 - fr) / rows
-    uu = np.stack([u0, u1, u1, u0], axis=1)[None, :, :]          # 1 x cols x 4
-    vv = np.stack([v0, v0, v1, v1], axis=1)[:, None, :]          # rows x 1 x 4
+    uu = np.stack([u0, u1, u1, u0], axis=1)[None, :, :]  # 1 x cols x 4
+    vv = np.stack([v0, v0, v1, v1], axis=1)[:, None, :]  # rows x 1 x 4
     q = np.asarray(quad, np.float64)
     top = q[0] + (q[1] - q[0]) * uu[..., None]
     bottom = q[3] + (q[2] - q[3]) * uu[..., None]
-    pts = top + (bottom - top) * vv[..., None]                   # rows x cols x 4 x 2
+    pts = top + (bottom - top) * vv[..., None]  # rows x cols x 4 x 2
     lit = np.random.default_rng(int(d0 * 1e6) + cols).random((rows, cols)) < lay.lit_windows
     for mask, col in ((~lit, f["win"]), (lit, np.asarray((120, 210, 245), np.float32))):
         if mask.any():
             c.polys(pts[mask], col, tex=(1.5, 2.0))
     # a darker ground-floor band (shops), and a cornice line
-    band = [_quad_point(quad, 0, 1 - 1.0 / rows), _quad_point(quad, 1, 1 - 1.0 / rows),
-            _quad_point(quad, 1, 1), _quad_point(quad, 0, 1)]
+    band = [
+        _quad_point(quad, 0, 1 - 1.0 / rows),
+        _quad_point(quad, 1, 1 - 1.0 / rows),
+        _quad_point(quad, 1, 1),
+        _quad_point(quad, 0, 1),
+    ]
     c.poly(band, f["colour"] * 0.6, None)
-    c.line(_quad_point(quad, 0, 0.01), _quad_point(quad, 1, 0.01), max(1.0, 0.25 * s.ppm(d0)),
-           f["colour"] * 0.75, None)
+    c.line(_quad_point(quad, 0, 0.01), _quad_point(quad, 1, 0.01), max(1.0, 0.25 * s.ppm(d0)), f["colour"] * 0.75, None)
 
 
 def _paint_tree(lay: _Layout, c: _Canvas, t: dict) -> None:
@@ -458,10 +568,11 @@ def _paint_tree(lay: _Layout, c: _Canvas, t: dict) -> None:
     top = y - t["height_m"] * ppm
     c.line((x, y), (x, top + t["crown_m"] * ppm), max(1.5, 0.3 * ppm), t["trunk"], VEGETATION)
     r = t["crown_m"] * ppm
-    for (bx, by, br) in t["blobs"]:
+    for bx, by, br in t["blobs"]:
         col = np.clip(t["green"] * (1.0 + 0.15 * br), 0, 255)
-        c.ellipse((x + bx * r * 0.6, top + r + by * r * 0.4), (r * (0.7 + 0.2 * br), r * (0.6 + 0.15 * bx)),
-                  col, VEGETATION)
+        c.ellipse(
+            (x + bx * r * 0.6, top + r + by * r * 0.4), (r * (0.7 + 0.2 * br), r * (0.6 + 0.15 * bx)), col, VEGETATION
+        )
 
 
 def _paint_vehicle(lay: _Layout, c: _Canvas, v: _Vehicle) -> None:
@@ -475,28 +586,78 @@ def _paint_vehicle(lay: _Layout, c: _Canvas, v: _Vehicle) -> None:
         x = s.road_x(v.d, v.u)
         w2 = width_m * ppm / 2
         hh = height_m * ppm
-        c.poly([(x - w2 * 1.05, y + 0.08 * ppm), (x + w2 * 1.05, y + 0.08 * ppm), (x + w2, y - 0.1 * ppm),
-                (x - w2, y - 0.1 * ppm)], shadow, None)
+        c.poly(
+            [
+                (x - w2 * 1.05, y + 0.08 * ppm),
+                (x + w2 * 1.05, y + 0.08 * ppm),
+                (x + w2, y - 0.1 * ppm),
+                (x - w2, y - 0.1 * ppm),
+            ],
+            shadow,
+            None,
+        )
         # wheels, body, cabin, rear window, lights, plate
         for sx in (-1, 1):
-            c.poly([(x + sx * w2 * 0.95, y), (x + sx * w2 * 0.6, y), (x + sx * w2 * 0.6, y - 0.4 * ppm),
-                    (x + sx * w2 * 0.95, y - 0.4 * ppm)], (20, 20, 20), VEHICLE)
+            c.poly(
+                [
+                    (x + sx * w2 * 0.95, y),
+                    (x + sx * w2 * 0.6, y),
+                    (x + sx * w2 * 0.6, y - 0.4 * ppm),
+                    (x + sx * w2 * 0.95, y - 0.4 * ppm),
+                ],
+                (20, 20, 20),
+                VEHICLE,
+            )
         body_top = y - (0.55 if v.kind == "car" else 0.85) * hh
-        c.poly([(x - w2, y - 0.18 * ppm), (x + w2, y - 0.18 * ppm), (x + w2, body_top), (x - w2, body_top)],
-               v.colour, VEHICLE)
+        c.poly(
+            [(x - w2, y - 0.18 * ppm), (x + w2, y - 0.18 * ppm), (x + w2, body_top), (x - w2, body_top)],
+            v.colour,
+            VEHICLE,
+        )
         inset = 0.18 if v.kind == "car" else 0.03
-        c.poly([(x - w2 * 0.97, body_top + 1), (x + w2 * 0.97, body_top + 1), (x + w2 * (1 - inset), y - hh),
-                (x - w2 * (1 - inset), y - hh)], v.colour * 0.92, VEHICLE)
+        c.poly(
+            [
+                (x - w2 * 0.97, body_top + 1),
+                (x + w2 * 0.97, body_top + 1),
+                (x + w2 * (1 - inset), y - hh),
+                (x - w2 * (1 - inset), y - hh),
+            ],
+            v.colour * 0.92,
+            VEHICLE,
+        )
         wy0 = body_top - 0.08 * hh
         wy1 = y - hh + 0.08 * hh
-        c.poly([(x - w2 * 0.85, wy0), (x + w2 * 0.85, wy0), (x + w2 * (0.95 - inset), wy1),
-                (x - w2 * (0.95 - inset), wy1)], v.window, None)
+        c.poly(
+            [
+                (x - w2 * 0.85, wy0),
+                (x + w2 * 0.85, wy0),
+                (x + w2 * (0.95 - inset), wy1),
+                (x - w2 * (0.95 - inset), wy1),
+            ],
+            v.window,
+            None,
+        )
         for sx in (-1, 1):
-            c.poly([(x + sx * w2 * 0.95, body_top + 0.1 * hh), (x + sx * w2 * 0.7, body_top + 0.1 * hh),
-                    (x + sx * w2 * 0.7, body_top + 0.2 * hh), (x + sx * w2 * 0.95, body_top + 0.2 * hh)],
-                   (30, 30, 200), None)
-        c.poly([(x - 0.25 * ppm, y - 0.45 * ppm), (x + 0.25 * ppm, y - 0.45 * ppm), (x + 0.25 * ppm, y - 0.3 * ppm),
-                (x - 0.25 * ppm, y - 0.3 * ppm)], (230, 230, 230), None)
+            c.poly(
+                [
+                    (x + sx * w2 * 0.95, body_top + 0.1 * hh),
+                    (x + sx * w2 * 0.7, body_top + 0.1 * hh),
+                    (x + sx * w2 * 0.7, body_top + 0.2 * hh),
+                    (x + sx * w2 * 0.95, body_top + 0.2 * hh),
+                ],
+                (30, 30, 200),
+                None,
+            )
+        c.poly(
+            [
+                (x - 0.25 * ppm, y - 0.45 * ppm),
+                (x + 0.25 * ppm, y - 0.45 * ppm),
+                (x + 0.25 * ppm, y - 0.3 * ppm),
+                (x - 0.25 * ppm, y - 0.3 * ppm),
+            ],
+            (230, 230, 230),
+            None,
+        )
     else:
         x = s.vx + v.u * s.road_half * v.d * 1.5
         L = length_m * ppm
@@ -508,19 +669,30 @@ def _paint_vehicle(lay: _Layout, c: _Canvas, v: _Vehicle) -> None:
         c.poly([(x0, y - 0.25 * ppm), (x1, y - 0.25 * ppm), (x1, body_top), (x0, body_top)], v.colour, VEHICLE)
         if v.kind == "car":
             front, back = (x1, x0) if f > 0 else (x0, x1)
-            cab = [(back - f * 0.1 * L, body_top + 1), (front - f * 0.22 * L, body_top + 1),
-                   (front - f * 0.38 * L, y - hh), (back + f * 0.02 * L, y - hh)]
+            cab = [
+                (back - f * 0.1 * L, body_top + 1),
+                (front - f * 0.22 * L, body_top + 1),
+                (front - f * 0.38 * L, y - hh),
+                (back + f * 0.02 * L, y - hh),
+            ]
             c.poly(cab, v.colour * 0.95, VEHICLE)
-            c.poly([_lerp(cab[0], cab[3], 0.15), _lerp(cab[1], cab[2], 0.15), _lerp(cab[1], cab[2], 0.85),
-                    _lerp(cab[0], cab[3], 0.85)], v.window, None)
+            c.poly(
+                [
+                    _lerp(cab[0], cab[3], 0.15),
+                    _lerp(cab[1], cab[2], 0.15),
+                    _lerp(cab[1], cab[2], 0.85),
+                    _lerp(cab[0], cab[3], 0.85),
+                ],
+                v.window,
+                None,
+            )
         else:
             c.poly([(x0, body_top + 1), (x1, body_top + 1), (x1, y - hh), (x0, y - hh)], v.colour * 0.95, VEHICLE)
             n_win = 3 if v.kind == "van" else 6
             for k in range(n_win):
                 a = x0 + L * (0.05 + 0.9 * k / n_win)
                 b = a + L * 0.9 / n_win * 0.8
-                c.poly([(a, y - hh * 0.92), (b, y - hh * 0.92), (b, y - hh * 0.62), (a, y - hh * 0.62)],
-                       v.window, None)
+                c.poly([(a, y - hh * 0.92), (b, y - hh * 0.92), (b, y - hh * 0.62), (a, y - hh * 0.62)], v.window, None)
         r = 0.33 * ppm
         for wx in (x0 + 0.2 * L, x1 - 0.2 * L):
             c.ellipse((wx, y - r), (r, r), (20, 20, 20), VEHICLE)
@@ -549,12 +721,25 @@ def _paint_person(lay: _Layout, c: _Canvas, p: _Person) -> None:
     c.line((x - 0.05 * hgt, knee_y), (x - 0.05 * hgt + swing, y), limb * 1.3, p.trousers, PERSON)
     c.line((x + 0.05 * hgt, knee_y), (x + 0.05 * hgt - swing, y), limb * 1.3, p.trousers * 0.9, PERSON)
     torso_w = 0.16 * hgt
-    c.poly([(x - torso_w, shoulder_y), (x + torso_w, shoulder_y), (x + torso_w * 0.95, knee_y),
-            (x - torso_w * 0.95, knee_y)], p.shirt, PERSON)
+    c.poly(
+        [
+            (x - torso_w, shoulder_y),
+            (x + torso_w, shoulder_y),
+            (x + torso_w * 0.95, knee_y),
+            (x - torso_w * 0.95, knee_y),
+        ],
+        p.shirt,
+        PERSON,
+    )
     c.line((x - torso_w * 0.9, hip_y), (x + torso_w * 0.9, hip_y), max(1.0, 0.05 * ppm), p.shirt * 0.7, None)
     for sx in (-1, 1):
-        c.line((x + sx * torso_w * 0.95, shoulder_y + limb / 2),
-               (x + sx * torso_w * 1.1 - swing * 0.3, hip_y + 0.02 * hgt), limb * 1.2, p.shirt * 0.9, PERSON)
+        c.line(
+            (x + sx * torso_w * 0.95, shoulder_y + limb / 2),
+            (x + sx * torso_w * 1.1 - swing * 0.3, hip_y + 0.02 * hgt),
+            limb * 1.2,
+            p.shirt * 0.9,
+            PERSON,
+        )
     c.line((x, shoulder_y + 2), (x, shoulder_y - head_r * 0.6), limb * 1.2, p.skin, PERSON)
     c.ellipse((x, shoulder_y - head_r * 1.1), (head_r * 0.9, head_r), p.skin, PERSON)
     c.ellipse((x, shoulder_y - head_r * 1.6), (head_r * 0.9, head_r * 0.55), p.hair, PERSON)
@@ -584,7 +769,7 @@ class _NoiseBank:
     def crop(self, arr: np.ndarray, offset: int) -> np.ndarray:
         oy = offset % self.h
         ox = (offset // self.h) % self.w
-        return arr[oy:oy + self.h, ox:ox + self.w]
+        return arr[oy : oy + self.h, ox : ox + self.w]
 
 
 def _finish(lay: _Layout, c: _Canvas, bank: _NoiseBank, frame: int = 0) -> np.ndarray:

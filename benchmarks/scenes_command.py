@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 from deeplab_trt.runtime.cli_types import positive_int
-
-
 
 
 def _size(text: str) -> int:
@@ -25,13 +24,21 @@ def _size(text: str) -> int:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("scenes", help="write synthetic street scenes + label PNGs (and optionally a video)",
-                       description=__doc__.splitlines()[0] + " Layout: OUT_DIR/images/NAME.png, "
-                       "OUT_DIR/labels/NAME.png (class index per pixel), OUT_DIR/classes.json.")
+    p = sub.add_parser(
+        "scenes",
+        help="write synthetic street scenes + label PNGs (and optionally a video)",
+        description=__doc__.splitlines()[0] + " Layout: OUT_DIR/images/NAME.png, "
+        "OUT_DIR/labels/NAME.png (class index per pixel), OUT_DIR/classes.json.",
+    )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--num", type=int, default=16, metavar="N", help="number of scenes (default 16; 0 = none)")
-    p.add_argument("--seed", type=int, default=10_000_000, metavar="S",
-                   help="generator seed (default 10000000, the held-out range the demo model never saw)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=10_000_000,
+        metavar="S",
+        help="generator seed (default 10000000, the held-out range the demo model never saw)",
+    )
     p.add_argument("--start", type=int, default=0, metavar="I", help="first scene index (default 0)")
     p.add_argument("--height", type=_size, default=256, metavar="H", help="image height (default 256)")
     p.add_argument("--width", type=_size, default=512, metavar="W", help="image width (default 512)")
@@ -60,8 +67,7 @@ def run(args) -> int:
     gen = SceneGenerator(args.height, args.width, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     write_classes(out, CLASSES, PALETTE)
-    for i in tqdm(range(args.start, args.start + args.num), desc="scenes", file=sys.stderr,
-                  disable=args.num < 50):
+    for i in tqdm(range(args.start, args.start + args.num), desc="scenes", file=sys.stderr, disable=args.num < 50):
         image, labels = gen.scene(i)
         write_pair(out, f"s{args.seed}_{i:06d}", image, labels)
     if args.num:
@@ -69,9 +75,15 @@ def run(args) -> int:
     if args.video is not None:
         sink = VideoFileSink(args.video, args.fps, (args.width, args.height))
         try:
-            for f, (frame, labels) in enumerate(tqdm(gen.video_frames(args.frames, index=args.start),
-                                                      total=args.frames, desc="video", file=sys.stderr,
-                                                      disable=args.frames < 100)):
+            for f, (frame, labels) in enumerate(
+                tqdm(
+                    gen.video_frames(args.frames, index=args.start),
+                    total=args.frames,
+                    desc="video",
+                    file=sys.stderr,
+                    disable=args.frames < 100,
+                )
+            ):
                 sink.write(frame)
                 ow, oh = sink.output_size  # labels match what the file holds (even size)
                 write_png(out / "video_labels" / f"{f:05d}.png", labels[:oh, :ow])
@@ -79,6 +91,8 @@ def run(args) -> int:
             sink.abort()
             raise
         sink.close()
-        print(f"video: {args.frames} frames {sink.output_size[0]}x{sink.output_size[1]} → {args.video} "
-              f"(labels in {out}/video_labels)")
+        print(
+            f"video: {args.frames} frames {sink.output_size[0]}x{sink.output_size[1]} → {args.video} "
+            f"(labels in {out}/video_labels)"
+        )
     return 0

@@ -60,16 +60,28 @@ from deeplab_trt.runtime.spec import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger("train_demo")
 
 ARCH = "deeplabv3_mobilenet_v3_large"
-DEFAULTS = dict(seed=0, steps=3600, lr=3e-3, weight_decay=1e-4, batch=4, height=256, width=512,
-                crop_height=128, crop_width=256, eval_every=600, eval_scenes=32, threads=1, warmup=0.1,
-                bn_scenes=64)
+DEFAULTS = dict(
+    seed=0,
+    steps=3600,
+    lr=3e-3,
+    weight_decay=1e-4,
+    batch=4,
+    height=256,
+    width=512,
+    crop_height=128,
+    crop_width=256,
+    eval_every=600,
+    eval_scenes=32,
+    threads=1,
+    warmup=0.1,
+    bn_scenes=64,
+)
 
 
 def build_model(num_classes: int = len(CLASSES)):
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-    return deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes,
-                                        aux_loss=False)
+    return deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
 
 
 def normalize_batch(images_bgr: np.ndarray):
@@ -108,7 +120,7 @@ class TrainBatches:
             self.index += 1
             y = int(self.rng.integers(0, c["height"] - ch + 1))
             x = int(self.rng.integers(0, c["width"] - cw + 1))
-            img, lab = img[y:y + ch, x:x + cw], lab[y:y + ch, x:x + cw]
+            img, lab = img[y : y + ch, x : x + cw], lab[y : y + ch, x : x + cw]
             if self.rng.random() < 0.5:
                 img, lab = img[:, ::-1], lab[:, ::-1]
             imgs[b], labs[b] = img, lab
@@ -187,7 +199,7 @@ def evaluate(model, scenes, batch: int = 4) -> dict:
     cm = ConfusionMatrix(len(CLASSES))
     with torch.inference_mode():
         for i in range(0, len(scenes), batch):
-            chunk = scenes[i:i + batch]
+            chunk = scenes[i : i + batch]
             x = normalize_batch(np.stack([s[0] for s in chunk]))
             pred = model(x)["out"].argmax(1).numpy()
             for (_, lab), p in zip(chunk, pred):
@@ -200,8 +212,11 @@ def save_checkpoint(model, path: Path, cfg: dict, train_info: dict) -> int:
     """fp16 state dict without the aux head + everything the exporter needs; returns bytes written."""
     import torch
 
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items() if not k.startswith("aux_classifier.")}
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("aux_classifier.")
+    }
     ckpt = {
         "arch": ARCH,
         "state_dict": state,
@@ -227,8 +242,9 @@ def train(cfg: dict, out: Path, progress: bool = True) -> dict:
     model = build_model()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["steps"],
-                                                pct_start=cfg["warmup"], anneal_strategy="cos")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["lr"], total_steps=cfg["steps"], pct_start=cfg["warmup"], anneal_strategy="cos"
+    )
     data = TrainBatches(cfg)
     heldout = heldout_scenes(cfg)
     weights = class_weights(cfg)
@@ -237,8 +253,7 @@ def train(cfg: dict, out: Path, progress: bool = True) -> dict:
     history = []
     t0 = time.perf_counter()
     loss_avg = None
-    bar = tqdm(range(1, cfg["steps"] + 1), desc="train", file=sys.stderr, disable=not progress,
-               mininterval=10)
+    bar = tqdm(range(1, cfg["steps"] + 1), desc="train", file=sys.stderr, disable=not progress, mininterval=10)
     for step in bar:
         imgs, labs = data.next()
         x = normalize_batch(imgs)
@@ -256,14 +271,35 @@ def train(cfg: dict, out: Path, progress: bool = True) -> dict:
             recalibrate_bn(model, cfg)  # running stats are used only in eval mode: training is unchanged
             m = evaluate(model, heldout)
             elapsed = time.perf_counter() - t0
-            history.append({"step": step, "wall_s": round(elapsed, 1), "loss": round(loss_avg, 4),
-                            "heldout_miou": round(m["miou"], 4)})
-            log.info("step %d  %.0fs  loss %.3f  held-out mIoU %.4f  %s", step, elapsed, loss_avg, m["miou"],
-                     {k: round(v, 3) for k, v in m["per_class_iou"].items() if v is not None})
+            history.append(
+                {
+                    "step": step,
+                    "wall_s": round(elapsed, 1),
+                    "loss": round(loss_avg, 4),
+                    "heldout_miou": round(m["miou"], 4),
+                }
+            )
+            log.info(
+                "step %d  %.0fs  loss %.3f  held-out mIoU %.4f  %s",
+                step,
+                elapsed,
+                loss_avg,
+                m["miou"],
+                {k: round(v, 3) for k, v in m["per_class_iou"].items() if v is not None},
+            )
             save_checkpoint(model, out, cfg, {**cfg, "partial": True, "history": history})
-    info = finish(model, cfg, out, heldout, {"wall_s_training": round(time.perf_counter() - t0, 1),
-                                             "train_scenes": data.index, "history": history,
-                                             "class_weights": dict(zip(CLASSES, weights))})
+    info = finish(
+        model,
+        cfg,
+        out,
+        heldout,
+        {
+            "wall_s_training": round(time.perf_counter() - t0, 1),
+            "train_scenes": data.index,
+            "history": history,
+            "class_weights": dict(zip(CLASSES, weights)),
+        },
+    )
     info["wall_s"] = round(time.perf_counter() - t0, 1)
     save_checkpoint(model, out, cfg, info)
     return info
@@ -277,15 +313,23 @@ def finish(model, cfg: dict, out: Path, heldout, info: dict) -> dict:
     round_to_fp16(model)
     recalibrate_bn(model, cfg)
     final = evaluate(model, heldout)
-    info = {**cfg, **info, "heldout_miou": round(final["miou"], 4),
-            "heldout_pixel_accuracy": round(final["pixel_accuracy"], 4),
-            "heldout_per_class_iou": {k: (None if v is None else round(v, 4))
-                                      for k, v in final["per_class_iou"].items()},
-            "heldout_seed": HELDOUT_SEED_BASE, "bn_recalibration_seed": cfg["seed"] + 1,
-            "finish_s": round(time.perf_counter() - t0, 1),
-            "torch": str(torch.__version__), "command": "python -m deeplab_trt.benchmarks.train_demo " + " ".join(sys.argv[1:])}
-    log.info("final held-out mIoU %.4f  %s", final["miou"],
-             {k: round(v, 3) for k, v in final["per_class_iou"].items() if v is not None})
+    info = {
+        **cfg,
+        **info,
+        "heldout_miou": round(final["miou"], 4),
+        "heldout_pixel_accuracy": round(final["pixel_accuracy"], 4),
+        "heldout_per_class_iou": {k: (None if v is None else round(v, 4)) for k, v in final["per_class_iou"].items()},
+        "heldout_seed": HELDOUT_SEED_BASE,
+        "bn_recalibration_seed": cfg["seed"] + 1,
+        "finish_s": round(time.perf_counter() - t0, 1),
+        "torch": str(torch.__version__),
+        "command": "python -m deeplab_trt.benchmarks.train_demo " + " ".join(sys.argv[1:]),
+    }
+    log.info(
+        "final held-out mIoU %.4f  %s",
+        final["miou"],
+        {k: round(v, 3) for k, v in final["per_class_iou"].items() if v is not None},
+    )
     return info
 
 
@@ -308,14 +352,18 @@ def finish_checkpoint(path: Path, cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deeplab_trt.benchmarks.train_demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deeplab_trt.benchmarks.train_demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("builder/assets/demo_model.pt"))
     for key, value in DEFAULTS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--finish", action="store_true",
-                        help="only the final step (fp16 rounding, BatchNorm recalibration, held-out eval) "
-                             "on the checkpoint at --out")
+    parser.add_argument(
+        "--finish",
+        action="store_true",
+        help="only the final step (fp16 rounding, BatchNorm recalibration, held-out eval) on the checkpoint at --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = {k: getattr(args, k) for k in DEFAULTS}

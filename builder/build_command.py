@@ -18,8 +18,6 @@ METHODS = ("entropy", "percentile", "max")
 FLAVOUR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")
 
 
-
-
 def default_output(model: Path, precision: str) -> Path:
     """``model.onnx`` → ``model.fp16.engine`` next to it."""
     return model.with_name(f"{model.stem}.{precision}.engine")
@@ -27,40 +25,81 @@ def default_output(model: Path, precision: str) -> Path:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "build", help="build a TensorRT engine (fp32/fp16/int8) from an exported ONNX model",
+        "build",
+        help="build a TensorRT engine (fp32/fp16/int8) from an exported ONNX model",
         description="Build a TensorRT engine from a 'deeplab-trt export' ONNX model with the installed TensorRT "
-                    "(10.x, 11.x or TensorRT-RTX), and write OUT.engine.json next to it (model spec, precision, "
-                    "TensorRT version, targets, I/O, source sha256). FP16 on TensorRT 11/RTX goes through an FP16 "
-                    "ONNX pass; INT8 uses Q/DQ nodes (from --data calibration, or a Q/DQ model given).")
-    p.add_argument("model", type=Path, metavar="MODEL.onnx", help="ONNX model from 'deeplab-trt export' "
-                   "(or its Q/DQ version from 'deeplab-trt calibrate' for --precision int8)")
-    p.add_argument("-o", "--output", type=Path, metavar="OUT.engine",
-                   help="engine file (default: MODEL.<precision>.engine); the sidecar is OUT.engine.json")
+        "(10.x, 11.x or TensorRT-RTX), and write OUT.engine.json next to it (model spec, precision, "
+        "TensorRT version, targets, I/O, source sha256). FP16 on TensorRT 11/RTX goes through an FP16 "
+        "ONNX pass; INT8 uses Q/DQ nodes (from --data calibration, or a Q/DQ model given).",
+    )
+    p.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="ONNX model from 'deeplab-trt export' "
+        "(or its Q/DQ version from 'deeplab-trt calibrate' for --precision int8)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT.engine",
+        help="engine file (default: MODEL.<precision>.engine); the sidecar is OUT.engine.json",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="engine precision (default fp16)")
-    p.add_argument("--flavour", choices=FLAVOUR_CHOICES, default="auto",
-                   help="TensorRT to build with (auto: tensorrt, else TensorRT-RTX)")
+    p.add_argument(
+        "--flavour",
+        choices=FLAVOUR_CHOICES,
+        default="auto",
+        help="TensorRT to build with (auto: tensorrt, else TensorRT-RTX)",
+    )
     cal = p.add_argument_group("INT8 calibration")
-    cal.add_argument("--data", nargs="+", default=[], metavar="PATH",
-                     help="calibration images/videos/folders/globs (runs the calibration first); "
-                          "not needed when MODEL already has Q/DQ nodes")
+    cal.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="calibration images/videos/folders/globs (runs the calibration first); "
+        "not needed when MODEL already has Q/DQ nodes",
+    )
     cal.add_argument("--num", type=positive_int, metavar="N", help="calibrate on N samples (seeded choice)")
     cal.add_argument("--method", choices=METHODS, default="entropy", help="scale choice (default entropy)")
     cal.add_argument("--percentile", type=float, default=99.99, metavar="P", help="for --method percentile")
-    cal.add_argument("--cache", metavar="FILE",
-                     help="TensorRT calibration cache (text): written by calibration, reused by implicit INT8")
-    cal.add_argument("--int8-mode", choices=INT8_MODES, default="explicit",
-                     help="explicit = Q/DQ graph (every flavour, default); implicit = legacy entropy calibrator "
-                          "(TensorRT 10 only)")
-    p.add_argument("--batch", metavar="MIN:OPT:MAX",
-                   help="optimization profile for a dynamic-batch model (default: the range recorded at export)")
+    cal.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="TensorRT calibration cache (text): written by calibration, reused by implicit INT8",
+    )
+    cal.add_argument(
+        "--int8-mode",
+        choices=INT8_MODES,
+        default="explicit",
+        help="explicit = Q/DQ graph (every flavour, default); implicit = legacy entropy calibrator (TensorRT 10 only)",
+    )
+    p.add_argument(
+        "--batch",
+        metavar="MIN:OPT:MAX",
+        help="optimization profile for a dynamic-batch model (default: the range recorded at export)",
+    )
     p.add_argument("--workspace", type=positive_int, metavar="MIB", help="builder workspace limit in MiB")
-    p.add_argument("--timing-cache", metavar="FILE",
-                   help="timing cache to load and update (TensorRT 10/11; TensorRT-RTX ignores it)")
-    p.add_argument("--compute-capability", nargs="+", metavar="SM",
-                   help="TensorRT-RTX targets, e.g. SM89 SM120 or SM86,SM89, or 'current' (default: the GPU "
-                        "present, else SM80,SM86,SM89,SM120)")
-    p.add_argument("--fp16-output", choices=("float16", "float32"), default="float16",
-                   help="output dtype of the FP16 ONNX pass (TensorRT 11/RTX fp16; default float16)")
+    p.add_argument(
+        "--timing-cache",
+        metavar="FILE",
+        help="timing cache to load and update (TensorRT 10/11; TensorRT-RTX ignores it)",
+    )
+    p.add_argument(
+        "--compute-capability",
+        nargs="+",
+        metavar="SM",
+        help="TensorRT-RTX targets, e.g. SM89 SM120 or SM86,SM89, or 'current' (default: the GPU "
+        "present, else SM80,SM86,SM89,SM120)",
+    )
+    p.add_argument(
+        "--fp16-output",
+        choices=("float16", "float32"),
+        default="float16",
+        help="output dtype of the FP16 ONNX pass (TensorRT 11/RTX fp16; default float16)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", dest="build_verbose", action="store_true", help="show TensorRT's INFO/VERBOSE log")
     p.set_defaults(func=run)
@@ -75,10 +114,21 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.DEBUG)
     output = args.output or default_output(args.model, args.precision)
     options = BuildOptions(
-        precision=args.precision, flavour=args.flavour, int8_mode=args.int8_mode, data=list(args.data),
-        num=args.num, method=args.method, percentile=args.percentile, cache=args.cache,
-        batch=parse_batch_range(args.batch), workspace_mib=args.workspace, timing_cache=args.timing_cache,
-        compute_capabilities=args.compute_capability, fp16_output=args.fp16_output, verbose=verbose,
-        progress=not args.no_progress)
+        precision=args.precision,
+        flavour=args.flavour,
+        int8_mode=args.int8_mode,
+        data=list(args.data),
+        num=args.num,
+        method=args.method,
+        percentile=args.percentile,
+        cache=args.cache,
+        batch=parse_batch_range(args.batch),
+        workspace_mib=args.workspace,
+        timing_cache=args.timing_cache,
+        compute_capabilities=args.compute_capability,
+        fp16_output=args.fp16_output,
+        verbose=verbose,
+        progress=not args.no_progress,
+    )
     build_engine(args.model, output, options)
     return 0

@@ -46,8 +46,15 @@ from deeplab_trt.runtime.cli_types import parse_batch_range
 from deeplab_trt.runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, load_onnx
-from deeplab_trt.runtime.tensorrt_flavour import (Flavour, current_gpu, detect, dtype_name, parse_compute_capability, sm_name,
-                                      supported_compute_capabilities)
+from deeplab_trt.runtime.tensorrt_flavour import (
+    Flavour,
+    current_gpu,
+    detect,
+    dtype_name,
+    parse_compute_capability,
+    sm_name,
+    supported_compute_capabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,9 @@ class BuildPlan:
 
     precision: str
     strongly_typed: bool
-    builder_flags: tuple[str, ...] = ()     #: ``BuilderFlag`` member names to set
-    onnx_pass: str | None = None            #: None | "fp16" (FP16 pass) | "qdq" (calibrate + Q/DQ)
-    calibrator: bool = False                #: implicit INT8: hand an entropy calibrator to the builder
+    builder_flags: tuple[str, ...] = ()  #: ``BuilderFlag`` member names to set
+    onnx_pass: str | None = None  #: None | "fp16" (FP16 pass) | "qdq" (calibrate + Q/DQ)
+    calibrator: bool = False  #: implicit INT8: hand an entropy calibrator to the builder
     int8_mode: str | None = None
     summary: str = ""
 
@@ -79,8 +86,15 @@ class BuildPlan:
         return d
 
 
-def plan_precision(flavour: Flavour, precision: str, int8_mode: str = "explicit", onnx_is_qdq: bool = False, *,
-                   has_data: bool = False, onnx_is_fp16: bool = False) -> BuildPlan:
+def plan_precision(
+    flavour: Flavour,
+    precision: str,
+    int8_mode: str = "explicit",
+    onnx_is_qdq: bool = False,
+    *,
+    has_data: bool = False,
+    onnx_is_fp16: bool = False,
+) -> BuildPlan:
     """Decide how to build ``precision`` on ``flavour``; impossible combinations are a :class:`ToolkitError`.
 
     ``has_data``: calibration data (or, for implicit INT8, an existing calibration cache).
@@ -103,48 +117,75 @@ def plan_precision(flavour: Flavour, precision: str, int8_mode: str = "explicit"
         return BuildPlan("fp32", strongly_typed=not weak, summary="FP32 graph as exported")
     if precision == "fp16":
         if onnx_is_fp16:
-            return BuildPlan("fp16", strongly_typed=flavour.has_strongly_typed,
-                             summary="FP16 graph given: strongly typed, as is")
+            return BuildPlan(
+                "fp16", strongly_typed=flavour.has_strongly_typed, summary="FP16 graph given: strongly typed, as is"
+            )
         if weak:
-            return BuildPlan("fp16", strongly_typed=False, builder_flags=("FP16",),
-                             summary="BuilderFlag.FP16 on the FP32 graph (weak typing)")
-        return BuildPlan("fp16", strongly_typed=True, onnx_pass="fp16",
-                         summary="strongly typed network from the FP16 ONNX pass")
+            return BuildPlan(
+                "fp16",
+                strongly_typed=False,
+                builder_flags=("FP16",),
+                summary="BuilderFlag.FP16 on the FP32 graph (weak typing)",
+            )
+        return BuildPlan(
+            "fp16", strongly_typed=True, onnx_pass="fp16", summary="strongly typed network from the FP16 ONNX pass"
+        )
 
     # int8
     if int8_mode == "implicit":
         if not flavour.has_calibrator_api:
-            raise ToolkitError(f"--int8-mode implicit needs TensorRT 10's calibrator API (IInt8EntropyCalibrator2); "
-                               f"{flavour.label} has none: use --int8-mode explicit (Q/DQ)")
+            raise ToolkitError(
+                f"--int8-mode implicit needs TensorRT 10's calibrator API (IInt8EntropyCalibrator2); "
+                f"{flavour.label} has none: use --int8-mode explicit (Q/DQ)"
+            )
         if onnx_is_qdq:
-            raise ToolkitError("--int8-mode implicit calibrates an FP32 graph, but the model already has Q/DQ nodes: "
-                               "use --int8-mode explicit")
+            raise ToolkitError(
+                "--int8-mode implicit calibrates an FP32 graph, but the model already has Q/DQ nodes: "
+                "use --int8-mode explicit"
+            )
         if not has_data:
-            raise ToolkitError("--int8-mode implicit needs calibration data (--data PATH...) or an existing "
-                               "--cache FILE")
-        return BuildPlan("int8", strongly_typed=False, builder_flags=("INT8", "FP16"), calibrator=True,
-                         int8_mode="implicit",
-                         summary="implicit INT8: entropy calibrator (legacy API); unquantized layers may use FP16")
+            raise ToolkitError(
+                "--int8-mode implicit needs calibration data (--data PATH...) or an existing --cache FILE"
+            )
+        return BuildPlan(
+            "int8",
+            strongly_typed=False,
+            builder_flags=("INT8", "FP16"),
+            calibrator=True,
+            int8_mode="implicit",
+            summary="implicit INT8: entropy calibrator (legacy API); unquantized layers may use FP16",
+        )
     if not onnx_is_qdq and not has_data:
-        raise ToolkitError("--precision int8 needs calibration data (--data PATH...), an existing calibration "
-                           "--cache FILE, or a model with Q/DQ nodes (from 'deeplab-trt calibrate')")
+        raise ToolkitError(
+            "--precision int8 needs calibration data (--data PATH...), an existing calibration "
+            "--cache FILE, or a model with Q/DQ nodes (from 'deeplab-trt calibrate')"
+        )
     onnx_pass = None if onnx_is_qdq else "qdq"
     source = "Q/DQ graph given" if onnx_is_qdq else "Q/DQ graph from entropy calibration"
     if weak:
-        return BuildPlan("int8", strongly_typed=False, builder_flags=("INT8", "FP16"), onnx_pass=onnx_pass,
-                         int8_mode="explicit",
-                         summary=f"{source}, weak typing with INT8|FP16 (unquantized layers may use FP16)")
-    return BuildPlan("int8", strongly_typed=True, onnx_pass=onnx_pass, int8_mode="explicit",
-                     summary=f"{source}, strongly typed (unquantized layers in FP32)")
-
-
+        return BuildPlan(
+            "int8",
+            strongly_typed=False,
+            builder_flags=("INT8", "FP16"),
+            onnx_pass=onnx_pass,
+            int8_mode="explicit",
+            summary=f"{source}, weak typing with INT8|FP16 (unquantized layers may use FP16)",
+        )
+    return BuildPlan(
+        "int8",
+        strongly_typed=True,
+        onnx_pass=onnx_pass,
+        int8_mode="explicit",
+        summary=f"{source}, strongly typed (unquantized layers in FP32)",
+    )
 
 
 Shape = tuple[int, ...]
 
 
-def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch: tuple[int, int, int] | None,
-                 source: str = "model") -> tuple[Shape, Shape, Shape] | None:
+def plan_profile(
+    input_name: str, dims: list[int | None], spec: ModelSpec, batch: tuple[int, int, int] | None, source: str = "model"
+) -> tuple[Shape, Shape, Shape] | None:
     """The optimization profile (min, opt, max shapes) for the image input, or None if static.
 
     ``dims``: the ONNX input dims (None where dynamic). A static batch admits only
@@ -161,8 +202,10 @@ def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch
     fixed = {1: 3, 2: spec.input_height, 3: spec.input_width}
     for axis, expected in fixed.items():
         if dims[axis] is not None and dims[axis] != expected:
-            raise ToolkitError(f"{source}: input {input_name!r} is {dims} but the metadata says "
-                               f"3×{spec.input_height}×{spec.input_width}")
+            raise ToolkitError(
+                f"{source}: input {input_name!r} is {dims} but the metadata says "
+                f"3×{spec.input_height}×{spec.input_width}"
+            )
     static_batch = dims[0]
     if static_batch is not None:
         if batch is None or batch == (static_batch,) * 3:
@@ -171,10 +214,12 @@ def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch
             return None
         lo, opt, hi = batch
         excludes = not lo <= static_batch <= hi
-        raise ToolkitError(f"{source}: input {input_name!r} has a static batch of {static_batch}"
-                           f"{', which --batch ' + ':'.join(map(str, batch)) + ' excludes' if excludes else ''}; "
-                           f"a batch range needs a model exported with a dynamic batch "
-                           f"('deeplab-trt export --dynamic-batch MIN:OPT:MAX')")
+        raise ToolkitError(
+            f"{source}: input {input_name!r} has a static batch of {static_batch}"
+            f"{', which --batch ' + ':'.join(map(str, batch)) + ' excludes' if excludes else ''}; "
+            f"a batch range needs a model exported with a dynamic batch "
+            f"('deeplab-trt export --dynamic-batch MIN:OPT:MAX')"
+        )
     if batch is None:
         hint = spec.extra.get("dynamic_batch") if isinstance(spec.extra, dict) else None
         batch = parse_batch_range(hint) if hint else DEFAULT_DYNAMIC_BATCH
@@ -184,8 +229,9 @@ def plan_profile(input_name: str, dims: list[int | None], spec: ModelSpec, batch
     return tuple((b, *rest) for b in batch)  # type: ignore[return-value]
 
 
-def plan_compute_capabilities(flavour: Flavour, requested: list[str] | None,
-                              gpu: tuple[int, int] | None, gpu_reason: str = "") -> tuple[list[str], str]:
+def plan_compute_capabilities(
+    flavour: Flavour, requested: list[str] | None, gpu: tuple[int, int] | None, gpu_reason: str = ""
+) -> tuple[list[str], str]:
     """(target names, where they came from).
 
     TensorRT-RTX builds ahead of time for a list of targets: ``requested`` (``SM89``,
@@ -194,8 +240,10 @@ def plan_compute_capabilities(flavour: Flavour, requested: list[str] | None,
     """
     if not flavour.has_compute_capability_targets:
         if requested:
-            raise ToolkitError(f"--compute-capability applies to TensorRT-RTX; {flavour.label} builds for the GPU "
-                               "it runs on (build on the target device)")
+            raise ToolkitError(
+                f"--compute-capability applies to TensorRT-RTX; {flavour.label} builds for the GPU "
+                "it runs on (build on the target device)"
+            )
         return ([sm_name(gpu)] if gpu else []), "build GPU"
     supported = supported_compute_capabilities(flavour)
     if requested:
@@ -210,8 +258,10 @@ def plan_compute_capabilities(flavour: Flavour, requested: list[str] | None,
                         raise ToolkitError(f"--compute-capability current: no GPU here ({gpu_reason or 'none found'})")
                     name = sm_name(gpu)
                 if name not in supported:
-                    raise ToolkitError(f"--compute-capability {part.strip()}: {flavour.label} targets "
-                                       f"{', '.join(supported)} (not {name})")
+                    raise ToolkitError(
+                        f"--compute-capability {part.strip()}: {flavour.label} targets "
+                        f"{', '.join(supported)} (not {name})"
+                    )
                 if name not in names:
                     names.append(name)
         if not names:
@@ -234,7 +284,7 @@ class BuildOptions:
     num: int | None = None
     method: str = "entropy"
     percentile: float = 99.99
-    cache: str | None = None                 #: TensorRT text calibration cache (read/written)
+    cache: str | None = None  #: TensorRT text calibration cache (read/written)
     batch: tuple[int, int, int] | None = None
     workspace_mib: int | None = None
     timing_cache: str | None = None
@@ -259,8 +309,9 @@ def onnx_input_dims(model) -> tuple[str, list[int | None], str]:
     if len(inputs) != 1:
         raise ToolkitError(f"expected one image input, the graph has {len(inputs)}")
     inp = inputs[0]
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inp.type.tensor_type.shape.dim]
+    dims = [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in inp.type.tensor_type.shape.dim
+    ]
     return inp.name, dims, onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type).lower()
 
 
@@ -272,6 +323,7 @@ def make_progress_monitor(trt: Any, show: bool):
     """An ``IProgressMonitor``: a tqdm bar (stderr, TTY only) over the top-level build phase."""
     cls = _MONITORS.get(id(trt))
     if cls is None:
+
         class BuildProgress(trt.IProgressMonitor):
             def __init__(self, show: bool) -> None:
                 trt.IProgressMonitor.__init__(self)
@@ -282,14 +334,24 @@ def make_progress_monitor(trt: Any, show: bool):
 
             def phase_start(self, phase_name, parent_phase, num_steps):
                 with self.lock:
-                    log.debug("build phase: %s (%d steps)%s", phase_name, num_steps,
-                              f" in {parent_phase}" if parent_phase else "")
+                    log.debug(
+                        "build phase: %s (%d steps)%s",
+                        phase_name,
+                        num_steps,
+                        f" in {parent_phase}" if parent_phase else "",
+                    )
                     if parent_phase is None and self.root is None:
                         from tqdm import tqdm
 
                         self.root = phase_name
-                        self.bar = tqdm(total=num_steps, desc=phase_name, file=sys.stderr, leave=False,
-                                        disable=None if self.show else True, unit="phase")
+                        self.bar = tqdm(
+                            total=num_steps,
+                            desc=phase_name,
+                            file=sys.stderr,
+                            leave=False,
+                            disable=None if self.show else True,
+                            unit="phase",
+                        )
                     elif self.bar is not None:
                         self.bar.set_postfix_str(str(phase_name)[:40], refresh=False)
 
@@ -366,16 +428,26 @@ def _count_qdq(model) -> int:
 def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
     from deeplab_trt.calibration.quantize import quantize_onnx
 
-    result = quantize_onnx(source, data=list(options.data), output=output, num=options.num, method=options.method,
-                           percentile=options.percentile, cache=options.cache, seed=0, progress=options.progress)
+    result = quantize_onnx(
+        source,
+        data=list(options.data),
+        output=output,
+        num=options.num,
+        method=options.method,
+        percentile=options.percentile,
+        cache=options.cache,
+        seed=0,
+        progress=options.progress,
+    )
     return Path(result or output)
 
 
 def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
-    return make_entropy_calibrator(trt, data=list(options.data), spec=spec, cache_path=options.cache,
-                                   batch_size=1, num=options.num)
+    return make_entropy_calibrator(
+        trt, data=list(options.data), spec=spec, cache_path=options.cache, batch_size=1, num=options.num
+    )
 
 
 def _apply_timing_cache(trt: Any, config, flavour: Flavour, path: str | None, notes: list[str]):
@@ -386,8 +458,10 @@ def _apply_timing_cache(trt: Any, config, flavour: Flavour, path: str | None, no
     if not path:
         return None
     if not flavour.has_timing_cache:
-        notes.append(f"--timing-cache {path}: {flavour.label} has no working timing cache (its timing-cache "
-                     "calls are no-ops); not read or written")
+        notes.append(
+            f"--timing-cache {path}: {flavour.label} has no working timing cache (its timing-cache "
+            "calls are no-ops); not read or written"
+        )
         return None
     cache_file = Path(path)
     blob = b""
@@ -411,8 +485,9 @@ def _apply_timing_cache(trt: Any, config, flavour: Flavour, path: str | None, no
 
 
 # ----- the build --------------------------------------------------------------------------------
-def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
-                 options: BuildOptions | None = None) -> dict[str, Any]:
+def build_engine(
+    onnx_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None
+) -> dict[str, Any]:
     """Build ``onnx_path`` into ``output`` (engine) + ``output``.json (sidecar); returns the sidecar.
 
     Both files are written atomically, only after TensorRT produced an engine; any
@@ -442,16 +517,29 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
     # An existing calibration cache stands in for data (both calibration paths read it).
     has_data = bool(options.data) or bool(options.cache and Path(options.cache).is_file())
     try:
-        plan = plan_precision(flavour, options.precision, options.int8_mode, onnx_is_qdq=qdq > 0,
-                              has_data=has_data, onnx_is_fp16=input_type == "float16")
+        plan = plan_precision(
+            flavour,
+            options.precision,
+            options.int8_mode,
+            onnx_is_qdq=qdq > 0,
+            has_data=has_data,
+            onnx_is_fp16=input_type == "float16",
+        )
     except ToolkitError as exc:
-        raise ToolkitError(f"{source}: {exc}") from None
+        raise ToolkitError(f"{source}: {exc}") from exc
     profile = plan_profile(input_name, dims, spec, options.batch, str(source))
     gpu, gpu_reason = current_gpu()
     targets, target_source = plan_compute_capabilities(flavour, options.compute_capabilities, gpu, gpu_reason)
     # Only debug lines until the build succeeded: a failure must print one line, the error.
-    log.debug("building %s: %s on %s (%s); targets %s (%s)", source.name, plan.precision, flavour.label,
-              plan.summary, ",".join(targets) or "-", target_source)
+    log.debug(
+        "building %s: %s on %s (%s); targets %s (%s)",
+        source.name,
+        plan.precision,
+        flavour.label,
+        plan.summary,
+        ",".join(targets) or "-",
+        target_source,
+    )
     del model
 
     trt = flavour.module
@@ -469,9 +557,14 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
             graph_model = load_onnx(graph)
             if _count_qdq(graph_model) == 0:
                 raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")
-            pass_record = {"pass": "qdq", "scales_from": "data" if options.data else f"cache {options.cache}",
-                           "method": options.method, "num": options.num,
-                           "qdq_nodes": _count_qdq(graph_model), "data": [str(d) for d in options.data]}
+            pass_record = {
+                "pass": "qdq",
+                "scales_from": "data" if options.data else f"cache {options.cache}",
+                "method": options.method,
+                "num": options.num,
+                "qdq_nodes": _count_qdq(graph_model),
+                "data": [str(d) for d in options.data],
+            }
             del graph_model
 
         # 3. network
@@ -486,7 +579,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
         try:
             parsed = parser.parse_from_file(str(graph))
         except Exception as exc:  # noqa: BLE001 - bindings raise on unreadable files
-            raise ToolkitError(f"{source}: {flavour.label} cannot parse it ({type(exc).__name__}: {exc})") from None
+            raise ToolkitError(f"{source}: {flavour.label} cannot parse it ({type(exc).__name__}: {exc})") from exc
         if not parsed:
             raise _parser_error(parser, flavour, source)
         if network.num_outputs == 0:
@@ -507,8 +600,10 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
                     raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
         notes: list[str] = []
         timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, notes)
-        net_input = next((network.get_input(i) for i in range(network.num_inputs)
-                          if network.get_input(i).name == input_name), network.get_input(0))
+        net_input = next(
+            (network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == input_name),
+            network.get_input(0),
+        )
         if profile is not None:
             opt_profile = builder.create_optimization_profile()
             opt_profile.set_shape(net_input.name, *profile)
@@ -531,8 +626,10 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
         try:
             serialized = builder.build_serialized_network(network, config)
         except Exception as exc:  # noqa: BLE001
-            raise ToolkitError(f"{source}: {flavour.label} failed to build ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise ToolkitError(
+                f"{source}: {flavour.label} failed to build ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
         finally:
             if monitor is not None and monitor.bar is not None:
                 monitor.bar.close()
@@ -587,15 +684,28 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
     for note in notes:
         log.warning("%s", note)
     if pass_record and pass_record["pass"] == "fp16":
-        log.info("fp16 pass: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU)%s",
-                 pass_record["agreement"] * 100, pass_record["frames"],
-                 f"; kept in FP32: {', '.join(pass_record['kept_fp32_nodes'])}" if pass_record["kept_fp32_nodes"] else "")
+        log.info(
+            "fp16 pass: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU)%s",
+            pass_record["agreement"] * 100,
+            pass_record["frames"],
+            f"; kept in FP32: {', '.join(pass_record['kept_fp32_nodes'])}" if pass_record["kept_fp32_nodes"] else "",
+        )
     note = ""
     if flavour.has_compute_capability_targets and target_source.startswith("default"):
         note = f" ({target_source}: TensorRT-RTX's portable set; --compute-capability picks others)"
-    log.info("wrote %s (%.1f MB) + %s in %.1f s (engine build %.1f s): %s on %s (%s), targets %s%s", output,
-             len(blob) / 1e6, sidecar_path(output).name, sidecar["build_time_s"], engine_seconds, plan.precision,
-             flavour.label, plan.summary, ",".join(targets) or "-", note)
+    log.info(
+        "wrote %s (%.1f MB) + %s in %.1f s (engine build %.1f s): %s on %s (%s), targets %s%s",
+        output,
+        len(blob) / 1e6,
+        sidecar_path(output).name,
+        sidecar["build_time_s"],
+        engine_seconds,
+        plan.precision,
+        flavour.label,
+        plan.summary,
+        ",".join(targets) or "-",
+        note,
+    )
     return sidecar
 
 

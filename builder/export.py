@@ -23,7 +23,6 @@ from deeplab_trt.runtime.cli_types import parse_batch_range
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import HEADS, ModelSpec
 
-
 DEFAULT_SIZE = (520, 520)  # torchvision's evaluation size for these models
 #: The TorchScript exporter handles opsets up to 20; above that the torch.export (dynamo)
 #: exporter is used. 17 is the default: TensorRT 10.3 (JetPack 6) parses it fully.
@@ -79,12 +78,22 @@ def _torch_export(module, example, path: Path, opset: int, dynamic: bool) -> Non
         warnings.simplefilter("ignore")
         if opset <= TORCHSCRIPT_MAX_OPSET:
             axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
-            torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes,
-                              do_constant_folding=True, **kwargs)
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=False, dynamic_axes=axes, do_constant_folding=True, **kwargs
+            )
         else:
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
-            torch.onnx.export(module, (example,), str(path), dynamo=True, dynamic_shapes=shapes,
-                              external_data=False, optimize=True, verbose=False, **kwargs)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+                **kwargs,
+            )
 
 
 def _write_metadata(path: Path, spec: ModelSpec) -> int:
@@ -103,8 +112,8 @@ def _write_metadata(path: Path, spec: ModelSpec) -> int:
     onnx.save(model, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
-        raise ToolkitError(f"{path}: onnx.checker rejected the export ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ToolkitError(f"{path}: onnx.checker rejected the export ({str(exc).splitlines()[0]})") from exc
     return path.stat().st_size
 
 
@@ -136,12 +145,21 @@ def check_parity(path: Path, module, batch: int, height: int, width: int, head: 
     return diff, agreement, tol
 
 
-
-
-def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: str | None = "none",
-                num_classes: int | None = None, height: int | None = None, width: int | None = None,
-                batch: int = 1, dynamic_batch=None, output_stride: int | None = None, head: str = "logits",
-                opset: int = 17, check: bool = True, progress: bool = True) -> ModelSpec:
+def export_onnx(
+    output,
+    model: str = "deeplabv3_mobilenet_v3_large",
+    weights: str | None = "none",
+    num_classes: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    batch: int = 1,
+    dynamic_batch=None,
+    output_stride: int | None = None,
+    head: str = "logits",
+    opset: int = 17,
+    check: bool = True,
+    progress: bool = True,
+) -> ModelSpec:
     """Export ``model`` to ``output`` (ONNX) and return the :class:`ModelSpec` written into it.
 
     ``dynamic_batch=(min, opt, max)`` makes the batch dimension dynamic and records the range
@@ -168,8 +186,14 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
     _status(progress, f"building {model} (weights: {weights or 'none'})")
     if height is None and model != "demo":
         height, width = DEFAULT_SIZE
-    built = build_model(model, weights, num_classes=num_classes, output_stride=output_stride, progress=progress,
-                        size=(height, width) if height else None)
+    built = build_model(
+        model,
+        weights,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        progress=progress,
+        size=(height, width) if height else None,
+    )
     if height is None:
         height, width = built.input_size or DEFAULT_SIZE
     if height < 16 or width < 16:
@@ -181,12 +205,24 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
     example = torch.zeros(example_batch, 3, height, width)
 
     spec = ModelSpec(
-        name=built.name, classes=built.classes, palette=built.palette, input_height=height,
-        input_width=width, head=head, mean=built.mean, std=built.std, output_stride=built.output_stride,
-        toolkit_version=__version__, exporter=f"torch {torch.__version__} / onnx opset {opset}",
-        extra={"arch": built.arch, "weights": built.weights, "atrous_rates": list(built.atrous_rates),
-               "output_dtype": "int32" if head == "labels" else "float32",
-               **({"dynamic_batch": list(dyn)} if dyn else {"batch": batch})},
+        name=built.name,
+        classes=built.classes,
+        palette=built.palette,
+        input_height=height,
+        input_width=width,
+        head=head,
+        mean=built.mean,
+        std=built.std,
+        output_stride=built.output_stride,
+        toolkit_version=__version__,
+        exporter=f"torch {torch.__version__} / onnx opset {opset}",
+        extra={
+            "arch": built.arch,
+            "weights": built.weights,
+            "atrous_rates": list(built.atrous_rates),
+            "output_dtype": "int32" if head == "labels" else "float32",
+            **({"dynamic_batch": list(dyn)} if dyn else {"batch": batch}),
+        },
     )
     if built.info:  # the demo checkpoint's training notes, made JSON-safe for the metadata
         spec.extra["train"] = json.loads(json.dumps(built.info, default=str))
@@ -200,9 +236,11 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
                 _torch_export(module, example, tmp, opset, dyn is not None)
         except ToolkitError:
             raise
-        except Exception as exc:
-            raise ToolkitError(f"{output}: torch.onnx.export failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise ToolkitError(
+                f"{output}: torch.onnx.export failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
         size = _write_metadata(tmp, spec)
         if check:
             _status(progress, "onnx.checker ok; parity: ONNX Runtime CPU vs PyTorch on a seeded random input")
@@ -211,7 +249,9 @@ def export_onnx(output, model: str = "deeplabv3_mobilenet_v3_large", weights: st
             diff_text = "labels output only" if head == "labels" else f"max abs diff {diff:.2e} (tolerance {tol:.1e})"
             _status(progress, f"parity: {diff_text}, label agreement {agreement * 100:.3f}% (batch {parity_batch})")
             if diff > tol or agreement < PARITY_MIN_AGREEMENT:
-                raise ToolkitError(f"{output}: ONNX Runtime disagrees with PyTorch (max abs diff {diff:.3g} > "
-                                   f"{tol:.3g} or label agreement {agreement:.4%} < {PARITY_MIN_AGREEMENT:.1%})")
+                raise ToolkitError(
+                    f"{output}: ONNX Runtime disagrees with PyTorch (max abs diff {diff:.3g} > "
+                    f"{tol:.3g} or label agreement {agreement:.4%} < {PARITY_MIN_AGREEMENT:.1%})"
+                )
     _status(progress, f"wrote {output} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
     return spec

@@ -56,10 +56,10 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 class Fp16Report:
     """What the pass did and how close FP16 stays to FP32 (for logs and the engine sidecar)."""
 
-    agreement: float                      #: label-map pixel agreement FP16 vs FP32 (ONNX Runtime CPU)
+    agreement: float  #: label-map pixel agreement FP16 vs FP32 (ONNX Runtime CPU)
     frames: int
-    max_abs_diff: float                   #: on the model output (logits heads)
-    max_abs_activation: float             #: largest FP32 activation seen on the probe frames
+    max_abs_diff: float  #: on the model output (logits heads)
+    max_abs_activation: float  #: largest FP32 activation seen on the probe frames
     kept_fp32_ops: list[str] = field(default_factory=list)
     kept_fp32_nodes: list[str] = field(default_factory=list)
     cast_nodes: int = 0
@@ -67,7 +67,7 @@ class Fp16Report:
     input_dtype: str = "float16"
     output_dtype: str = "float16"
     seconds: float = 0.0
-    gate: str = "passed"                  #: the agreement bar: passed, or why a shortfall was accepted
+    gate: str = "passed"  #: the agreement bar: passed, or why a shortfall was accepted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,10 +146,10 @@ def _float_tensors(model) -> list[str]:
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in
-             list(inferred.graph.value_info) + list(inferred.graph.output)}
-    return [out for node in model.graph.node for out in node.output
-            if out and types.get(out) == onnx.TensorProto.FLOAT]
+    types = {
+        vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
+    return [out for node in model.graph.node for out in node.output if out and types.get(out) == onnx.TensorProto.FLOAT]
 
 
 def measure_fp32(model, batches: list[np.ndarray], output_name: str):
@@ -177,8 +177,9 @@ def measure_fp32(model, batches: list[np.ndarray], output_name: str):
         for name, value in zip(fetch[1:], values[1:]):
             if value.size:
                 peaks[name] = max(peaks[name], float(np.max(np.abs(value))))
-    producer = {out: node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node)
-                for out in node.output}
+    producer = {
+        out: node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node) for out in node.output
+    }
     return outputs, peaks, producer
 
 
@@ -193,10 +194,12 @@ def label_agreement(reference: np.ndarray, candidate: np.ndarray, spec: ModelSpe
 
     scores = []
     for i, geo in enumerate(geos):
-        ref = labels_from_output(np.asarray(reference[i], np.float32) if spec.head != "labels" else reference[i],
-                                 spec, geo)
-        candidate_labels = labels_from_output(np.asarray(candidate[i], np.float32) if spec.head != "labels"
-                                              else candidate[i], spec, geo)
+        ref = labels_from_output(
+            np.asarray(reference[i], np.float32) if spec.head != "labels" else reference[i], spec, geo
+        )
+        candidate_labels = labels_from_output(
+            np.asarray(candidate[i], np.float32) if spec.head != "labels" else candidate[i], spec, geo
+        )
         scores.append(float(np.mean(ref == candidate_labels)))
     return float(np.mean(scores))
 
@@ -212,8 +215,9 @@ def _cast_outputs_to_fp32(model) -> None:
         for node in model.graph.node:
             node.output[:] = [inner if o == out.name else o for o in node.output]
             node.input[:] = [inner if i == out.name else i for i in node.input]
-        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT,
-                                                      name=f"{out.name}_to_fp32"))
+        model.graph.node.append(
+            onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT, name=f"{out.name}_to_fp32")
+        )
         out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
@@ -225,9 +229,17 @@ def _write_spec(model, spec: ModelSpec) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float16",
-                 block_ops: list[str] | None = None, frames: list[np.ndarray] | None = None,
-                 num_frames: int = 8, min_agreement: float = MIN_AGREEMENT, seed: int = 0) -> Fp16Report:
+def convert_fp16(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    output_dtype: str = "float16",
+    block_ops: list[str] | None = None,
+    frames: list[np.ndarray] | None = None,
+    num_frames: int = 8,
+    min_agreement: float = MIN_AGREEMENT,
+    seed: int = 0,
+) -> Fp16Report:
     """Write the FP16 version of ``src`` to ``dst`` after checking it against FP32 on ONNX Runtime.
 
     ``frames``: BGR uint8 frames to probe and validate with (default: :func:`probe_frames`).
@@ -250,8 +262,9 @@ def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float
         raise ToolkitError(f"{src}: already an FP16 graph")
     if has_qdq(model):
         raise ToolkitError(f"{src}: has Q/DQ nodes; the FP16 pass takes an FP32 model")
-    output_name = spec.output_name if spec.output_name in {o.name for o in model.graph.output} \
-        else model.graph.output[0].name
+    output_name = (
+        spec.output_name if spec.output_name in {o.name for o in model.graph.output} else model.graph.output[0].name
+    )
 
     frames = frames if frames is not None else probe_frames(spec, num_frames, seed)
     prepared = [preprocess(frame, spec, dtype=np.float32) for frame in frames]
@@ -259,25 +272,39 @@ def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float
     reference, peaks, producer = measure_fp32(model, batches, output_name)
     hot = sorted({producer[t] for t, peak in peaks.items() if peak > OVERFLOW_LIMIT and t in producer})
     if hot:
-        log.debug("fp16: keeping %d node(s) in FP32 (activations above %.0f): %s", len(hot), OVERFLOW_LIMIT,
-                 ", ".join(hot[:5]) + (" ..." if len(hot) > 5 else ""))
+        log.debug(
+            "fp16: keeping %d node(s) in FP32 (activations above %.0f): %s",
+            len(hot),
+            OVERFLOW_LIMIT,
+            ", ".join(hot[:5]) + (" ..." if len(hot) > 5 else ""),
+        )
     ops = default_block_ops() if block_ops is None else list(block_ops)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            converted = float16.convert_float_to_float16(model, keep_io_types=False, op_block_list=ops,
-                                                         node_block_list=hot, max_finite_val=FP16_MAX,
-                                                         min_positive_val=1e-7)
+            converted = float16.convert_float_to_float16(
+                model,
+                keep_io_types=False,
+                op_block_list=ops,
+                node_block_list=hot,
+                max_finite_val=FP16_MAX,
+                min_positive_val=1e-7,
+            )
         except Exception as exc:  # noqa: BLE001 - the converter raises ValueError/AssertionError
-            raise ToolkitError(f"{src}: FP16 conversion failed ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise ToolkitError(
+                f"{src}: FP16 conversion failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
     clamped = sum("truncated" in str(w.message) for w in caught)
     if output_dtype == "float32":
         _cast_outputs_to_fp32(converted)
 
-    spec.extra = {**spec.extra, "precision": "fp16", "input_dtype": "float16",
-                  "output_dtype": "int32" if spec.head == "labels" else output_dtype}
+    spec.extra = {
+        **spec.extra,
+        "precision": "fp16",
+        "input_dtype": "float16",
+        "output_dtype": "int32" if spec.head == "labels" else output_dtype,
+    }
     _write_spec(converted, spec)
 
     with atomic_path(dst) as tmp:
@@ -285,12 +312,14 @@ def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float
         try:
             onnx.checker.check_model(str(tmp))
         except Exception as exc:  # noqa: BLE001
-            raise ToolkitError(f"{src}: the FP16 graph fails onnx.checker ({str(exc).splitlines()[0]})") from None
+            raise ToolkitError(f"{src}: the FP16 graph fails onnx.checker ({str(exc).splitlines()[0]})") from exc
         try:
             session = _session(str(tmp))
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-            raise ToolkitError(f"{src}: the FP16 graph does not load in ONNX Runtime ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}); try other --fp16 block ops") from None
+            raise ToolkitError(
+                f"{src}: the FP16 graph does not load in ONNX Runtime ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); try other --fp16 block ops"
+            ) from exc
         in_name = session.get_inputs()[0].name
         agree, diff = [], 0.0
         for batch, geo, ref in zip(batches, geos, reference):
@@ -302,20 +331,37 @@ def convert_fp16(src: str | Path, dst: str | Path, *, output_dtype: str = "float
         gate = "passed"
         if agreement < min_agreement and random_weights(spec):
             gate = "below the bar, accepted: random weights"
-            log.warning("fp16: labels agree with FP32 on %.2f%% of pixels (bar %.1f%%); accepted because the model "
-                        "has random weights (meaningless outputs, near-ties everywhere)", agreement * 100,
-                        min_agreement * 100)
+            log.warning(
+                "fp16: labels agree with FP32 on %.2f%% of pixels (bar %.1f%%); accepted because the model "
+                "has random weights (meaningless outputs, near-ties everywhere)",
+                agreement * 100,
+                min_agreement * 100,
+            )
         elif agreement < min_agreement:
-            raise ToolkitError(f"{src}: FP16 labels agree with FP32 on only {agreement:.2%} of pixels "
-                               f"(need {min_agreement:.1%}); keep more ops in FP32 or build fp32")
-    report = Fp16Report(agreement=agreement, frames=len(batches), max_abs_diff=diff,
-                        max_abs_activation=max(peaks.values(), default=0.0),
-                        kept_fp32_ops=sorted({n.op_type for n in model.graph.node} & set(ops)),
-                        kept_fp32_nodes=hot, cast_nodes=sum(n.op_type == "Cast" for n in converted.graph.node),
-                        clamped_constants=clamped, gate=gate,
-                        output_dtype="int32" if spec.head == "labels" else output_dtype,
-                        seconds=time.perf_counter() - started)
-    log.debug("fp16: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU), max |diff| %.2e, "
-             "%d Cast nodes, %d tiny constants clamped to ±1e-7", agreement * 100, len(batches), diff,
-             report.cast_nodes, clamped)
+            raise ToolkitError(
+                f"{src}: FP16 labels agree with FP32 on only {agreement:.2%} of pixels "
+                f"(need {min_agreement:.1%}); keep more ops in FP32 or build fp32"
+            )
+    report = Fp16Report(
+        agreement=agreement,
+        frames=len(batches),
+        max_abs_diff=diff,
+        max_abs_activation=max(peaks.values(), default=0.0),
+        kept_fp32_ops=sorted({n.op_type for n in model.graph.node} & set(ops)),
+        kept_fp32_nodes=hot,
+        cast_nodes=sum(n.op_type == "Cast" for n in converted.graph.node),
+        clamped_constants=clamped,
+        gate=gate,
+        output_dtype="int32" if spec.head == "labels" else output_dtype,
+        seconds=time.perf_counter() - started,
+    )
+    log.debug(
+        "fp16: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU), max |diff| %.2e, "
+        "%d Cast nodes, %d tiny constants clamped to ±1e-7",
+        agreement * 100,
+        len(batches),
+        diff,
+        report.cast_nodes,
+        clamped,
+    )
     return report

@@ -75,8 +75,10 @@ def resolve_output_stride(arch: str, output_stride: int | None) -> tuple[int, tu
         output_stride = next(iter(options))
     if output_stride not in options:
         supported = ", ".join(str(s) for s in options)
-        raise ToolkitError(f"--output-stride {output_stride}: {arch} supports only {supported}"
-                           + (" (torchvision dilates only its last stage)" if "mobilenet" in arch else ""))
+        raise ToolkitError(
+            f"--output-stride {output_stride}: {arch} supports only {supported}"
+            + (" (torchvision dilates only its last stage)" if "mobilenet" in arch else "")
+        )
     return output_stride, options[output_stride]
 
 
@@ -92,13 +94,13 @@ def build_network(arch: str, num_classes: int, output_stride: int | None = None)
         raise ToolkitError(f"unknown model {arch!r} (expected one of {', '.join(MODELS)})")
     stride, rates = resolve_output_stride(arch, output_stride)
     if arch == "deeplabv3_mobilenet_v3_large":
-        net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes,
-                                           aux_loss=False)
+        net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
     else:
         resnet = {"deeplabv3_resnet50": resnet50, "deeplabv3_resnet101": resnet101}[arch]
         dilate = [False, True, True] if stride == 8 else [False, False, True]
-        backbone = IntermediateLayerGetter(resnet(weights=None, replace_stride_with_dilation=dilate),
-                                           return_layers={"layer4": "out"})
+        backbone = IntermediateLayerGetter(
+            resnet(weights=None, replace_stride_with_dilation=dilate), return_layers={"layer4": "out"}
+        )
         net = DeepLabV3(backbone, DeepLabHead(2048, num_classes, atrous_rates=rates), None)
     with torch.no_grad():
         return net.eval().float()
@@ -109,8 +111,9 @@ def build_network(arch: str, num_classes: int, output_stride: int | None = None)
 NOISE_PIXELS, NOISE_BATCH_RANGE = 65536, (2, 8)
 
 
-def random_network(arch: str, num_classes: int, output_stride: int | None = None,
-                   size: tuple[int, int] = (96, 96), seed: int = 0):
+def random_network(
+    arch: str, num_classes: int, output_stride: int | None = None, size: tuple[int, int] = (96, 96), seed: int = 0
+):
     """A seeded random-init network whose outputs have a usable scale and more than one label.
 
     Why not torchvision's init as is: in eval mode (BatchNorm running stats = identity) a
@@ -191,18 +194,20 @@ def fetch_torchvision_weights(weights, progress: bool = True, timeout_s: float =
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolkitError(f"{path}: cannot create the torch hub cache ({exc.strerror}); {where}") from None
+        raise ToolkitError(f"{path}: cannot create the torch hub cache ({exc.strerror}); {where}") from exc
     match = re.search(r"-([a-f0-9]+)\.", path.name)  # torchvision names end in a sha256 prefix
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
         # download_url_to_file writes a temp file and renames it, removing it on failure.
-        torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=match.group(1) if match else None,
-                                       progress=progress)
-    except Exception as exc:  # URLError, timeout, hash mismatch ...
+        torch.hub.download_url_to_file(
+            weights.url, str(path), hash_prefix=match.group(1) if match else None, progress=progress
+        )
+    except Exception as exc:  # URLError, timeout, hash mismatch ...  # noqa: BLE001
         reason = str(getattr(exc, "reason", exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ToolkitError(f"{path}: torchvision weights not cached and the download failed ({reason}); "
-                           f"{where} (or set TORCH_HOME)") from None
+        raise ToolkitError(
+            f"{path}: torchvision weights not cached and the download failed ({reason}); {where} (or set TORCH_HOME)"
+        ) from exc
     finally:
         socket.setdefaulttimeout(old_timeout)
     return path
@@ -220,8 +225,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter from the weights-only unpickler
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError ...
-        raise ToolkitError(f"{path}: not a loadable PyTorch checkpoint ({_load_error_detail(exc)})") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError ...  # noqa: BLE001
+        raise ToolkitError(f"{path}: not a loadable PyTorch checkpoint ({_load_error_detail(exc)})") from exc
     if not isinstance(obj, dict):
         raise ToolkitError(f"{path}: not a state dict (the file holds a {type(obj).__name__})")
     return obj
@@ -252,8 +257,10 @@ def state_dict_of(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     sd = {(k[7:] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in sd.items()}
     tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors or len(tensors) != len(sd):
-        raise ToolkitError(f"{path}: not a model state dict (expected tensors by parameter name, "
-                           f"optionally under 'model' or 'state_dict')")
+        raise ToolkitError(
+            f"{path}: not a model state dict (expected tensors by parameter name, "
+            f"optionally under 'model' or 'state_dict')"
+        )
     return {k: v for k, v in tensors.items() if not k.startswith("aux_classifier.")}
 
 
@@ -289,9 +296,14 @@ def _check_num_classes(num_classes: int | None, found: int, source: str) -> None
 
 
 # ----- the one entry point -------------------------------------------------------------------
-def build_model(model: str = "deeplabv3_mobilenet_v3_large", weights: str | None = "none",
-                num_classes: int | None = None, output_stride: int | None = None,
-                progress: bool = True, size: tuple[int, int] | None = None) -> BuiltModel:
+def build_model(
+    model: str = "deeplabv3_mobilenet_v3_large",
+    weights: str | None = "none",
+    num_classes: int | None = None,
+    output_stride: int | None = None,
+    progress: bool = True,
+    size: tuple[int, int] | None = None,
+) -> BuiltModel:
     """Build ``model`` with ``weights``: ``none`` (random init, warned), a torchvision weights name,
     or a checkpoint path (``size``: the input size random weights are initialised for, see
     :func:`random_network`). ``demo`` always loads its checkpoint (``builder/assets/demo_model.pt``,
@@ -310,8 +322,10 @@ def build_model(model: str = "deeplabv3_mobilenet_v3_large", weights: str | None
 
     if spec.lower() == "none":
         n = 21 if num_classes is None else num_classes
-        log.warning("warning: --weights none: %s has random weights (outputs are meaningless; "
-                    "fine for testing the toolchain)", arch)
+        log.warning(
+            "warning: --weights none: %s has random weights (outputs are meaningless; fine for testing the toolchain)",
+            arch,
+        )
         net = random_network(arch, n, stride, size or (96, 96))
         return BuiltModel(net, model, arch, _class_names(n), voc_palette(n), stride, rates, "none (random init)")
 
@@ -321,16 +335,19 @@ def build_model(model: str = "deeplabv3_mobilenet_v3_large", weights: str | None
             raise ToolkitError(f"{path}: no such file")
         tv = torchvision_weights(arch, spec)
         if tv is None:
-            raise ToolkitError(f"--weights {spec}: no such file, and not a weights name for {arch} "
-                               f"(expected none, {', '.join(torchvision_weights_names(arch))} or a checkpoint path)")
+            raise ToolkitError(
+                f"--weights {spec}: no such file, and not a weights name for {arch} "
+                f"(expected none, {', '.join(torchvision_weights_names(arch))} or a checkpoint path)"
+            )
         categories = list(tv.meta["categories"])
         _check_num_classes(num_classes, len(categories), f"{arch} weights {spec}")
         path = fetch_torchvision_weights(tv, progress=progress)
         sd = state_dict_of(load_checkpoint(path), path)
         net = build_network(arch, len(categories), stride)
         load_state_into(net, sd, path, arch)
-        return BuiltModel(net, model, arch, categories, voc_palette(len(categories)), stride, rates,
-                          f"torchvision {tv}")
+        return BuiltModel(
+            net, model, arch, categories, voc_palette(len(categories)), stride, rates, f"torchvision {tv}"
+        )
 
     checkpoint = load_checkpoint(path)
     sd = state_dict_of(checkpoint, path)
@@ -351,8 +368,10 @@ def _build_demo(weights: str | None, num_classes: int | None, output_stride: int
     path = DEMO_PATH if spec.lower() in ("none", "default", "demo") else Path(spec).expanduser()
     if not path.exists():
         if path == DEMO_PATH:
-            raise ToolkitError(f"{path}: the demo model's weights are not installed (train them, or use "
-                               f"--model deeplabv3_mobilenet_v3_large)")
+            raise ToolkitError(
+                f"{path}: the demo model's weights are not installed (train them, or use "
+                f"--model deeplabv3_mobilenet_v3_large)"
+            )
         raise ToolkitError(f"{path}: no such file")
     checkpoint = load_checkpoint(path)
     arch = checkpoint.get("arch", "deeplabv3_mobilenet_v3_large")
@@ -372,9 +391,21 @@ def _build_demo(weights: str | None, num_classes: int | None, output_stride: int
         mean = tuple(float(v) for v in checkpoint.get("mean") or IMAGENET_MEAN)
         std = tuple(float(v) for v in checkpoint.get("std") or IMAGENET_STD)
     except (TypeError, ValueError, IndexError) as exc:
-        raise ToolkitError(f"{path}: malformed demo checkpoint metadata ({exc})") from None
+        raise ToolkitError(f"{path}: malformed demo checkpoint metadata ({exc})") from exc
     if len(classes) != n:
         raise ToolkitError(f"{path}: lists {len(classes)} class names for a {n}-class classifier")
     info = checkpoint.get("train") if isinstance(checkpoint.get("train"), dict) else {}
-    return BuiltModel(net, "demo", arch, classes, palette, stride, rates, f"demo checkpoint {path}",
-                      mean=mean, std=std, input_size=input_size, info=info)
+    return BuiltModel(
+        net,
+        "demo",
+        arch,
+        classes,
+        palette,
+        stride,
+        rates,
+        f"demo checkpoint {path}",
+        mean=mean,
+        std=std,
+        input_size=input_size,
+        info=info,
+    )

@@ -67,8 +67,10 @@ def parse_cache(text: str, source: str = "cache") -> tuple[dict[str, float], int
     lines = text.splitlines()
     if not lines or not _HEADER.match(lines[0].strip()):
         first = lines[0][:60] if lines else "(empty file)"
-        raise ToolkitError(f"{source}: not a TensorRT calibration cache (first line {first!r}, "
-                           "expected like 'TRT-100300-EntropyCalibration2')")
+        raise ToolkitError(
+            f"{source}: not a TensorRT calibration cache (first line {first!r}, "
+            "expected like 'TRT-100300-EntropyCalibration2')"
+        )
     version_text, algorithm = _HEADER.match(lines[0].strip()).groups()
     scales: dict[str, float] = {}
     for number, line in enumerate(lines[1:], start=2):
@@ -86,8 +88,9 @@ def parse_cache(text: str, source: str = "cache") -> tuple[dict[str, float], int
     return scales, int(version_text), algorithm
 
 
-def write_cache(path: str | Path, scales: dict[str, float], version: int = DEFAULT_TRT_VERSION,
-                algorithm: str = ALGORITHM) -> Path:
+def write_cache(
+    path: str | Path, scales: dict[str, float], version: int = DEFAULT_TRT_VERSION, algorithm: str = ALGORITHM
+) -> Path:
     """Write ``scales`` (tensor → amax/127) as a TensorRT cache, atomically."""
     path = Path(path)
     if path.is_dir():
@@ -102,6 +105,6 @@ def read_cache(path: str | Path) -> tuple[dict[str, float], int, str]:
         raise ToolkitError(f"{path}: no such calibration cache")
     try:
         text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ToolkitError(f"{path}: not a TensorRT calibration cache (binary data)") from None
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path}: not a TensorRT calibration cache (binary data)") from exc
     return parse_cache(text, str(path))

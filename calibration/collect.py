@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -61,9 +61,17 @@ def _input_batch(model: onnx.ModelProto) -> tuple[str, int | None]:
     return real[0].name, batch
 
 
-def collect_histograms(model: onnx.ModelProto, batches: Iterable[np.ndarray], tensors: Sequence[str], *,
-                       total: int | None = None, num_bins: int = DEFAULT_BINS, providers=None,
-                       progress: bool = True, threads: int = 0) -> dict[str, AbsHistogram]:
+def collect_histograms(
+    model: onnx.ModelProto,
+    batches: Iterable[np.ndarray],
+    tensors: Sequence[str],
+    *,
+    total: int | None = None,
+    num_bins: int = DEFAULT_BINS,
+    providers=None,
+    progress: bool = True,
+    threads: int = 0,
+) -> dict[str, AbsHistogram]:
     """Run ``batches`` through ``model`` and histogram ``tensors``; returns name → histogram.
 
     ``total``: number of frames, for the progress bar. ``threads``: ONNX Runtime intra-op
@@ -82,8 +90,15 @@ def collect_histograms(model: onnx.ModelProto, batches: Iterable[np.ndarray], te
     del payload
     hists = {name: AbsHistogram(num_bins) for name in tensors}
     seen = 0
-    with tqdm(total=total, unit="frame", desc="calibrate", file=sys.stderr, disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        unit="frame",
+        desc="calibrate",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
         for batch in batches:
             if input_name in hists:
                 hists[input_name].update(batch)

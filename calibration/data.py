@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -90,13 +90,16 @@ def _expand(source: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p))
         if not files:
-            raise ToolkitError(f"{path}: directory has no images or videos "
-                               f"({', '.join(e[1:] for e in IMAGE_EXTS + VIDEO_EXTS)})")
+            raise ToolkitError(
+                f"{path}: directory has no images or videos ({', '.join(e[1:] for e in IMAGE_EXTS + VIDEO_EXTS)})"
+            )
         return files
     if path.is_file():
         if _kind(path) is None:
-            raise ToolkitError(f"{path}: not an image or video file (expected one of "
-                               f"{', '.join(e[1:] for e in IMAGE_EXTS + VIDEO_EXTS)})")
+            raise ToolkitError(
+                f"{path}: not an image or video file (expected one of "
+                f"{', '.join(e[1:] for e in IMAGE_EXTS + VIDEO_EXTS)})"
+            )
         return [path]
     if _GLOB_CHARS & set(text):
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
@@ -145,8 +148,7 @@ def select(refs: list[FrameRef], num: int | None, seed: int = 0) -> list[FrameRe
 def _check_size(frame: np.ndarray, where: str) -> np.ndarray:
     h, w = frame.shape[:2]
     if min(h, w) < MIN_SIDE:
-        raise ToolkitError(f"{where}: frame is {w}x{h}, smaller than the {MIN_SIDE}x{MIN_SIDE} minimum "
-                           "for calibration")
+        raise ToolkitError(f"{where}: frame is {w}x{h}, smaller than the {MIN_SIDE}x{MIN_SIDE} minimum for calibration")
     return frame
 
 
@@ -156,7 +158,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         raw = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
-        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     frame = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
     if frame is None:
         raise ToolkitError(f"{path}: cannot decode image (empty, truncated or not an image)")
@@ -192,8 +194,12 @@ def read_frames(refs: Sequence[FrameRef]) -> Iterator[tuple[FrameRef, np.ndarray
                         raise ToolkitError(f"{ref.path}: cannot decode frame {want.index} (corrupt video?)")
                     # Container frame counts are estimates for some formats: a video that ends
                     # early is not an error, its remaining frames just do not exist.
-                    log.warning("calibrate: %s ended at frame %d, %d selected frame(s) skipped",
-                                ref.path, pos, len(wanted) - n_read)
+                    log.warning(
+                        "calibrate: %s ended at frame %d, %d selected frame(s) skipped",
+                        ref.path,
+                        pos,
+                        len(wanted) - n_read,
+                    )
                     break
                 pos += 1
                 yield want, _check_size(frame, str(want))
@@ -211,8 +217,17 @@ class CalibrationData:
     :meth:`batches`.
     """
 
-    def __init__(self, sources: Sequence[str | Path], spec: ModelSpec, *, num: int | None = None,
-                 every: int = 1, seed: int = 0, policy: str = "stretch", dtype=np.float32) -> None:
+    def __init__(
+        self,
+        sources: Sequence[str | Path],
+        spec: ModelSpec,
+        *,
+        num: int | None = None,
+        every: int = 1,
+        seed: int = 0,
+        policy: str = "stretch",
+        dtype=np.float32,
+    ) -> None:
         self.spec = spec
         self.policy = policy
         self.dtype = dtype
@@ -243,5 +258,4 @@ class CalibrationData:
         if filled and not drop_last:
             yield batch[:filled].copy()
         elif filled:
-            log.warning("calibrate: dropped the last %d frame(s): the model takes batches of %d",
-                        filled, batch_size)
+            log.warning("calibrate: dropped the last %d frame(s): the model takes batches of %d", filled, batch_size)

@@ -68,12 +68,12 @@ class AbsHistogram:
     def _covers(self, amax: float, bins_per_unit) -> bool:
         # Margin 2**-20 > float32 rounding (2**-24): every float32 |x| * bpu <= amax * bpu rounds
         # to < num_bins, so no value is ever clipped into the last bin.
-        return np.float64(amax) * np.float64(bins_per_unit) < self.num_bins * (1.0 - 2.0 ** -20)
+        return np.float64(amax) * np.float64(bins_per_unit) < self.num_bins * (1.0 - 2.0**-20)
 
     def _grow_to(self, amax: float) -> None:
         """Make the range cover ``amax``: first setting, or power-of-two growth with exact re-binning."""
         if not self.bins_per_unit:
-            bpu = np.float32(self.num_bins * (1.0 - 2.0 ** -19) / amax)
+            bpu = np.float32(self.num_bins * (1.0 - 2.0**-19) / amax)
             while not self._covers(amax, bpu):
                 bpu = np.nextafter(bpu, np.float32(0))
             self.bins_per_unit = bpu
@@ -93,7 +93,7 @@ class AbsHistogram:
         """Add the values of ``x`` (any shape, any float dtype)."""
         flat = np.asarray(x).reshape(-1)
         for start in range(0, flat.size, CHUNK):
-            self._update_chunk(flat[start:start + CHUNK])
+            self._update_chunk(flat[start : start + CHUNK])
 
     def _update_chunk(self, x: np.ndarray) -> None:
         if x.dtype != np.float32:
@@ -130,8 +130,15 @@ class AbsHistogram:
         if not self.bins_per_unit:
             return self.counts[:1].copy(), 0.0
         last = min(self.num_bins - 1, int(np.float64(np.float32(self.amax) * self.bins_per_unit)))
-        return self.counts[:last + 1].copy(), self.width
+        return self.counts[: last + 1].copy(), self.width
 
     def to_dict(self) -> dict:
-        return {"num_bins": self.num_bins, "width": self.width, "amax": self.amax, "min": self.min,
-                "max": self.max, "count": self.count, "zeros": self.zeros}
+        return {
+            "num_bins": self.num_bins,
+            "width": self.width,
+            "amax": self.amax,
+            "min": self.min,
+            "max": self.max,
+            "count": self.count,
+            "zeros": self.zeros,
+        }

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from deeplab_trt.calibration.scales import quantize_weight, scale_from_amax, weight_scales
 from deeplab_trt.runtime.errors import ToolkitError
@@ -258,6 +258,7 @@ def _toposort(graph: onnx.GraphProto) -> None:
         for p in d:
             users[p].append(k)
     import heapq
+
     ready = [k for k, d in enumerate(deps) if not d]
     heapq.heapify(ready)
     order = []
@@ -283,8 +284,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], we
     if weights not in WEIGHT_MODES:
         raise ToolkitError(f"weight quantization {weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     if _opset(model) < MIN_OPSET:
-        raise ToolkitError(f"model opset {_opset(model)}: per-channel Q/DQ needs opset >= {MIN_OPSET} "
-                           "(re-export with --opset 17)")
+        raise ToolkitError(
+            f"model opset {_opset(model)}: per-channel Q/DQ needs opset >= {MIN_OPSET} (re-export with --opset 17)"
+        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -303,10 +305,16 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], we
         dq_out = _unique(f"{tensor}_dequantized", taken)
         new_inits.append(numpy_helper.from_array(np.array(scale_from_amax(amax[tensor]), np.float32), scale))
         new_inits.append(numpy_helper.from_array(np.array(0, np.int8), zero))
-        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zero], [q_out],
-                                          name=_unique(f"{tensor}_QuantizeLinear", taken)))
-        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, scale, zero], [dq_out],
-                                          name=_unique(f"{tensor}_DequantizeLinear", taken)))
+        new_nodes.append(
+            helper.make_node(
+                "QuantizeLinear", [tensor, scale, zero], [q_out], name=_unique(f"{tensor}_QuantizeLinear", taken)
+            )
+        )
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [q_out, scale, zero], [dq_out], name=_unique(f"{tensor}_DequantizeLinear", taken)
+            )
+        )
         for node_name, idx in users:
             g.nodes[node_name].input[idx] = dq_out
             if idx == 0 and g.nodes[node_name].op_type in QUANTIZED_OPS:
@@ -336,10 +344,24 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, amax: dict[str, float], we
             f_name = _unique(f"{base}_float", taken)
             new_inits.append(numpy_helper.from_array(np.asarray(w, np.float32), f_name))
             dq_in = _unique(f"{base}_quantized", taken)
-            new_nodes.append(helper.make_node("QuantizeLinear", [f_name, scale, zero], [dq_in], axis=0,
-                                              name=_unique(f"{base}_QuantizeLinear", taken)))
-        new_nodes.append(helper.make_node("DequantizeLinear", [dq_in, scale, zero], [dq_out], axis=0,
-                                          name=_unique(f"{base}_DequantizeLinear", taken)))
+            new_nodes.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [f_name, scale, zero],
+                    [dq_in],
+                    axis=0,
+                    name=_unique(f"{base}_QuantizeLinear", taken),
+                )
+            )
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [dq_in, scale, zero],
+                [dq_out],
+                axis=0,
+                name=_unique(f"{base}_DequantizeLinear", taken),
+            )
+        )
         conv.input[1] = dq_out
         weight_dq[wname] = dq_out
 
@@ -354,8 +376,7 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     """Remove initializers and Identity/Constant nodes nothing reads any more (old float weights)."""
     while True:
         used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type in ("Identity", "Constant")
-                and not any(o in used for o in n.output)]
+        dead = [n for n in graph.node if n.op_type in ("Identity", "Constant") and not any(o in used for o in n.output)]
         if not dead:
             break
         for n in dead:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 
@@ -66,10 +66,19 @@ def load_model(model_path: str | Path) -> tuple[onnx.ModelProto, ModelSpec]:
     return model, spec
 
 
-def calibrate(model: onnx.ModelProto, data: CalibrationData, *, method: str = "entropy",
-              percentile: float = 99.99, exclude: Sequence[str] = (), plan: QdqPlan | None = None,
-              batch_size: int = 1, num_bins: int = DEFAULT_BINS, providers=None,
-              progress: bool = True) -> CalibrationResult:
+def calibrate(
+    model: onnx.ModelProto,
+    data: CalibrationData,
+    *,
+    method: str = "entropy",
+    percentile: float = 99.99,
+    exclude: Sequence[str] = (),
+    plan: QdqPlan | None = None,
+    batch_size: int = 1,
+    num_bins: int = DEFAULT_BINS,
+    providers=None,
+    progress: bool = True,
+) -> CalibrationResult:
     """Histograms of the plan's activation tensors over ``data``, and their amax by ``method``."""
     check_method(method, percentile)
     plan = plan or plan_qdq(model, exclude)
@@ -81,11 +90,25 @@ def calibrate(model: onnx.ModelProto, data: CalibrationData, *, method: str = "e
             log.warning("calibrate: the model takes batches of %d; using that instead of %d", fixed_batch, batch_size)
         batch_size = fixed_batch
     started = time.perf_counter()
-    hists = collect_histograms(model, data.batches(batch_size, drop_last=bool(fixed_batch)), plan.tensors,
-                               total=len(data), num_bins=num_bins, providers=providers, progress=progress)
+    hists = collect_histograms(
+        model,
+        data.batches(batch_size, drop_last=bool(fixed_batch)),
+        plan.tensors,
+        total=len(data),
+        num_bins=num_bins,
+        providers=providers,
+        progress=progress,
+    )
     amax = {name: compute_amax(h, method, percentile) for name, h in hists.items()}
-    return CalibrationResult(plan, amax, method, percentile if method == "percentile" else None, hists,
-                             frames=len(data), seconds=time.perf_counter() - started)
+    return CalibrationResult(
+        plan,
+        amax,
+        method,
+        percentile if method == "percentile" else None,
+        hists,
+        frames=len(data),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _cache_trt_version() -> int:
@@ -106,12 +129,15 @@ def result_from_cache(cache: Path, plan: QdqPlan) -> CalibrationResult:
     scales, version, algorithm = read_cache(cache)
     amax = {name: amax_from_scale(scales[name]) for name in plan.tensors if name in scales}
     if not amax:
-        raise ToolkitError(f"{cache}: none of the model's {len(plan.tensors)} quantizable tensors are in "
-                           "the cache (was it made for another model?)")
+        raise ToolkitError(
+            f"{cache}: none of the model's {len(plan.tensors)} quantizable tensors are in "
+            "the cache (was it made for another model?)"
+        )
     missing = [name for name in plan.tensors if name not in scales]
     if missing:
-        log.warning("calibrate: %s has no scale for %d tensor(s) (e.g. %s); they stay float",
-                    cache, len(missing), missing[0])
+        log.warning(
+            "calibrate: %s has no scale for %d tensor(s) (e.g. %s); they stay float", cache, len(missing), missing[0]
+        )
     return CalibrationResult(plan, amax, f"cache ({algorithm})", source=f"cache:{cache} (TRT {version})")
 
 
@@ -124,12 +150,19 @@ def _output_path(model_path: Path, output) -> Path:
     return out
 
 
-def write_qdq_model(model: onnx.ModelProto, result: CalibrationResult, output: Path, *,
-                    weights: str = "int8", extra: dict | None = None) -> Path:
+def write_qdq_model(
+    model: onnx.ModelProto, result: CalibrationResult, output: Path, *, weights: str = "int8", extra: dict | None = None
+) -> Path:
     """Insert Q/DQ per ``result``, record how in the metadata, check, and write atomically."""
     qmodel = insert_qdq(model, result.plan, result.amax, weights=weights)
-    info = {"method": result.method, "source": result.source, "frames": result.frames,
-            "activations": len(result.amax), "weights": weights, **(extra or {})}
+    info = {
+        "method": result.method,
+        "source": result.source,
+        "frames": result.frames,
+        "activations": len(result.amax),
+        "weights": weights,
+        **(extra or {}),
+    }
     if result.percentile is not None:
         info["percentile"] = result.percentile
     props = [p for p in qmodel.metadata_props if p.key != METADATA_KEY]
@@ -138,17 +171,34 @@ def write_qdq_model(model: onnx.ModelProto, result: CalibrationResult, output: P
     qmodel.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
     try:
         onnx.checker.check_model(qmodel)
-    except Exception as exc:  # a bug in the pass, but say which model
-        raise ToolkitError(f"{output}: onnx.checker rejected the Q/DQ model ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # a bug in the pass, but say which model  # noqa: BLE001
+        raise ToolkitError(f"{output}: onnx.checker rejected the Q/DQ model ({str(exc).splitlines()[0]})") from exc
     with atomic_path(output) as tmp:
         onnx.save(qmodel, str(tmp))
     return output
 
 
-def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy", percentile=99.99,
-                  exclude=(), cache=None, report_dir=None, seed=0, *, every: int = 1, batch_size: int = 1,
-                  num_bins: int = DEFAULT_BINS, weights: str = "int8", quantize_head: bool = False,
-                  policy: str = "stretch", providers=None, progress: bool = True) -> Path:
+def quantize_onnx(
+    model_path,
+    data=None,
+    output=None,
+    num=None,
+    method="entropy",
+    percentile=99.99,
+    exclude=(),
+    cache=None,
+    report_dir=None,
+    seed=0,
+    *,
+    every: int = 1,
+    batch_size: int = 1,
+    num_bins: int = DEFAULT_BINS,
+    weights: str = "int8",
+    quantize_head: bool = False,
+    policy: str = "stretch",
+    providers=None,
+    progress: bool = True,
+) -> Path:
     """Calibrate ``model_path`` and write its INT8 Q/DQ version to ``output``; returns ``output``.
 
     ``data``: image/video files, folders, globs (see :mod:`deeplab_trt.calibration.data`). ``cache``: a
@@ -171,8 +221,17 @@ def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy"
 
     if data:
         calib_data = CalibrationData(data, spec, num=num, every=every, seed=seed, policy=policy)
-        result = calibrate(model, calib_data, method=method, percentile=percentile, plan=plan,
-                           batch_size=batch_size, num_bins=num_bins, providers=providers, progress=progress)
+        result = calibrate(
+            model,
+            calib_data,
+            method=method,
+            percentile=percentile,
+            plan=plan,
+            batch_size=batch_size,
+            num_bins=num_bins,
+            providers=providers,
+            progress=progress,
+        )
         if cache is not None:
             write_cache(cache, result.scales, version=_cache_trt_version())
     elif cache is not None:
@@ -180,8 +239,10 @@ def quantize_onnx(model_path, data=None, output=None, num=None, method="entropy"
             raise ToolkitError(f"{cache}: no such calibration cache (give --data to create it)")
         result = result_from_cache(cache, plan)
     else:
-        raise ToolkitError("no calibration data: give --data PATH (images, videos, globs) "
-                           "or --cache FILE with an existing TensorRT calibration cache")
+        raise ToolkitError(
+            "no calibration data: give --data PATH (images, videos, globs) "
+            "or --cache FILE with an existing TensorRT calibration cache"
+        )
 
     extra = {"exclude": list(exclude)} if exclude else {}
     write_qdq_model(model, result, output, weights=weights, extra=extra)

@@ -32,7 +32,7 @@ def relative_error(hist: AbsHistogram, amax: float) -> float:
     x[0] = 0.0 if hist.zeros >= counts[0] else x[0]
     scale = float(scale_from_amax(amax))
     q = np.minimum(np.rint(x / scale), QMAX) * scale
-    power = float(np.sum(counts * x ** 2))
+    power = float(np.sum(counts * x**2))
     return float(np.sum(counts * (x - q) ** 2) / power) if power > 0 else 0.0
 
 
@@ -41,13 +41,22 @@ def _rows(result) -> list[dict]:
     rows = []
     for name, amax in result.amax.items():
         h = result.histograms.get(name)
-        row = {"tensor": name, "amax": float(amax), "scale": float(scale_from_amax(amax)),
-               "method": result.method, "consumers": [n for n, _ in consumers.get(name, [])]}
+        row = {
+            "tensor": name,
+            "amax": float(amax),
+            "scale": float(scale_from_amax(amax)),
+            "method": result.method,
+            "consumers": [n for n, _ in consumers.get(name, [])],
+        }
         if h is not None:
-            row.update(max_abs=float(h.amax), min=float(h.min), max=float(h.max),
-                       clipped_fraction=float(_clipped(h, amax)),
-                       zero_fraction=float(h.zeros / h.count) if h.count else 0.0,
-                       rel_error=relative_error(h, amax))
+            row.update(
+                max_abs=float(h.amax),
+                min=float(h.min),
+                max=float(h.max),
+                clipped_fraction=float(_clipped(h, amax)),
+                zero_fraction=float(h.zeros / h.count) if h.count else 0.0,
+                rel_error=relative_error(h, amax),
+            )
         rows.append(row)
     return rows
 
@@ -104,26 +113,40 @@ def write_report(report_dir: str | Path, result, title: str = "", plots: int = P
         _plot(png, name, result.histograms[name], row["amax"], result.method, row["rel_error"])
         row["plot"] = png.name
         images.append((name, png.name))
-    doc = {"title": title, "method": result.method, "percentile": result.percentile, "source": result.source,
-           "frames": result.frames, "seconds": round(result.seconds, 3),
-           "quantized_tensors": len(rows), "quantized_weights": len(result.plan.weights),
-           "residual_adds": result.plan.residual_adds, "float_convs": result.plan.float_convs,
-           "tensors": rows}
+    doc = {
+        "title": title,
+        "method": result.method,
+        "percentile": result.percentile,
+        "source": result.source,
+        "frames": result.frames,
+        "seconds": round(result.seconds, 3),
+        "quantized_tensors": len(rows),
+        "quantized_weights": len(result.plan.weights),
+        "residual_adds": result.plan.residual_adds,
+        "float_convs": result.plan.float_convs,
+        "tensors": rows,
+    }
     write_text_atomic(report_dir / "calibration.json", json.dumps(doc, indent=1) + "\n")
 
-    md = [f"# INT8 calibration{': ' + title if title else ''}", "",
-          f"- method: **{result.method}**" + (f" (percentile {result.percentile})" if result.percentile else ""),
-          f"- source: {result.source}, {result.frames} frames, {result.seconds:.1f} s",
-          f"- quantized activation tensors: {len(rows)}; Conv weights (per-channel): {len(result.plan.weights)}; "
-          f"residual Adds: {len(result.plan.residual_adds)}",
-          f"- kept float: {', '.join(result.plan.float_convs) or 'none'}", ""]
+    md = [
+        f"# INT8 calibration{': ' + title if title else ''}",
+        "",
+        f"- method: **{result.method}**" + (f" (percentile {result.percentile})" if result.percentile else ""),
+        f"- source: {result.source}, {result.frames} frames, {result.seconds:.1f} s",
+        f"- quantized activation tensors: {len(rows)}; Conv weights (per-channel): {len(result.plan.weights)}; "
+        f"residual Adds: {len(result.plan.residual_adds)}",
+        f"- kept float: {', '.join(result.plan.float_convs) or 'none'}",
+        "",
+    ]
     has_hist = bool(ranked)
     header = "| tensor | amax | max abs | clipped | zeros | rel. error |" if has_hist else "| tensor | amax | scale |"
     md += [header, "|---|---:|---:|---:|---:|---:|" if has_hist else "|---|---:|---:|"]
-    for row in (ranked if has_hist else rows):
+    for row in ranked if has_hist else rows:
         if has_hist:
-            md.append(f"| `{row['tensor']}` | {row['amax']:.5g} | {row['max_abs']:.5g} | "
-                      f"{row['clipped_fraction']:.2e} | {row['zero_fraction']:.1%} | {row['rel_error']:.2e} |")
+            md.append(
+                f"| `{row['tensor']}` | {row['amax']:.5g} | {row['max_abs']:.5g} | "
+                f"{row['clipped_fraction']:.2e} | {row['zero_fraction']:.1%} | {row['rel_error']:.2e} |"
+            )
         else:
             md.append(f"| `{row['tensor']}` | {row['amax']:.5g} | {row['scale']:.5g} |")
     if images:

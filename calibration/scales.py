@@ -53,8 +53,9 @@ QMAX = 127
 SMOOTH_EPS = 1e-4
 
 
-def kl_divergences(counts: np.ndarray, start: int = INT8_LEVELS, levels: int = INT8_LEVELS,
-                   eps: float = SMOOTH_EPS) -> tuple[np.ndarray, np.ndarray]:
+def kl_divergences(
+    counts: np.ndarray, start: int = INT8_LEVELS, levels: int = INT8_LEVELS, eps: float = SMOOTH_EPS
+) -> tuple[np.ndarray, np.ndarray]:
     """KL(P_i ‖ Q_i) for every candidate ``i`` in ``start .. len(counts)``; returns (i values, KL).
 
     ``counts``: integer histogram of |x| from 0 up to the bin holding max |x|. P, Q and the
@@ -84,7 +85,7 @@ def kl_divergences(counts: np.ndarray, start: int = INT8_LEVELS, levels: int = I
 
     cs, nzc = prefix(s), prefix(nz.astype(np.float64))
     a_, b_ = prefix(s * log_s), prefix(log_s)
-    c_, d_ = prefix(np.where(nz, 1.0 / safe, 0.0)), prefix(np.where(nz, 1.0 / safe ** 2, 0.0))
+    c_, d_ = prefix(np.where(nz, 1.0 / safe, 0.0)), prefix(np.where(nz, 1.0 / safe**2, 0.0))
     total = cs[-1]
     i = cand
     last = s[i - 1]
@@ -101,7 +102,7 @@ def kl_divergences(counts: np.ndarray, start: int = INT8_LEVELS, levels: int = I
 
     # Σ_{j < i-1, s_j > 0} (s_j - e_p) log(s_j - e_p), third-order series in e_p
     k = i - 1
-    plogp = a_[k] - e_p * (b_[k] + nzc[k]) + e_p ** 2 / 2 * c_[k] + e_p ** 3 / 6 * d_[k]
+    plogp = a_[k] - e_p * (b_[k] + nzc[k]) + e_p**2 / 2 * c_[k] + e_p**3 / 6 * d_[k]
 
     # levels: bins [ceil(g*i/L), ceil((g+1)*i/L)) form level g
     g = np.arange(levels + 1)

@@ -17,8 +17,8 @@ batch is requested.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -55,9 +55,19 @@ class CudaDeviceBuffer:
             self._buf = None
 
 
-def make_entropy_calibrator(trt_module, data, spec: ModelSpec, cache_path, batch_size: int = 1,
-                            num: int | None = None, *, every: int = 1, seed: int = 0, policy: str = "stretch",
-                            device=None):
+def make_entropy_calibrator(
+    trt_module,
+    data,
+    spec: ModelSpec,
+    cache_path,
+    batch_size: int = 1,
+    num: int | None = None,
+    *,
+    every: int = 1,
+    seed: int = 0,
+    policy: str = "stretch",
+    device=None,
+):
     """An ``IInt8EntropyCalibrator2`` for ``trt_module`` (the imported ``tensorrt``).
 
     ``data``: a :class:`~deeplab_trt.calibration.data.CalibrationData` or the paths/globs to build one
@@ -68,9 +78,11 @@ def make_entropy_calibrator(trt_module, data, spec: ModelSpec, cache_path, batch
     base = getattr(trt_module, "IInt8EntropyCalibrator2", None)
     if base is None:
         version = getattr(trt_module, "__version__", "?")
-        raise ToolkitError(f"TensorRT {version} ({getattr(trt_module, '__name__', 'tensorrt')}) has no "
-                           "IInt8EntropyCalibrator2: TensorRT 11 and TensorRT-RTX have no calibrator API; "
-                           "use explicit quantization ('deeplab-trt calibrate' → Q/DQ ONNX)")
+        raise ToolkitError(
+            f"TensorRT {version} ({getattr(trt_module, '__name__', 'tensorrt')}) has no "
+            "IInt8EntropyCalibrator2: TensorRT 11 and TensorRT-RTX have no calibrator API; "
+            "use explicit quantization ('deeplab-trt calibrate' → Q/DQ ONNX)"
+        )
     if batch_size < 1:
         raise ToolkitError(f"--batch {batch_size}: must be at least 1")
     if not isinstance(data, CalibrationData):

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeplab-trt",
         description="DeepLab v3 from PyTorch to ONNX to TensorRT (FP32/FP16/INT8), real-time video segmentation, "
-                    "and per-precision benchmarks. Start with: deeplab-trt demo")
+        "and per-precision benchmarks. Start with: deeplab-trt demo",
+    )
     parser.add_argument("--version", action="version", version=f"deeplab-trt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -45,15 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_causes(exc: BaseException) -> str:
+    """The chain of causes behind a ToolkitError, innermost last, for ``-v``; empty without one."""
+    lines = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        lines.append(f"  caused by {type(cause).__module__}.{type(cause).__qualname__}: {cause}\n")
+        cause = cause.__cause__ or cause.__context__
+    return "".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except ToolkitError as exc:
         print(f"deeplab-trt {args.command}: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            print(describe_causes(exc), file=sys.stderr, end="")
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"deeplab-trt {args.command}: interrupted", file=sys.stderr)

@@ -23,10 +23,13 @@ ONNX_SUFFIXES = (".onnx",)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("info", help="describe an ONNX model or a TensorRT engine",
-                       description="Describe an ONNX model (spec from metadata, I/O, opset, node and Q/DQ counts) "
-                                   "or a TensorRT engine (its sidecar; with a GPU also the engine's own I/O and "
-                                   "layers).")
+    p = sub.add_parser(
+        "info",
+        help="describe an ONNX model or a TensorRT engine",
+        description="Describe an ONNX model (spec from metadata, I/O, opset, node and Q/DQ counts) "
+        "or a TensorRT engine (its sidecar; with a GPU also the engine's own I/O and "
+        "layers).",
+    )
     p.add_argument("file", type=Path, metavar="FILE", help="model.onnx, model.engine (or its .engine.json sidecar)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--layers", action="store_true", help="engines, with a GPU: list every layer")
@@ -40,16 +43,17 @@ def _value_info(vi) -> dict[str, Any]:
 
     t = vi.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-    return {"name": vi.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
-            if t.elem_type else "?"}
+    return {
+        "name": vi.name,
+        "shape": dims,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?",
+    }
 
 
 def describe_onnx(path: Path) -> dict[str, Any]:
     import onnx
 
-    from deeplab_trt.runtime.spec import ModelSpec
-
-    from deeplab_trt.runtime.spec import load_onnx
+    from deeplab_trt.runtime.spec import ModelSpec, load_onnx
 
     model = load_onnx(path, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -62,14 +66,20 @@ def describe_onnx(path: Path) -> dict[str, Any]:
     ops = Counter(n.op_type for n in model.graph.node)
     weight_types = Counter(onnx.TensorProto.DataType.Name(i.data_type).lower() for i in model.graph.initializer)
     return {
-        "kind": "onnx", "file": str(path), "bytes": path.stat().st_size,
+        "kind": "onnx",
+        "file": str(path),
+        "bytes": path.stat().st_size,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         "inputs": [_value_info(i) for i in model.graph.input if i.name not in inits],
         "outputs": [_value_info(o) for o in model.graph.output],
-        "nodes": len(model.graph.node), "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-        "cast_nodes": ops.get("Cast", 0), "initializers": dict(weight_types), "top_ops": dict(ops.most_common(8)),
-        "spec": spec, "spec_note": spec_note,
+        "nodes": len(model.graph.node),
+        "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+        "cast_nodes": ops.get("Cast", 0),
+        "initializers": dict(weight_types),
+        "top_ops": dict(ops.most_common(8)),
+        "spec": spec,
+        "spec_note": spec_note,
     }
 
 
@@ -83,9 +93,15 @@ def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
     sidecar = read_sidecar(path) if path.exists() else None
     if sidecar is None:
         raise ToolkitError(f"{path}: no such file")
-    info: dict[str, Any] = {"kind": "engine", "file": str(path), "bytes": path.stat().st_size,
-                            "sidecar": str(sidecar_path(path)), "built_with": built_label(sidecar),
-                            "record": sidecar, "engine": None}
+    info: dict[str, Any] = {
+        "kind": "engine",
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "sidecar": str(sidecar_path(path)),
+        "built_with": built_label(sidecar),
+        "record": sidecar,
+        "engine": None,
+    }
     try:
         check_engine_bytes(path.read_bytes(), sidecar, str(path))
         info["integrity"] = "size and sha256 match the sidecar"
@@ -110,8 +126,11 @@ def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
             text = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
             parsed = json.loads(text)
             layer_list = parsed.get("Layers", []) if isinstance(parsed, dict) else []
-            report["layer_info"] = layer_list if layers else [
-                (entry.get("Name") if isinstance(entry, dict) else str(entry)) for entry in layer_list]
+            report["layer_info"] = (
+                layer_list
+                if layers
+                else [(entry.get("Name") if isinstance(entry, dict) else str(entry)) for entry in layer_list]
+            )
         except Exception as exc:  # noqa: BLE001 - inspector output differs between versions
             report["layer_info_note"] = f"engine inspector failed ({type(exc).__name__}: {exc})"
     info["engine"] = report
@@ -125,21 +144,27 @@ def _shape(shape) -> str:
 def format_text(info: dict[str, Any]) -> str:
     lines = []
     if info["kind"] == "onnx":
-        lines.append(f"{info['file']}: ONNX, {info['bytes'] / 1e6:.1f} MB, {info['producer'] or 'unknown producer'}, "
-                     f"opset {', '.join(f'{k} {v}' for k, v in info['opset'].items())}")
+        lines.append(
+            f"{info['file']}: ONNX, {info['bytes'] / 1e6:.1f} MB, {info['producer'] or 'unknown producer'}, "
+            f"opset {', '.join(f'{k} {v}' for k, v in info['opset'].items())}"
+        )
         for io in info["inputs"]:
             lines.append(f"  input   {io['name']}: {_shape(io['shape'])} {io['dtype']}")
         for io in info["outputs"]:
             lines.append(f"  output  {io['name']}: {_shape(io['shape'])} {io['dtype']}")
-        lines.append(f"  nodes {info['nodes']} (Q/DQ {info['qdq_nodes']}, Cast {info['cast_nodes']}); "
-                     f"initializers {', '.join(f'{k} {v}' for k, v in info['initializers'].items()) or 'none'}")
+        lines.append(
+            f"  nodes {info['nodes']} (Q/DQ {info['qdq_nodes']}, Cast {info['cast_nodes']}); "
+            f"initializers {', '.join(f'{k} {v}' for k, v in info['initializers'].items()) or 'none'}"
+        )
         lines.append(f"  ops: {', '.join(f'{k} {v}' for k, v in info['top_ops'].items())}")
         spec = info["spec"]
     else:
         rec = info["record"]
-        lines.append(f"{info['file']}: TensorRT engine, {info['bytes'] / 1e6:.1f} MB, {rec.get('precision')}, "
-                     f"built with {info['built_with']} for {', '.join(rec.get('compute_capabilities') or ['-'])} "
-                     f"({rec.get('compute_capability_source', '?')})")
+        lines.append(
+            f"{info['file']}: TensorRT engine, {info['bytes'] / 1e6:.1f} MB, {rec.get('precision')}, "
+            f"built with {info['built_with']} for {', '.join(rec.get('compute_capabilities') or ['-'])} "
+            f"({rec.get('compute_capability_source', '?')})"
+        )
         plan = rec.get("plan") or {}
         lines.append(f"  plan: {plan.get('summary', '?')}")
         for io in rec.get("io", []):
@@ -148,8 +173,10 @@ def format_text(info: dict[str, Any]) -> str:
             lines.append(f"  {io['mode']:<7} {io['name']}: {_shape(io['shape'])} {io['dtype']}{extra}")
         src = rec.get("source_onnx") or {}
         lines.append(f"  source: {src.get('path', '?')} (sha256 {str(src.get('sha256', '?'))[:12]}…)")
-        lines.append(f"  built {rec.get('built_at', '?')} in {rec.get('build_time_s', '?')} s "
-                     f"(engine build {rec.get('engine_build_s', '?')} s), toolkit {rec.get('toolkit_version', '?')}")
+        lines.append(
+            f"  built {rec.get('built_at', '?')} in {rec.get('build_time_s', '?')} s "
+            f"(engine build {rec.get('engine_build_s', '?')} s), toolkit {rec.get('toolkit_version', '?')}"
+        )
         lines.append(f"  file: {info.get('integrity', '?')}")
         if info.get("engine_note"):
             lines.append(f"  engine: {info['engine_note']}")
@@ -164,8 +191,10 @@ def format_text(info: dict[str, Any]) -> str:
     if spec:
         classes = spec["classes"]
         shown = ", ".join(classes[:8]) + (f", … ({len(classes)} classes)" if len(classes) > 8 else "")
-        lines.append(f"  model: {spec['name']}, head {spec['head']}, input {spec['input_height']}×{spec['input_width']} "
-                     f"{spec.get('channel_order', 'RGB')}, classes: {shown}")
+        lines.append(
+            f"  model: {spec['name']}, head {spec['head']}, input {spec['input_height']}×{spec['input_width']} "
+            f"{spec.get('channel_order', 'RGB')}, classes: {shown}"
+        )
     elif info.get("spec_note"):
         lines.append(f"  model: {info['spec_note']}")
     return "\n".join(lines)
@@ -183,9 +212,11 @@ def describe(path: Path, layers: bool = False) -> dict[str, Any]:
         raise ToolkitError(f"{path}: no such file")
     try:
         return describe_onnx(path)
-    except ToolkitError:
-        raise ToolkitError(f"{path}: neither an ONNX model nor an engine with a sidecar "
-                           f"({path.name}.json); engines come from 'deeplab-trt build'") from None
+    except ToolkitError as exc:
+        raise ToolkitError(
+            f"{path}: neither an ONNX model nor an engine with a sidecar "
+            f"({path.name}.json); engines come from 'deeplab-trt build'"
+        ) from exc
 
 
 def run(args: argparse.Namespace) -> int:

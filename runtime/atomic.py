@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -25,8 +25,9 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     final = Path(final)
     if final.parent and not final.parent.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=suffix if suffix is not None else final.suffix,
-                               dir=str(final.parent or "."))
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=suffix if suffix is not None else final.suffix, dir=str(final.parent or ".")
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; the final file should get the usual permissions (0666 & ~umask).

@@ -8,7 +8,7 @@ counts and sizes, and ``export --dynamic-batch`` / ``build --batch`` take the sa
 from __future__ import annotations
 
 import argparse
-from typing import Iterable
+from collections.abc import Iterable
 
 from deeplab_trt.runtime.errors import ToolkitError
 
@@ -17,8 +17,8 @@ def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer") from exc
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
     return value
@@ -33,8 +33,8 @@ def parse_batch_range(value: str | Iterable[int] | None, flag: str = "--batch") 
         return None
     try:
         values = tuple(int(v) for v in (value.split(":") if isinstance(value, str) else value))
-    except (TypeError, ValueError):
-        raise ToolkitError(f"{flag} {value}: expected MIN:OPT:MAX (or N), e.g. 1:4:8") from None
+    except (TypeError, ValueError) as exc:
+        raise ToolkitError(f"{flag} {value}: expected MIN:OPT:MAX (or N), e.g. 1:4:8") from exc
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
@@ -50,4 +50,4 @@ def batch_range(text: str) -> tuple[int, int, int]:
     try:
         return parse_batch_range(text, flag="")  # type: ignore[return-value]
     except ToolkitError as exc:
-        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+        raise argparse.ArgumentTypeError(str(exc).strip()) from exc

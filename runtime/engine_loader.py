@@ -65,21 +65,26 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
         raise ToolkitError(f"{engine}: is a directory, expected a TensorRT engine file")
     path = sidecar_path(engine)
     if not path.exists():
-        raise ToolkitError(f"{engine}: no sidecar {path.name} next to it (engines built by 'deeplab-trt build' "
-                           "have one: it carries the model spec and what the engine was built for)")
+        raise ToolkitError(
+            f"{engine}: no sidecar {path.name} next to it (engines built by 'deeplab-trt build' "
+            "have one: it carries the model spec and what the engine was built for)"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ToolkitError(f"{path}: not a valid engine sidecar ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ToolkitError(
+            f"{path}: not a valid engine sidecar ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ToolkitError(f"{path}: not a deeplab-trt engine sidecar (no format: {SIDECAR_FORMAT!r})")
     missing = [k for k in ("spec", "tensorrt", "engine", "io") if k not in data]
     if missing:
         raise ToolkitError(f"{path}: incomplete engine sidecar ({', '.join(missing)} missing)")
     if int(data.get("format_version", 0)) > SIDECAR_VERSION:
-        raise ToolkitError(f"{path}: sidecar format {data.get('format_version')} is newer than this toolkit "
-                           f"reads ({SIDECAR_VERSION}); update deeplab-trt")
+        raise ToolkitError(
+            f"{path}: sidecar format {data.get('format_version')} is newer than this toolkit "
+            f"reads ({SIDECAR_VERSION}); update deeplab-trt"
+        )
     return data
 
 
@@ -87,8 +92,9 @@ def spec_from_sidecar(sidecar: dict[str, Any], source: str = "sidecar") -> Model
     return ModelSpec.from_dict(sidecar["spec"], source=source)
 
 
-def check_compatibility(sidecar: dict[str, Any], flavour: Flavour, gpu: tuple[int, int] | None,
-                        source: str = "engine", gpu_name: str = "") -> None:
+def check_compatibility(
+    sidecar: dict[str, Any], flavour: Flavour, gpu: tuple[int, int] | None, source: str = "engine", gpu_name: str = ""
+) -> None:
     """Raise one clear :class:`ToolkitError` if the engine cannot load with ``flavour`` on ``gpu``.
 
     TensorRT engines load only in the TensorRT (flavour and major.minor.patch) that built
@@ -97,22 +103,30 @@ def check_compatibility(sidecar: dict[str, Any], flavour: Flavour, gpu: tuple[in
     rec = sidecar.get("tensorrt", {})
     built_with = built_label(sidecar)
     if rec.get("flavour") != flavour.name:
-        raise ToolkitError(f"{source}: built with {built_with}, but this machine runs {flavour.label}; "
-                           f"rebuild it here from the ONNX with 'deeplab-trt build'")
+        raise ToolkitError(
+            f"{source}: built with {built_with}, but this machine runs {flavour.label}; "
+            f"rebuild it here from the ONNX with 'deeplab-trt build'"
+        )
     built_version = parse_version(str(rec.get("version", "0")))[:3]
     if built_version != tuple(flavour.version[:3]):
-        raise ToolkitError(f"{source}: built with {built_with}, but this machine runs {flavour.label}; engines load "
-                           "only in the TensorRT version that built them: rebuild it here with 'deeplab-trt build'")
+        raise ToolkitError(
+            f"{source}: built with {built_with}, but this machine runs {flavour.label}; engines load "
+            "only in the TensorRT version that built them: rebuild it here with 'deeplab-trt build'"
+        )
     if gpu is None:
         return
     targets = [str(t) for t in sidecar.get("compute_capabilities") or []]
     here = sm_name(gpu)
     if targets and here not in targets:
         where = f" ({gpu_name})" if gpu_name else ""
-        fix = (f"rebuild with --compute-capability {here}" if flavour.has_compute_capability_targets
-               else "rebuild it on this GPU")
-        raise ToolkitError(f"{source}: built for {', '.join(targets)} with {built_with}; this GPU{where} is "
-                           f"{here}: {fix}")
+        fix = (
+            f"rebuild with --compute-capability {here}"
+            if flavour.has_compute_capability_targets
+            else "rebuild it on this GPU"
+        )
+        raise ToolkitError(
+            f"{source}: built for {', '.join(targets)} with {built_with}; this GPU{where} is {here}: {fix}"
+        )
 
 
 def check_engine_bytes(data: bytes, sidecar: dict[str, Any], source: str = "engine") -> None:
@@ -120,12 +134,16 @@ def check_engine_bytes(data: bytes, sidecar: dict[str, Any], source: str = "engi
     rec = sidecar.get("engine", {})
     expected_size = rec.get("bytes")
     if expected_size is not None and len(data) != int(expected_size):
-        raise ToolkitError(f"{source}: {len(data)} bytes but its sidecar records {expected_size} "
-                           "(truncated, modified, or a different engine): rebuild it")
+        raise ToolkitError(
+            f"{source}: {len(data)} bytes but its sidecar records {expected_size} "
+            "(truncated, modified, or a different engine): rebuild it"
+        )
     expected = rec.get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise ToolkitError(f"{source}: contents do not match the sha256 in its sidecar (corrupt, or a different "
-                           "engine next to this sidecar): rebuild it")
+        raise ToolkitError(
+            f"{source}: contents do not match the sha256 in its sidecar (corrupt, or a different "
+            "engine next to this sidecar): rebuild it"
+        )
 
 
 def describe_validity(flavour: Flavour, diagnostics: int) -> str:
@@ -161,8 +179,10 @@ def load_engine(path: str | Path, *, flavour: Flavour | None = None, verbose: bo
     flavour = flavour or detect(sidecar["tensorrt"].get("flavour", "auto"))
     gpu, gpu_name = current_gpu()
     if gpu is None:
-        raise ToolkitError(f"{path}: deserialising a TensorRT engine needs a CUDA GPU ({gpu_name}); "
-                           "'deeplab-trt info' shows its build record without one")
+        raise ToolkitError(
+            f"{path}: deserialising a TensorRT engine needs a CUDA GPU ({gpu_name}); "
+            "'deeplab-trt info' shows its build record without one"
+        )
     check_compatibility(sidecar, flavour, gpu, str(path), gpu_name)
     data = path.read_bytes()
     check_engine_bytes(data, sidecar, str(path))
@@ -177,20 +197,29 @@ def load_engine(path: str | Path, *, flavour: Flavour | None = None, verbose: bo
             log.debug("get_engine_validity failed: %s", exc)
         else:
             if validity == trt.EngineValidity.INVALID:
-                raise ToolkitError(f"{path}: {flavour.label} says this engine cannot run here "
-                                   f"({describe_validity(flavour, diagnostics)}); rebuild it with 'deeplab-trt build'")
+                raise ToolkitError(
+                    f"{path}: {flavour.label} says this engine cannot run here "
+                    f"({describe_validity(flavour, diagnostics)}); rebuild it with 'deeplab-trt build'"
+                )
             if validity == trt.EngineValidity.SUBOPTIMAL:
-                log.warning("%s: %s says this engine may run slower here (%s)", path, flavour.label,
-                            describe_validity(flavour, diagnostics))
+                log.warning(
+                    "%s: %s says this engine may run slower here (%s)",
+                    path,
+                    flavour.label,
+                    describe_validity(flavour, diagnostics),
+                )
     try:
         engine = runtime.deserialize_cuda_engine(data)
     except Exception as exc:  # noqa: BLE001 - bindings raise RuntimeError/TypeError on bad blobs
-        raise ToolkitError(f"{path}: {flavour.label} cannot deserialise it ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ToolkitError(
+            f"{path}: {flavour.label} cannot deserialise it ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if engine is None:
         raise ToolkitError(f"{path}: {flavour.label} refused to deserialise it ({logger.first_error()})")
-    return LoadedEngine(path=path, engine=engine, runtime=runtime, logger=logger, sidecar=sidecar, spec=spec,
-                        flavour=flavour)
+    return LoadedEngine(
+        path=path, engine=engine, runtime=runtime, logger=logger, sidecar=sidecar, spec=spec, flavour=flavour
+    )
 
 
 def engine_io(engine: Any, trt: Any) -> list[dict[str, Any]]:
@@ -199,6 +228,12 @@ def engine_io(engine: Any, trt: Any) -> list[dict[str, Any]]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         mode = engine.get_tensor_mode(name)
-        out.append({"name": name, "mode": "input" if mode == trt.TensorIOMode.INPUT else "output",
-                    "shape": list(engine.get_tensor_shape(name)), "dtype": dtype_name(engine.get_tensor_dtype(name))})
+        out.append(
+            {
+                "name": name,
+                "mode": "input" if mode == trt.TensorIOMode.INPUT else "output",
+                "shape": list(engine.get_tensor_shape(name)),
+                "dtype": dtype_name(engine.get_tensor_dtype(name)),
+            }
+        )
     return out

@@ -34,7 +34,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -78,8 +79,9 @@ class HostStage:
         self.name = backend.name
         self.spec = backend.spec
         self.lut = palette_bgr(self.spec)
-        self.batch = np.zeros((backend.fixed_batch or 1, 3, self.spec.input_height, self.spec.input_width),
-                              backend.input_dtype)
+        self.batch = np.zeros(
+            (backend.fixed_batch or 1, 3, self.spec.input_height, self.spec.input_width), backend.input_dtype
+        )
         self._results: dict[int, tuple[np.ndarray, dict[str, float]]] = {}
 
     def bind_thread(self) -> None:
@@ -132,16 +134,33 @@ class _Slot:
     def close(self) -> None:
         if self.graph is not None:
             self.graph.close()
-        for e in (self.up_start, self.up_end, self.pre_start, self.pre_end, self.infer_end, self.post_end,
-                  self.down_end):
+        for e in (
+            self.up_start,
+            self.up_end,
+            self.pre_start,
+            self.pre_end,
+            self.infer_end,
+            self.post_end,
+            self.down_end,
+        ):
             e.close()
 
 
 class CudaStage:
     """Kernels + a :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` on three streams."""
 
-    def __init__(self, inference, options: RunOptions, frame_size: tuple[int, int], *, slots: int = DEFAULT_SLOTS,
-                 device_index: int = 0, cuda_graph: bool = False, zero_copy: bool | None = None, kernels=None):
+    def __init__(
+        self,
+        inference,
+        options: RunOptions,
+        frame_size: tuple[int, int],
+        *,
+        slots: int = DEFAULT_SLOTS,
+        device_index: int = 0,
+        cuda_graph: bool = False,
+        zero_copy: bool | None = None,
+        kernels=None,
+    ):
         from deeplab_trt.runtime.cuda import api
         from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
@@ -167,9 +186,13 @@ class CudaStage:
             log.info("CUDA graphs off: %s cannot be captured", self.name)
             self.use_graph = False
         self._eager_frames = 0
-        log.info("GPU pipeline on %s: %d slots, %s, %s", self.device.describe(), self.slots,
-                 "zero-copy mapped frames" if self.zero_copy else "pinned upload/download streams",
-                 "CUDA graphs" if self.use_graph else "eager launches")
+        log.info(
+            "GPU pipeline on %s: %d slots, %s, %s",
+            self.device.describe(),
+            self.slots,
+            "zero-copy mapped frames" if self.zero_copy else "pinned upload/download streams",
+            "CUDA graphs" if self.use_graph else "eager launches",
+        )
 
     def bind_thread(self) -> None:
         self.api.use_device(self.device_index)
@@ -177,17 +200,43 @@ class CudaStage:
     # ---- the per-frame GPU sequence (what a graph captures) -------------------------------
     def _gpu_work(self, s: _Slot, stream, timed: bool) -> None:
         inf = self.inference
-        self.kernels.preprocess(s.frame_ptr, self.height, self.width, inf.input.ptr, self.spec, self.geo,
-                                out_dtype=inf.input.dtype, bgr=True, stream=stream.handle)
+        self.kernels.preprocess(
+            s.frame_ptr,
+            self.height,
+            self.width,
+            inf.input.ptr,
+            self.spec,
+            self.geo,
+            out_dtype=inf.input.dtype,
+            bgr=True,
+            stream=stream.handle,
+        )
         if timed:
             s.pre_end.record(stream)
         inf.enqueue(stream)
         if timed:
             s.infer_end.record(stream)
-        self.kernels.labels_from_output(inf.output.ptr, inf.output.shape[1:], inf.output.dtype, self.spec, self.geo,
-                                        s.labels.ptr, label_dtype=self.label_dtype, stream=stream.handle)
-        self.kernels.render(s.frame_ptr, self.height, self.width, s.labels.ptr, self.spec, mode=self.options.mode,
-                            alpha=self.options.alpha, label_dtype=self.label_dtype, stream=stream.handle)
+        self.kernels.labels_from_output(
+            inf.output.ptr,
+            inf.output.shape[1:],
+            inf.output.dtype,
+            self.spec,
+            self.geo,
+            s.labels.ptr,
+            label_dtype=self.label_dtype,
+            stream=stream.handle,
+        )
+        self.kernels.render(
+            s.frame_ptr,
+            self.height,
+            self.width,
+            s.labels.ptr,
+            self.spec,
+            mode=self.options.mode,
+            alpha=self.options.alpha,
+            label_dtype=self.label_dtype,
+            stream=stream.handle,
+        )
 
     def _capture(self, s: _Slot) -> None:
         try:
@@ -205,8 +254,9 @@ class CudaStage:
     def submit(self, slot: int, frame: np.ndarray) -> None:
         s = self._slots[slot]
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ToolkitError(f"frame size changed mid-stream ({self.width}x{self.height} → "
-                               f"{frame.shape[1]}x{frame.shape[0]})")
+            raise ToolkitError(
+                f"frame size changed mid-stream ({self.width}x{self.height} → {frame.shape[1]}x{frame.shape[0]})"
+            )
         if self.use_graph and s.graph is None and self._eager_frames > 0:
             self._capture(s)
         np.copyto(s.host_frame, frame)
@@ -259,8 +309,17 @@ class CudaStage:
 _END = object()
 
 
-def make_stage(backend, source: VideoSource, options: RunOptions, *, stage: str = "cuda", slots: int | None = None,
-               inference=None, device_index: int = 0, cuda_graph: bool = False) -> Stage:
+def make_stage(
+    backend,
+    source: VideoSource,
+    options: RunOptions,
+    *,
+    stage: str = "cuda",
+    slots: int | None = None,
+    inference=None,
+    device_index: int = 0,
+    cuda_graph: bool = False,
+) -> Stage:
     """``cuda``: kernels + the backend's device inference (TensorRT's runner, else a host adapter);
     ``host``: the numpy references."""
     if stage == "host":
@@ -273,13 +332,23 @@ def make_stage(backend, source: VideoSource, options: RunOptions, *, stage: str 
             from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
             inference = HostBackendInference(backend)
-    return CudaStage(inference, options, source.size, slots=slots or DEFAULT_SLOTS, device_index=device_index,
-                     cuda_graph=cuda_graph)
+    return CudaStage(
+        inference, options, source.size, slots=slots or DEFAULT_SLOTS, device_index=device_index, cuda_graph=cuda_graph
+    )
 
 
-def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunOptions | None = None, *,
-              stage: str | Stage = "cuda", slots: int | None = None, inference=None, device_index: int = 0,
-              cuda_graph: bool = False) -> Stats:
+def run_video(
+    backend,
+    source: VideoSource,
+    sinks: Sequence[Sink],
+    options: RunOptions | None = None,
+    *,
+    stage: str | Stage = "cuda",
+    slots: int | None = None,
+    inference=None,
+    device_index: int = 0,
+    cuda_graph: bool = False,
+) -> Stats:
     """Segment ``source`` on the GPU and write the pictures to ``sinks``; same contract as
     :func:`deeplab_trt.runtime.pipeline.run_video` (the caller owns and closes the sinks)."""
     from tqdm import tqdm
@@ -288,13 +357,30 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
     spec = backend.spec
     if isinstance(stage, str):
         kind = stage
-        stage = make_stage(backend, source, options, stage=stage, slots=slots, inference=inference,
-                           device_index=device_index, cuda_graph=cuda_graph)
+        stage = make_stage(
+            backend,
+            source,
+            options,
+            stage=stage,
+            slots=slots,
+            inference=inference,
+            device_index=device_index,
+            cuda_graph=cuda_graph,
+        )
     else:
         kind = type(stage).__name__
-    stats = Stats(pipeline="gpu" if kind == "cuda" else f"slots ({kind})", backend=stage.name, model=spec.name,
-                  input_size=spec.input_size, policy=options.policy, mode=options.mode, source=source.description,
-                  source_size=source.size, source_fps=source.fps, source_frames=source.frame_count)
+    stats = Stats(
+        pipeline="gpu" if kind == "cuda" else f"slots ({kind})",
+        backend=stage.name,
+        model=spec.name,
+        input_size=spec.input_size,
+        policy=options.policy,
+        mode=options.mode,
+        source=source.description,
+        source_size=source.size,
+        source_fps=source.fps,
+        source_frames=source.frame_count,
+    )
     total = source.frame_count
     if options.max_frames is not None:
         total = min(total, options.max_frames) if total else options.max_frames
@@ -324,14 +410,19 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
                     break
                 stage.submit(slot, frame)
                 ready.put((slot, decode_s))
-        except BaseException as exc:  # handed to the sink loop, re-raised there
+        except BaseException as exc:  # handed to the sink loop, re-raised there  # noqa: BLE001
             ready.put(exc)
         finally:
             ready.put(_END)
 
     worker = threading.Thread(target=gpu_thread, name="gpu-stage", daemon=True)
-    bar = tqdm(total=total, unit="frame", desc="run (gpu)" if kind == "cuda" else "run", disable=not options.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="frame",
+        desc="run (gpu)" if kind == "cuda" else "run",
+        disable=not options.progress,
+        dynamic_ncols=True,
+    )
     timing = stats.stage_s
     start = time.perf_counter()
     worker.start()

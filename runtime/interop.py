@@ -39,8 +39,7 @@ def as_device_array(obj: Any, stream=None):
     ``stream`` (a :class:`~deeplab_trt.runtime.cuda.api.Stream`): made to wait for the producer's stream
     when the producer names one, so the data is complete before our kernels read it.
     """
-    from deeplab_trt.runtime.cuda import api
-    from deeplab_trt.runtime.cuda import dlpack
+    from deeplab_trt.runtime.cuda import api, dlpack
 
     if isinstance(obj, api.DeviceArray):
         if obj.stream is not None and stream is not None and int(obj.stream) != stream.handle:
@@ -54,19 +53,36 @@ def as_device_array(obj: Any, stream=None):
         producer = cai.get("stream")
         if producer is not None and stream is not None and int(producer) != stream.handle:
             api._order_streams(producer=int(producer), consumer=stream.handle)
-        return api.DeviceArray(int(ptr or 0), tuple(cai["shape"]), np.dtype(cai["typestr"]),
-                               strides=cai.get("strides"), owner=obj, readonly=bool(readonly))
+        return api.DeviceArray(
+            int(ptr or 0),
+            tuple(cai["shape"]),
+            np.dtype(cai["typestr"]),
+            strides=cai.get("strides"),
+            owner=obj,
+            readonly=bool(readonly),
+        )
     if hasattr(obj, "__dlpack__"):
         imported = dlpack.from_dlpack(obj, stream=stream.handle if stream is not None else None)
         if imported.device_type not in (dlpack.kDLCUDA, dlpack.kDLCUDAHost, dlpack.kDLCUDAManaged):
             imported.release()
-            raise ToolkitError(f"{type(obj).__name__} lives on "
-                               f"{dlpack.DEVICE_NAMES.get(imported.device_type, imported.device_type)}, "
-                               "not on a CUDA device (move it to the GPU first)")
-        return api.DeviceArray(imported.ptr, imported.shape, imported.dtype, strides=imported.strides,
-                               owner=imported, device_id=imported.device_id, readonly=imported.readonly)
-    raise ToolkitError(f"expected a CUDA array (torch CUDA tensor, CuPy array, pycuda GPUArray or any "
-                       f"__cuda_array_interface__/DLPack object), got {type(obj).__module__}.{type(obj).__name__}")
+            raise ToolkitError(
+                f"{type(obj).__name__} lives on "
+                f"{dlpack.DEVICE_NAMES.get(imported.device_type, imported.device_type)}, "
+                "not on a CUDA device (move it to the GPU first)"
+            )
+        return api.DeviceArray(
+            imported.ptr,
+            imported.shape,
+            imported.dtype,
+            strides=imported.strides,
+            owner=imported,
+            device_id=imported.device_id,
+            readonly=imported.readonly,
+        )
+    raise ToolkitError(
+        f"expected a CUDA array (torch CUDA tensor, CuPy array, pycuda GPUArray or any "
+        f"__cuda_array_interface__/DLPack object), got {type(obj).__module__}.{type(obj).__name__}"
+    )
 
 
 def image_layout(image) -> tuple[int, int, int, int]:
@@ -75,8 +91,10 @@ def image_layout(image) -> tuple[int, int, int, int]:
         raise ToolkitError(f"expected a uint8 H×W×3 (or ×4) image, got shape {image.shape} dtype {image.dtype}")
     row, pixel, channel = image.byte_strides
     if channel != 1 or pixel < 3 or row < pixel * image.shape[1]:
-        raise ToolkitError(f"image strides {image.byte_strides} are not an interleaved HWC layout "
-                           "(channels must be contiguous; rows may be padded)")
+        raise ToolkitError(
+            f"image strides {image.byte_strides} are not an interleaved HWC layout "
+            "(channels must be contiguous; rows may be padded)"
+        )
     return image.shape[0], image.shape[1], row, pixel
 
 
@@ -88,8 +106,16 @@ class Segmenter:
     (e.g. ``HostBackendInference(open_backend("model.onnx"))``, or a torch module adapter).
     """
 
-    def __init__(self, model: str | Path | None = None, *, inference=None, policy: str = "stretch",
-                 bgr: bool = True, alpha: float = 0.5, device: int = 0):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        inference=None,
+        policy: str = "stretch",
+        bgr: bool = True,
+        alpha: float = 0.5,
+        device: int = 0,
+    ):
         from deeplab_trt.runtime.cuda import api
         from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
@@ -103,8 +129,14 @@ class Segmenter:
             from deeplab_trt.runtime.engine_loader import load_engine
 
             self._loaded = load_engine(model)
-            inference = TensorRTRunner(self._loaded.engine, self._loaded.spec, self._loaded.flavour.module,
-                                       device_index=device, name=self._loaded.flavour.label, source=str(model))
+            inference = TensorRTRunner(
+                self._loaded.engine,
+                self._loaded.spec,
+                self._loaded.flavour.module,
+                device_index=device,
+                name=self._loaded.flavour.label,
+                source=str(model),
+            )
         self.inference = inference
         self.spec = inference.spec
         self.name = inference.name
@@ -138,8 +170,19 @@ class Segmenter:
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
         target = as_device_array(out, self.stream) if out is not None else self.inference.input
-        self.kernels.preprocess(arr.ptr, h, w, target.ptr, self.spec, geo, out_dtype=target.dtype, frame_pitch=pitch,
-                                pixel_stride=stride, bgr=self.bgr if bgr is None else bgr, stream=self.stream.handle)
+        self.kernels.preprocess(
+            arr.ptr,
+            h,
+            w,
+            target.ptr,
+            self.spec,
+            geo,
+            out_dtype=target.dtype,
+            frame_pitch=pitch,
+            pixel_stride=stride,
+            bgr=self.bgr if bgr is None else bgr,
+            stream=self.stream.handle,
+        )
         if out is not None:
             return self._finish(target, sync)
         if sync:
@@ -151,21 +194,48 @@ class Segmenter:
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
         inf = self.inference
-        self.kernels.preprocess(arr.ptr, h, w, inf.input.ptr, self.spec, geo, out_dtype=inf.input.dtype,
-                                frame_pitch=pitch, pixel_stride=stride, bgr=self.bgr if bgr is None else bgr,
-                                stream=self.stream.handle)
+        self.kernels.preprocess(
+            arr.ptr,
+            h,
+            w,
+            inf.input.ptr,
+            self.spec,
+            geo,
+            out_dtype=inf.input.dtype,
+            frame_pitch=pitch,
+            pixel_stride=stride,
+            bgr=self.bgr if bgr is None else bgr,
+            stream=self.stream.handle,
+        )
         inf.enqueue(self.stream)
         labels = as_device_array(out, self.stream) if out is not None else self._api.empty((h, w), self.label_dtype)
         if labels.shape[:2] != (h, w) or labels.dtype not in (np.dtype(np.uint8), np.dtype(np.int32)):
             raise ToolkitError(f"out: expected a {h}×{w} uint8/int32 array, got {labels.shape} {labels.dtype}")
         label_pitch = labels.byte_strides[0] // labels.dtype.itemsize
-        self.kernels.labels_from_output(inf.output.ptr, inf.output.shape[1:], inf.output.dtype, self.spec, geo,
-                                        labels.ptr, label_dtype=labels.dtype, label_pitch=label_pitch,
-                                        stream=self.stream.handle)
+        self.kernels.labels_from_output(
+            inf.output.ptr,
+            inf.output.shape[1:],
+            inf.output.dtype,
+            self.spec,
+            geo,
+            labels.ptr,
+            label_dtype=labels.dtype,
+            label_pitch=label_pitch,
+            stream=self.stream.handle,
+        )
         return self._finish(labels, sync)
 
-    def render(self, image, labels, *, mode: str = "overlay", alpha: float | None = None, out=None,
-               in_place: bool = False, sync: bool = True):
+    def render(
+        self,
+        image,
+        labels,
+        *,
+        mode: str = "overlay",
+        alpha: float | None = None,
+        out=None,
+        in_place: bool = False,
+        sync: bool = True,
+    ):
         """Overlay / colour mask / grey labels for ``image``; a new H×W×3 array unless ``out``/``in_place``."""
         arr, (h, w, pitch, stride) = self._image(image)
         lab = as_device_array(labels, self.stream)
@@ -179,10 +249,23 @@ class Segmenter:
             if out_stride != stride:
                 raise ToolkitError(f"out has {out_stride} bytes per pixel, the image {stride}")
         channel_order = "BGR" if self.bgr else "RGB"
-        self.kernels.render(arr.ptr, h, w, lab.ptr, self.spec, mode=mode, alpha=self.alpha if alpha is None else alpha,
-                            out=target.ptr, frame_pitch=pitch, out_pitch=out_pitch, pixel_stride=stride,
-                            label_dtype=lab.dtype, label_pitch=lab.byte_strides[0] // lab.dtype.itemsize,
-                            channel_order=channel_order, stream=self.stream.handle)
+        self.kernels.render(
+            arr.ptr,
+            h,
+            w,
+            lab.ptr,
+            self.spec,
+            mode=mode,
+            alpha=self.alpha if alpha is None else alpha,
+            out=target.ptr,
+            frame_pitch=pitch,
+            out_pitch=out_pitch,
+            pixel_stride=stride,
+            label_dtype=lab.dtype,
+            label_pitch=lab.byte_strides[0] // lab.dtype.itemsize,
+            channel_order=channel_order,
+            stream=self.stream.handle,
+        )
         return self._finish(target, sync)
 
     def process(self, image, *, mode: str = "overlay", alpha: float | None = None, sync: bool = True):
@@ -199,7 +282,7 @@ class Segmenter:
         if hasattr(self.inference, "close"):
             self.inference.close()
 
-    def __enter__(self) -> "Segmenter":
+    def __enter__(self) -> Segmenter:
         return self
 
     def __exit__(self, *exc) -> None:

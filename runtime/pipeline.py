@@ -18,14 +18,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
+from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.postprocess import MODES, labels_from_output, palette_bgr, render
 from deeplab_trt.runtime.preprocess import POLICIES, preprocess
-from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoSource
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
@@ -98,9 +98,11 @@ class Stats:
         """The human summary ``run`` prints at the end."""
         ms = self.ms_per_frame()
         h, w = self.input_size or (0, 0)
-        lines = [f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS "
-                 f"({self.backend}, {self.pipeline} pipeline, {h}x{w} input, {self.policy})",
-                 "ms/frame: " + "  ".join(f"{s} {ms[s]:.1f}" for s in STAGES)]
+        lines = [
+            f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS "
+            f"({self.backend}, {self.pipeline} pipeline, {h}x{w} input, {self.policy})",
+            "ms/frame: " + "  ".join(f"{s} {ms[s]:.1f}" for s in STAGES),
+        ]
         if self.dropped:
             lines.append(f"dropped {self.dropped} live frames (the pipeline was slower than the source)")
         for out in self.outputs:
@@ -164,7 +166,7 @@ class _Finisher:
                 if any(s.wants_stop for s in self.sinks):
                     stats.stopped_by_sink = True
                     self.stop.set()
-        except BaseException as exc:  # handed to the loop thread, which re-raises it
+        except BaseException as exc:  # handed to the loop thread, which re-raises it  # noqa: BLE001
             self.error = exc
             self.abort.set()
             self.stop.set()
@@ -204,9 +206,18 @@ def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunO
 
     options = options or RunOptions()
     spec = backend.spec
-    stats = Stats(pipeline="cpu", backend=backend.name, model=spec.name, input_size=spec.input_size,
-                  policy=options.policy, mode=options.mode, source=source.description,
-                  source_size=source.size, source_fps=source.fps, source_frames=source.frame_count)
+    stats = Stats(
+        pipeline="cpu",
+        backend=backend.name,
+        model=spec.name,
+        input_size=spec.input_size,
+        policy=options.policy,
+        mode=options.mode,
+        source=source.description,
+        source_size=source.size,
+        source_fps=source.fps,
+        source_frames=source.frame_count,
+    )
     batch = np.zeros((backend.fixed_batch or 1, 3, spec.input_height, spec.input_width), backend.input_dtype)
     # The finisher reads an output while the next inference runs: copy unless the backend
     # promises a fresh array per call (ORT does; a backend reusing one buffer would not).

@@ -144,8 +144,14 @@ def palette_bgr(spec: ModelSpec) -> np.ndarray:
 
 def _lut_ready(labels: np.ndarray, lut: np.ndarray) -> bool:
     """Whether ``cv2.LUT`` can stand in for ``lut[labels]``: uint8 labels, a 256-row uint8 table."""
-    return labels.dtype == np.uint8 and lut.dtype == np.uint8 and lut.ndim == 2 and lut.shape[0] >= 256 \
-        and lut.shape[1] == 3 and labels.ndim == 2
+    return (
+        labels.dtype == np.uint8
+        and lut.dtype == np.uint8
+        and lut.ndim == 2
+        and lut.shape[0] >= 256
+        and lut.shape[1] == 3
+        and labels.ndim == 2
+    )
 
 
 def colorize(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -200,8 +206,9 @@ def overlay(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, alpha: float
     return blended.astype(np.uint8)
 
 
-def render(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, mode: str = "overlay",
-           alpha: float = 0.5) -> np.ndarray:
+def render(
+    frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, mode: str = "overlay", alpha: float = 0.5
+) -> np.ndarray:
     """The picture a sink shows/writes: overlay, colour mask, or labels as grey levels (3 channels)."""
     if mode == "overlay":
         return overlay(frame, labels, lut, alpha)

@@ -39,7 +39,7 @@ class Geometry:
     width: int
 
     @classmethod
-    def compute(cls, frame_hw: tuple[int, int], input_hw: tuple[int, int], policy: str = "stretch") -> "Geometry":
+    def compute(cls, frame_hw: tuple[int, int], input_hw: tuple[int, int], policy: str = "stretch") -> Geometry:
         fh, fw = frame_hw
         ih, iw = input_hw
         if policy == "stretch":
@@ -59,8 +59,14 @@ def check_frame(frame: np.ndarray) -> None:
         raise ToolkitError(f"expected a uint8 HxWx3 frame, got shape {shape} dtype {dtype}")
 
 
-def preprocess(frame: np.ndarray, spec: ModelSpec, policy: str = "stretch", dtype=np.float32,
-               bgr: bool = True, out: np.ndarray | None = None) -> tuple[np.ndarray, Geometry]:
+def preprocess(
+    frame: np.ndarray,
+    spec: ModelSpec,
+    policy: str = "stretch",
+    dtype=np.float32,
+    bgr: bool = True,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, Geometry]:
     """One frame → a (1, 3, H, W) tensor of ``dtype`` for the model, plus its :class:`Geometry`.
 
     ``out``: an existing (3, H, W) or (1, 3, H, W) array to write into (batching without copies).
@@ -83,7 +89,7 @@ def preprocess(frame: np.ndarray, spec: ModelSpec, policy: str = "stretch", dtyp
     target = out.reshape(3, geo.input_height, geo.input_width)
     if policy != "stretch":
         target[...] = 0
-    content = target[:, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width]
+    content = target[:, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width]
     scratch = None if content.dtype == np.float32 else np.empty(content.shape[1:], np.float32)
     for c in range(3):
         channel = src[:, :, 2 - c if flip else c]
@@ -95,8 +101,9 @@ def preprocess(frame: np.ndarray, spec: ModelSpec, policy: str = "stretch", dtyp
     return out, geo
 
 
-def preprocess_batch(frames: list[np.ndarray], spec: ModelSpec, policy: str = "stretch",
-                     dtype=np.float32, bgr: bool = True) -> tuple[np.ndarray, list[Geometry]]:
+def preprocess_batch(
+    frames: list[np.ndarray], spec: ModelSpec, policy: str = "stretch", dtype=np.float32, bgr: bool = True
+) -> tuple[np.ndarray, list[Geometry]]:
     """Several frames → (N, 3, H, W); same numerics as :func:`preprocess`."""
     batch = np.zeros((len(frames), 3, spec.input_height, spec.input_width), dtype=dtype)
     geos = [preprocess(f, spec, policy, dtype, bgr, out=batch[i])[1] for i, f in enumerate(frames)]

@@ -26,25 +26,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from deeplab_trt.runtime.preprocess import POLICIES
 
     p = subparsers.add_parser(
-        "run", help="segment a video with an ONNX model or TensorRT engine",
+        "run",
+        help="segment a video with an ONNX model or TensorRT engine",
         description="Segment every frame of a video file, camera, RTSP/HTTP URL or GStreamer pipeline; "
-                    "write an overlay/mask/label video (same size and fps as the source; odd sizes are "
-                    "cropped to even), show it, or just measure. Prints per-stage timings and FPS.")
+        "write an overlay/mask/label video (same size and fps as the source; odd sizes are "
+        "cropped to even), show it, or just measure. Prints per-stage timings and FPS.",
+    )
     p.add_argument("model", help="model file: .onnx (ONNX Runtime) or .engine/.plan (TensorRT)")
-    p.add_argument("--source", "-s", required=True,
-                   help="video file, image sequence (dir/%%04d.png), camera index (0), rtsp://... or "
-                        "http://... URL, or a GStreamer pipeline ending in appsink")
+    p.add_argument(
+        "--source",
+        "-s",
+        required=True,
+        help="video file, image sequence (dir/%%04d.png), camera index (0), rtsp://... or "
+        "http://... URL, or a GStreamer pipeline ending in appsink",
+    )
     p.add_argument("--output", "-o", type=Path, help="output video (.mp4, .avi, .mkv; .mkv is lossless FFV1)")
     p.add_argument("--show", action="store_true", help="show the result in a window (q/Esc stops)")
-    p.add_argument("--mode", choices=MODES, default="overlay",
-                   help="overlay: palette blended over the frame; mask: palette colours; "
-                        "labels: class index as grey level (default: overlay)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="overlay",
+        help="overlay: palette blended over the frame; mask: palette colours; "
+        "labels: class index as grey level (default: overlay)",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: by model file type (default)")
-    p.add_argument("--policy", choices=POLICIES, default="stretch",
-                   help="resize to the model input: stretch (default) or letterbox (keep aspect)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: by model file type (default)")
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="stretch",
+        help="resize to the model input: stretch (default) or letterbox (keep aspect)",
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
     p.add_argument("--json", type=Path, metavar="STATS.json", help="also write the run statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,12 +72,16 @@ def _check_paths(args) -> None:
     if args.output is not None:
         check_video_output(args.output)
         suffix = args.output.suffix.lower()
-        if classify_source(args.source) == "file" and Path(args.source).exists() \
-                and Path(args.source).resolve() == args.output.resolve():
+        if (
+            classify_source(args.source) == "file"
+            and Path(args.source).exists()
+            and Path(args.source).resolve() == args.output.resolve()
+        ):
             raise ToolkitError(f"{args.output}: output would overwrite the source")
         if args.mode == "labels" and suffix not in LOSSLESS_SUFFIXES:
-            log.warning("%s: --mode labels through a lossy codec changes label values; use .mkv (lossless)",
-                        args.output)
+            log.warning(
+                "%s: --mode labels through a lossy codec changes label values; use .mkv (lossless)", args.output
+            )
     for path in (args.output, args.json):
         if path is not None and path.parent.exists() and not path.parent.is_dir():
             raise ToolkitError(f"{path}: {path.parent} is not a directory")
@@ -76,16 +93,25 @@ def main(args) -> int:
     from deeplab_trt.runtime.pipeline import RunOptions, runner_for
     from deeplab_trt.runtime.video import NullSink, VideoFileSink, WindowSink, open_source
 
-    options = RunOptions(mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames,
-                         progress=not args.no_progress)
+    options = RunOptions(
+        mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames, progress=not args.no_progress
+    )
     _check_paths(args)
     with contextlib.ExitStack() as stack:
         backend = open_backend(args.model, args.backend, threads=args.threads)
         stack.callback(backend.close)
         source = stack.enter_context(open_source(args.source))
-        log.info("%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)", source.description, *source.size, source.fps,
-                 f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
-                 args.model, backend.name, backend.spec.input_height, backend.spec.input_width)
+        log.info(
+            "%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)",
+            source.description,
+            *source.size,
+            source.fps,
+            f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
+            args.model,
+            backend.name,
+            backend.spec.input_height,
+            backend.spec.input_width,
+        )
         sinks = []
         # Sinks are entered last: a clean exit or Ctrl-C finalises them, an error discards them.
         # The window first: "no display" must fail before an output file is started.
@@ -93,8 +119,12 @@ def main(args) -> int:
             sinks.append(stack.enter_context(WindowSink(f"deeplab-trt: {source.description}")))
         if args.output is not None:
             if not source.fps_reported:
-                log.warning("%s: the source reports no frame rate; writing %s at %g fps",
-                            source.description, args.output, source.fps)
+                log.warning(
+                    "%s: the source reports no frame rate; writing %s at %g fps",
+                    source.description,
+                    args.output,
+                    source.fps,
+                )
             sinks.insert(0, stack.enter_context(VideoFileSink(args.output, source.fps, source.size)))
         if not sinks:
             sinks.append(NullSink())
@@ -102,8 +132,9 @@ def main(args) -> int:
     # Sinks are closed (files renamed into place) here.
     for sink in sinks:
         if isinstance(sink, VideoFileSink) and sink.frames:
-            stats.outputs.append({"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps,
-                                  "frames": sink.frames})
+            stats.outputs.append(
+                {"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps, "frames": sink.frames}
+            )
     for line in stats.report_lines():
         print(line)
     if args.json is not None:

@@ -24,9 +24,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("logits", "lowres", "labels")
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -91,7 +109,7 @@ class ModelSpec:
         self.classes = [str(c) for c in self.classes]
         self.palette = [tuple(int(v) for v in p) for p in self.palette]
         if len(self.palette) < len(self.classes):
-            self.palette = self.palette + voc_palette(len(self.classes))[len(self.palette):]
+            self.palette = self.palette + voc_palette(len(self.classes))[len(self.palette) :]
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
 
@@ -118,11 +136,12 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> "ModelSpec":
+    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> ModelSpec:
         missing = [k for k in ("model", "classes", "input_size", "head") if k not in meta]
         if missing:
-            raise ToolkitError(f"{source}: no deeplab-trt metadata ({', '.join(missing)} missing); "
-                               "export it with 'deeplab-trt export'")
+            raise ToolkitError(
+                f"{source}: no deeplab-trt metadata ({', '.join(missing)} missing); export it with 'deeplab-trt export'"
+            )
         try:
             kwargs: dict[str, Any] = {}
             for key, attr in _META_KEYS.items():
@@ -133,7 +152,7 @@ class ModelSpec:
                 kwargs["extra"] = json.loads(meta["extra"])
             return cls(**kwargs)
         except (ValueError, TypeError) as exc:
-            raise ToolkitError(f"{source}: malformed deeplab-trt metadata ({exc})") from None
+            raise ToolkitError(f"{source}: malformed deeplab-trt metadata ({exc})") from exc
 
     # ----- JSON (engine sidecar) ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -143,12 +162,12 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "sidecar") -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any], source: str = "sidecar") -> ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in names})
         except TypeError as exc:
-            raise ToolkitError(f"{source}: incomplete model spec ({exc})") from None
+            raise ToolkitError(f"{source}: incomplete model spec ({exc})") from exc
 
 
 def load_onnx(path: str | Path, load_external_data: bool = True):
@@ -162,9 +181,11 @@ def load_onnx(path: str | Path, load_external_data: bool = True):
         raise ToolkitError(f"{path}: is a directory, expected an ONNX file")
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        raise ToolkitError(f"{path}: not a valid ONNX model ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    except Exception as exc:  # protobuf DecodeError, missing external data, ...  # noqa: BLE001
+        raise ToolkitError(
+            f"{path}: not a valid ONNX model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+        ) from exc
     if not model.graph.node:
         raise ToolkitError(f"{path}: not a valid ONNX model (empty or truncated graph)")
     return model

@@ -41,15 +41,26 @@ AUTO_ORDER = ("tensorrt", "tensorrt-rtx")
 MIN_TENSORRT = (10, 0)
 
 INSTALL_HINTS = {
-    "tensorrt": ("install TensorRT 10/11 with 'pip install tensorrt' (or 'tensorrt-cu12' / 'tensorrt-cu13' "
-                 "to match your CUDA); on Jetson use JetPack's 'sudo apt install python3-libnvinfer' "
-                 "(a venv needs --system-site-packages to see it)"),
-    "tensorrt-rtx": ("install TensorRT-RTX with 'pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings' "
-                     "(imports as tensorrt_rtx_bindings), or pip install deeplab-trt[rtx]"),
+    "tensorrt": (
+        "install TensorRT 10/11 with 'pip install tensorrt' (or 'tensorrt-cu12' / 'tensorrt-cu13' "
+        "to match your CUDA); on Jetson use JetPack's 'sudo apt install python3-libnvinfer' "
+        "(a venv needs --system-site-packages to see it)"
+    ),
+    "tensorrt-rtx": (
+        "install TensorRT-RTX with 'pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings' "
+        "(imports as tensorrt_rtx_bindings), or pip install deeplab-trt[rtx]"
+    ),
 }
 
-_ALIASES = {"auto": "auto", "tensorrt": "tensorrt", "trt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx",
-            "tensorrt_rtx": "tensorrt-rtx", "rtx": "tensorrt-rtx", "tensorrt_rtx_bindings": "tensorrt-rtx"}
+_ALIASES = {
+    "auto": "auto",
+    "tensorrt": "tensorrt",
+    "trt": "tensorrt",
+    "tensorrt-rtx": "tensorrt-rtx",
+    "tensorrt_rtx": "tensorrt-rtx",
+    "rtx": "tensorrt-rtx",
+    "tensorrt_rtx_bindings": "tensorrt-rtx",
+}
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -69,7 +80,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 class Flavour:
     """One installed (or, for tests, documented) TensorRT and what its API offers."""
 
-    name: str                                   #: "tensorrt" | "tensorrt-rtx"
+    name: str  #: "tensorrt" | "tensorrt-rtx"
     version: tuple[int, ...]
     module_name: str = ""
     #: ``IInt8EntropyCalibrator2`` exists (TensorRT 10 only): implicit INT8 is possible.
@@ -110,13 +121,17 @@ class Flavour:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready record for sidecars and reports."""
-        return {"flavour": self.name, "version": self.version_string, "module": self.module_name,
-                "strongly_typed_only": self.strongly_typed_only,
-                "has_calibrator_api": self.has_calibrator_api}
+        return {
+            "flavour": self.name,
+            "version": self.version_string,
+            "module": self.module_name,
+            "strongly_typed_only": self.strongly_typed_only,
+            "has_calibrator_api": self.has_calibrator_api,
+        }
 
     # ----- constructors ------------------------------------------------------------------
     @classmethod
-    def from_module(cls, name: str, module: Any) -> "Flavour":
+    def from_module(cls, name: str, module: Any) -> Flavour:
         """Read the capabilities off an imported ``tensorrt`` / ``tensorrt_rtx`` module."""
         version = parse_version(getattr(module, "__version__", "0"))
         flags = getattr(module, "BuilderFlag", None)
@@ -128,7 +143,9 @@ class Flavour:
         if name == "tensorrt-rtx" and version >= (1, 2):
             timing = False  # "Timing cache operations are no-ops in TensorRT-RTX" (deprecated in 1.2)
         return cls(
-            name=name, version=version, module_name=getattr(module, "__name__", ""),
+            name=name,
+            version=version,
+            module_name=getattr(module, "__name__", ""),
             has_calibrator_api=hasattr(module, "IInt8EntropyCalibrator2"),
             has_weak_typing=flags is not None and hasattr(flags, "FP16") and hasattr(flags, "INT8"),
             has_strongly_typed=net_flags is not None and hasattr(net_flags, "STRONGLY_TYPED"),
@@ -141,7 +158,7 @@ class Flavour:
         )
 
     @classmethod
-    def documented(cls, name: str, version: tuple[int, ...] | str) -> "Flavour":
+    def documented(cls, name: str, version: tuple[int, ...] | str) -> Flavour:
         """The capabilities a flavour/version has *per NVIDIA's documentation*, without the module.
 
         For tests of decisions on flavours that cannot be installed here (TensorRT 10, 11);
@@ -155,15 +172,32 @@ class Flavour:
         version = parse_version(version) if isinstance(version, str) else tuple(version)
         if name == "tensorrt":
             legacy = version[0] <= 10
-            return cls(name=name, version=version, module_name="tensorrt (documented)",
-                       has_calibrator_api=legacy, has_weak_typing=legacy,
-                       has_strongly_typed=version >= (9, 1), has_timing_cache=True,
-                       has_compute_capability_targets=False, has_progress_monitor=version >= (8, 6),
-                       has_engine_inspector=True, has_engine_validity=False)
-        return cls(name=name, version=version, module_name="tensorrt_rtx (documented)",
-                   has_calibrator_api=False, has_weak_typing=False, has_strongly_typed=True,
-                   has_timing_cache=version < (1, 2), has_compute_capability_targets=True,
-                   has_progress_monitor=True, has_engine_inspector=True, has_engine_validity=version >= (1, 1))
+            return cls(
+                name=name,
+                version=version,
+                module_name="tensorrt (documented)",
+                has_calibrator_api=legacy,
+                has_weak_typing=legacy,
+                has_strongly_typed=version >= (9, 1),
+                has_timing_cache=True,
+                has_compute_capability_targets=False,
+                has_progress_monitor=version >= (8, 6),
+                has_engine_inspector=True,
+                has_engine_validity=False,
+            )
+        return cls(
+            name=name,
+            version=version,
+            module_name="tensorrt_rtx (documented)",
+            has_calibrator_api=False,
+            has_weak_typing=False,
+            has_strongly_typed=True,
+            has_timing_cache=version < (1, 2),
+            has_compute_capability_targets=True,
+            has_progress_monitor=True,
+            has_engine_inspector=True,
+            has_engine_validity=version >= (1, 1),
+        )
 
 
 def normalise_name(preferred: str | None) -> str:
@@ -188,7 +222,7 @@ def _import_flavour(name: str) -> tuple[Any | None, str]:
     return None, "; ".join(reasons)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> Flavour | str:
     """The concrete flavour ``name`` (cached: one import, one object), or why it is unusable."""
     module, why = _import_flavour(name)
@@ -217,8 +251,9 @@ def detect(preferred: str | None = "auto") -> Flavour:
             problems.append(found)
     broken = f" ({'; '.join(problems)})" if problems else ""
     if name == "auto":
-        raise ToolkitError(f"no TensorRT found{broken}: {INSTALL_HINTS['tensorrt-rtx']}; or "
-                           f"{INSTALL_HINTS['tensorrt']}")
+        raise ToolkitError(
+            f"no TensorRT found{broken}: {INSTALL_HINTS['tensorrt-rtx']}; or {INSTALL_HINTS['tensorrt']}"
+        )
     raise ToolkitError(f"--flavour {name}: not installed{broken}; {INSTALL_HINTS[name]}")
 
 
@@ -302,8 +337,19 @@ def parse_compute_capability(token: str) -> str:
     raise ToolkitError(f"--compute-capability {token}: expected names like SM89, sm_120, 8.6 or 'current'")
 
 
-_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
-                "INT32": "int32", "INT64": "int64", "BOOL": "bool", "FP8": "fp8", "INT4": "int4", "FP4": "fp4"}
+_DTYPE_NAMES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "FP8": "fp8",
+    "INT4": "int4",
+    "FP4": "fp4",
+}
 
 
 def dtype_name(trt_dtype: Any) -> str:

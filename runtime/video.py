@@ -27,8 +27,8 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # FFmpeg prints demuxer complaints ("moov atom not found") straight to stderr; the toolkit
 # reports unreadable sources itself, in one line. Read by OpenCV when FFmpeg is first used.
@@ -77,7 +77,7 @@ class VideoSource:
     frames arrive in real time (the pipeline drops the oldest rather than fall behind).
     """
 
-    def __init__(self, capture: "cv2.VideoCapture", description: str, kind: str, is_live: bool):
+    def __init__(self, capture: cv2.VideoCapture, description: str, kind: str, is_live: bool):
         self.capture = capture
         # read() runs on the decode thread; close() must not release the capture mid-read.
         self._lock = threading.Lock()
@@ -133,7 +133,7 @@ class VideoSource:
         finally:
             self._lock.release()
 
-    def __enter__(self) -> "VideoSource":
+    def __enter__(self) -> VideoSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,8 +144,9 @@ class VideoSource:
 
 
 def _has_gstreamer() -> bool:
-    return any(line.strip().startswith("GStreamer:") and "YES" in line
-               for line in cv2.getBuildInformation().splitlines())
+    return any(
+        line.strip().startswith("GStreamer:") and "YES" in line for line in cv2.getBuildInformation().splitlines()
+    )
 
 
 @contextlib.contextmanager
@@ -182,12 +183,14 @@ def _open_source(src: str | int) -> VideoSource:
         return VideoSource(cap, name, kind, is_live=True)
     if kind == "gstreamer":
         if not _has_gstreamer():
-            raise ToolkitError(f"{text}: GStreamer pipelines need an OpenCV built with GStreamer "
-                               "(this one is not; JetPack's is)")
+            raise ToolkitError(
+                f"{text}: GStreamer pipelines need an OpenCV built with GStreamer (this one is not; JetPack's is)"
+            )
         cap = cv2.VideoCapture(text, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
-            raise ToolkitError(f"{text}: GStreamer could not start this pipeline "
-                               "(it must end in 'appsink' and deliver BGR)")
+            raise ToolkitError(
+                f"{text}: GStreamer could not start this pipeline (it must end in 'appsink' and deliver BGR)"
+            )
         live = not re.search(r"\b(multi)?filesrc\b", text)
         return VideoSource(cap, text, kind, is_live=live)
     if kind == "url":
@@ -204,8 +207,9 @@ def _open_source(src: str | int) -> VideoSource:
     elif not path.exists():
         raise ToolkitError(f"{text}: no such file")
     elif path.is_dir():
-        raise ToolkitError(f"{text}: is a directory (for an image sequence give a pattern like "
-                           f"{path / 'frame_%04d.png'})")
+        raise ToolkitError(
+            f"{text}: is a directory (for an image sequence give a pattern like {path / 'frame_%04d.png'})"
+        )
     cap = cv2.VideoCapture(text)
     if not cap.isOpened():
         raise ToolkitError(f"{text}: cannot open as video (not a video file OpenCV can decode)")
@@ -258,7 +262,7 @@ class BackgroundReader:
                 n += 1
                 if not self._put((frame, dt)):
                     return
-        except BaseException as exc:  # handed to the consumer
+        except BaseException as exc:  # handed to the consumer  # noqa: BLE001
             self._put(exc)
             return
         self._put(self._END)
@@ -357,8 +361,9 @@ class VideoFileSink(Sink):
         suffix = self.path.suffix.lower()
         if fourcc is None:
             if suffix not in FOURCCS:
-                raise ToolkitError(f"{self.path}: unsupported video file type {suffix or '(none)'} "
-                                   f"(use {', '.join(FOURCCS)})")
+                raise ToolkitError(
+                    f"{self.path}: unsupported video file type {suffix or '(none)'} (use {', '.join(FOURCCS)})"
+                )
             fourcc = FOURCCS[suffix]
         self.fourcc = fourcc
         self.fps = float(fps)
@@ -368,10 +373,15 @@ class VideoFileSink(Sink):
             raise ToolkitError(f"{self.path}: cannot write {self.size[0]}x{self.size[1]} frames (too small)")
         self.cropped = self.output_size != self.size
         if self.cropped:
-            log.warning("%s: %dx%d frames are written as %dx%d (video codecs here need even sizes; "
-                        "the last %s dropped)", self.path, *self.size, *self.output_size,
-                        "column and row are" if self.size[0] % 2 and self.size[1] % 2
-                        else ("column is" if self.size[0] % 2 else "row is"))
+            log.warning(
+                "%s: %dx%d frames are written as %dx%d (video codecs here need even sizes; the last %s dropped)",
+                self.path,
+                *self.size,
+                *self.output_size,
+                "column and row are"
+                if self.size[0] % 2 and self.size[1] % 2
+                else ("column is" if self.size[0] % 2 else "row is"),
+            )
         if self.path.is_dir():
             raise ToolkitError(f"{self.path}: is a directory, expected a video file name")
         self._atomic = atomic_path(self.path)
@@ -425,9 +435,10 @@ class WindowSink(Sink):
             raise ToolkitError("--show: no display ($DISPLAY is not set); write a file with --output instead")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
-        except cv2.error:
-            raise ToolkitError("--show: this OpenCV has no GUI support (opencv-python-headless?); "
-                               "write a file with --output instead") from None
+        except cv2.error as exc:
+            raise ToolkitError(
+                "--show: this OpenCV has no GUI support (opencv-python-headless?); write a file with --output instead"
+            ) from exc
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:

@@ -44,13 +44,28 @@ def onnx_factory(tmp_path_factory):
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("onnx")
 
-    def make(head: str = "lowres", height: int = 64, width: int = 128, num_classes: int | None = 5,
-             model: str = "deeplabv3_mobilenet_v3_large", **kwargs) -> Path:
+    def make(
+        head: str = "lowres",
+        height: int = 64,
+        width: int = 128,
+        num_classes: int | None = 5,
+        model: str = "deeplabv3_mobilenet_v3_large",
+        **kwargs,
+    ) -> Path:
         key = (head, height, width, num_classes, model, tuple(sorted(kwargs.items())))
         if key not in cache:
             out = root / f"{model}_{head}_{height}x{width}_{len(cache)}.onnx"
-            export_onnx(out, model=model, weights=kwargs.pop("weights", "none"), num_classes=num_classes,
-                        height=height, width=width, head=head, progress=False, **kwargs)
+            export_onnx(
+                out,
+                model=model,
+                weights=kwargs.pop("weights", "none"),
+                num_classes=num_classes,
+                height=height,
+                width=width,
+                head=head,
+                progress=False,
+                **kwargs,
+            )
             cache[key] = out
         return cache[key]
 

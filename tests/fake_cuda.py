@@ -93,9 +93,9 @@ class FakeCuda:
         rt.cudaHostAllocDefault, rt.cudaHostAllocPortable, rt.cudaHostAllocMapped = 0, 1, 2
         rt.cudaHostAllocWriteCombined = 4
         rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyDefault=4)
-        rt.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0,
-                                                         cudaStreamCaptureModeThreadLocal=1,
-                                                         cudaStreamCaptureModeRelaxed=2)
+        rt.cudaStreamCaptureMode = types.SimpleNamespace(
+            cudaStreamCaptureModeGlobal=0, cudaStreamCaptureModeThreadLocal=1, cudaStreamCaptureModeRelaxed=2
+        )
 
         class Attr(enum.IntEnum):
             cudaDevAttrComputeCapabilityMajor = 75
@@ -128,14 +128,20 @@ class FakeCuda:
 
         def cudaDeviceGetAttribute(attr, dev):
             d = fake.device
-            values = {Attr.cudaDevAttrComputeCapabilityMajor: d.cc[0], Attr.cudaDevAttrComputeCapabilityMinor: d.cc[1],
-                      Attr.cudaDevAttrIntegrated: int(d.integrated), Attr.cudaDevAttrCanMapHostMemory: 1,
-                      Attr.cudaDevAttrUnifiedAddressing: 1, Attr.cudaDevAttrMultiProcessorCount: 8}
+            values = {
+                Attr.cudaDevAttrComputeCapabilityMajor: d.cc[0],
+                Attr.cudaDevAttrComputeCapabilityMinor: d.cc[1],
+                Attr.cudaDevAttrIntegrated: int(d.integrated),
+                Attr.cudaDevAttrCanMapHostMemory: 1,
+                Attr.cudaDevAttrUnifiedAddressing: 1,
+                Attr.cudaDevAttrMultiProcessorCount: 8,
+            }
             return OK, values[attr]
 
         def cudaGetDeviceProperties(dev):
-            return OK, types.SimpleNamespace(name=fake.device.name.encode(), totalGlobalMem=8 << 30,
-                                             major=fake.device.cc[0], minor=fake.device.cc[1])
+            return OK, types.SimpleNamespace(
+                name=fake.device.name.encode(), totalGlobalMem=8 << 30, major=fake.device.cc[0], minor=fake.device.cc[1]
+            )
 
         def cudaDriverGetVersion():
             return OK, 13000
@@ -283,8 +289,10 @@ class FakeCuda:
         def cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, stream, params, extra):
             # Copy the argument values now, as the driver does: the caller's storage may go away.
             pointers = (ctypes.c_void_p * len(SIGNATURES[f])).from_address(int(params))
-            storage = [_CTYPES[c].from_buffer_copy(ctypes.string_at(pointers[i], ctypes.sizeof(_CTYPES[c])))
-                       for i, c in enumerate(SIGNATURES[f])]
+            storage = [
+                _CTYPES[c].from_buffer_copy(ctypes.string_at(pointers[i], ctypes.sizeof(_CTYPES[c])))
+                for i, c in enumerate(SIGNATURES[f])
+            ]
             copied = (ctypes.c_void_p * len(storage))(*[ctypes.addressof(s) for s in storage])
 
             def op(storage=storage, copied=copied):
@@ -312,8 +320,14 @@ def install(monkeypatch, emulator_lib_path, device: FakeDevice | None = None) ->
     from deeplab_trt.runtime.cuda import api, kernels
 
     lib = ctypes.CDLL(str(emulator_lib_path))
-    lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-                               ctypes.c_void_p]
+    lib.emu_launch.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+    ]
     lib.emu_launch.restype = ctypes.c_int
     fake = FakeCuda(lib, device)
     monkeypatch.setattr(api, "cudart", lambda: fake.runtime)

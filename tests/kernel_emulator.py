@@ -29,8 +29,19 @@ def build(out_dir: Path) -> Path:
     digest = hashlib.sha256(SOURCE.read_bytes() + HARNESS.read_bytes()).hexdigest()[:16]
     lib = Path(out_dir) / f"kernel_emulator_{digest}.so"
     if not lib.exists():
-        cmd = [compiler(), "-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wno-unknown-pragmas",
-               f"-I{SOURCE.parent}", str(HARNESS), "-o", str(lib)]
+        cmd = [
+            compiler(),
+            "-std=c++17",
+            "-O2",
+            "-ffp-contract=off",
+            "-fPIC",
+            "-shared",
+            "-Wno-unknown-pragmas",
+            f"-I{SOURCE.parent}",
+            str(HARNESS),
+            "-o",
+            str(lib),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     return lib
 
@@ -38,8 +49,14 @@ def build(out_dir: Path) -> Path:
 class EmulatorLauncher:
     def __init__(self, lib_path: Path):
         self.lib = ctypes.CDLL(str(lib_path))
-        self.lib.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
-                                        ctypes.c_uint, ctypes.c_void_p]
+        self.lib.emu_launch.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+        ]
         self.lib.emu_launch.restype = ctypes.c_int
         self.launches: list[str] = []
 

@@ -41,7 +41,7 @@ def scene_data(tmp_path_factory) -> Path:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [l for l in err.strip().splitlines() if l.strip()]
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]
@@ -50,9 +50,29 @@ def _one_error_line(err: str) -> str:
 def test_bench_all_precisions_writes_reports(tiny, scene_data, tmp_path, capsys):
     out = tmp_path / "out"
     cache = tmp_path / "cache"
-    rc = main(["bench", str(tiny), "--precisions", "fp32,fp16,int8", "--backend", "onnxruntime",
-               "--data", str(scene_data), "--calibration-frames", "4", *FAST, "--cache-dir", str(cache),
-               "--json", str(out / "r.json"), "--plot", str(out / "r.png"), "--markdown", str(out / "r.md")])
+    rc = main(
+        [
+            "bench",
+            str(tiny),
+            "--precisions",
+            "fp32,fp16,int8",
+            "--backend",
+            "onnxruntime",
+            "--data",
+            str(scene_data),
+            "--calibration-frames",
+            "4",
+            *FAST,
+            "--cache-dir",
+            str(cache),
+            "--json",
+            str(out / "r.json"),
+            "--plot",
+            str(out / "r.png"),
+            "--markdown",
+            str(out / "r.md"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "fp32" in captured.out and "int8" in captured.out  # console table
@@ -60,8 +80,18 @@ def test_bench_all_precisions_writes_reports(tiny, scene_data, tmp_path, capsys)
     report = json.loads((out / "r.json").read_text())
     assert report["schema"] == SCHEMA
     env = report["environment"]
-    for key in ("cpu", "cpu_cores", "gpu", "driver", "cuda", "tensorrt_flavour", "tensorrt_version",
-                "onnxruntime", "numpy", "opencv"):
+    for key in (
+        "cpu",
+        "cpu_cores",
+        "gpu",
+        "driver",
+        "cuda",
+        "tensorrt_flavour",
+        "tensorrt_version",
+        "onnxruntime",
+        "numpy",
+        "opencv",
+    ):
         assert key in env
     assert env["onnxruntime"] and env["cpu_cores"] >= 1
     cfg = report["config"]
@@ -99,9 +129,19 @@ def test_bench_all_precisions_writes_reports(tiny, scene_data, tmp_path, capsys)
     assert not list(out.glob(".*"))  # no temporaries left behind
 
     # Second run: the prepared fp16 graph is reused from the cache, not rebuilt.
-    again = bench.run_bench(bench.BenchConfig(model=tiny, precisions=["fp16"], backend="onnxruntime",
-                                              iterations=2, warmup=0, e2e_frames=0, fidelity_frames=1,
-                                              cache_dir=cache, progress=False))
+    again = bench.run_bench(
+        bench.BenchConfig(
+            model=tiny,
+            precisions=["fp16"],
+            backend="onnxruntime",
+            iterations=2,
+            warmup=0,
+            e2e_frames=0,
+            fidelity_frames=1,
+            cache_dir=cache,
+            progress=False,
+        )
+    )
     r16 = again["results"]["fp16"]
     assert r16["cached"] is True and r16["prepare_s"] == 0
     assert r16["agreement"] is not None  # fp32 labels computed as the reference even when not asked for
@@ -109,9 +149,19 @@ def test_bench_all_precisions_writes_reports(tiny, scene_data, tmp_path, capsys)
 
 
 def test_synthetic_fidelity_without_data(tiny, tmp_path):
-    report = bench.run_bench(bench.BenchConfig(model=tiny, precisions=["fp32"], backend="auto", iterations=2,
-                                               warmup=0, e2e_frames=1, fidelity_frames=2, cache_dir=tmp_path,
-                                               progress=False))
+    report = bench.run_bench(
+        bench.BenchConfig(
+            model=tiny,
+            precisions=["fp32"],
+            backend="auto",
+            iterations=2,
+            warmup=0,
+            e2e_frames=1,
+            fidelity_frames=2,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    )
     assert report["config"]["backend"] in ("onnxruntime", "tensorrt")
     assert report["config"]["fidelity_source"] == "synthetic scenes"
     # Scene labels mean nothing to a model with other classes: no mIoU vs GT rather than a wrong one.
@@ -128,9 +178,20 @@ def test_e2e_from_a_video_file(tiny, tmp_path):
     for img, _ in SceneGenerator(96, 160, seed=5).video_frames(5):
         writer.write(img)
     writer.release()
-    report = bench.run_bench(bench.BenchConfig(model=tiny, precisions=["fp32"], backend="onnxruntime",
-                                               iterations=2, warmup=1, e2e_frames=3, fidelity_frames=1,
-                                               video=video, cache_dir=tmp_path / "cache", progress=False))
+    report = bench.run_bench(
+        bench.BenchConfig(
+            model=tiny,
+            precisions=["fp32"],
+            backend="onnxruntime",
+            iterations=2,
+            warmup=1,
+            e2e_frames=3,
+            fidelity_frames=1,
+            video=video,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    )
     r = report["results"]["fp32"]
     assert report["config"]["video"] == str(video)
     assert r["e2e_latency_ms"]["min"] > 0 and r["throughput_fps"] > 0
@@ -169,20 +230,38 @@ def test_latency_stats():
     assert bench.latency_stats([]) is None
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--precisions", "fp32,int4"], "int4"),
-    (["--precisions", "int8"], "--data"),
-    (["--iterations", "0"], "--iterations"),
-    (["--batch", "0"], "--batch"),
-    (["--precisions", "fp32", "--batch", "2"], "fixed at 1"),
-    (["--precisions", "fp32", "--data", "/nonexistent/frames"], "/nonexistent/frames"),
-    (["--precisions", "fp32", "--video", "/nonexistent/clip.mp4"], "/nonexistent/clip.mp4"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--precisions", "fp32,int4"], "int4"),
+        (["--precisions", "int8"], "--data"),
+        (["--iterations", "0"], "--iterations"),
+        (["--batch", "0"], "--batch"),
+        (["--precisions", "fp32", "--batch", "2"], "fixed at 1"),
+        (["--precisions", "fp32", "--data", "/nonexistent/frames"], "/nonexistent/frames"),
+        (["--precisions", "fp32", "--video", "/nonexistent/clip.mp4"], "/nonexistent/clip.mp4"),
+    ],
+)
 def test_bad_options_one_line_nothing_written(tiny, tmp_path, capsys, args, needle):
     out = tmp_path / "out"
-    rc = main(["bench", str(tiny), "--backend", "onnxruntime", *args, "--cache-dir", str(tmp_path / "cache"),
-               "--json", str(out / "r.json"), "--plot", str(out / "r.png"), "--markdown", str(out / "r.md"),
-               "--quiet"])
+    rc = main(
+        [
+            "bench",
+            str(tiny),
+            "--backend",
+            "onnxruntime",
+            *args,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out / "r.json"),
+            "--plot",
+            str(out / "r.png"),
+            "--markdown",
+            str(out / "r.md"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0
     line = _one_error_line(err)
@@ -198,8 +277,20 @@ def test_missing_model_names_the_file(tmp_path, capsys):
 
 @pytest.mark.skipif(environment.cuda_device_reason() is None, reason="a GPU is present: RTX engines can run here")
 def test_tensorrt_rtx_without_gpu_says_build_only(tiny, tmp_path, capsys):
-    rc = main(["bench", str(tiny), "--backend", "tensorrt-rtx", "--precisions", "fp32",
-               "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "bench",
+            str(tiny),
+            "--backend",
+            "tensorrt-rtx",
+            "--precisions",
+            "fp32",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     line = _one_error_line(capsys.readouterr().err)
     assert rc != 0
     assert "TensorRT-RTX" in line and "GPU" in line
@@ -216,9 +307,19 @@ def test_bench_tensorrt_uses_cuda_events(tiny, tmp_path):
     cc, _ = tf.current_gpu()
     if flavour == "tensorrt-rtx" and tf.sm_name(cc) not in tf.DOCUMENTED_RTX_TARGETS:
         pytest.skip(f"TensorRT-RTX does not target {tf.sm_name(cc)}")
-    report = bench.run_bench(bench.BenchConfig(model=tiny, precisions=["fp32", "fp16"], backend="auto",
-                                               iterations=5, warmup=2, e2e_frames=3, fidelity_frames=2,
-                                               cache_dir=tmp_path, progress=False))
+    report = bench.run_bench(
+        bench.BenchConfig(
+            model=tiny,
+            precisions=["fp32", "fp16"],
+            backend="auto",
+            iterations=5,
+            warmup=2,
+            e2e_frames=3,
+            fidelity_frames=2,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    )
     for r in report["results"].values():
         assert r["latency_source"] == "cuda-events" and r["latency_ms"]["min"] > 0
         assert r["peak_gpu_memory_mb"] and r["model"].endswith(".engine")

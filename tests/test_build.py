@@ -21,8 +21,14 @@ import pytest
 
 from deeplab_trt.builder.engine import BuildOptions, build_engine
 from deeplab_trt.builder.fp16 import convert_fp16, probe_frames
-from deeplab_trt.runtime.engine_loader import (check_compatibility, check_engine_bytes, load_engine, read_sidecar,
-                                   sha256_file, sidecar_path)
+from deeplab_trt.runtime.engine_loader import (
+    check_compatibility,
+    check_engine_bytes,
+    load_engine,
+    read_sidecar,
+    sha256_file,
+    sidecar_path,
+)
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import spec_from_onnx
 from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, detect, supported_compute_capabilities
@@ -60,9 +66,16 @@ def _ort_qdq(src: Path, dst: Path, spec) -> Path:
             batch = next(self.items, None)
             return None if batch is None else {"input": batch}
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True})
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"QuantizeBias": False, "ActivationSymmetric": True, "WeightSymmetric": True},
+    )
     return dst
 
 
@@ -75,8 +88,9 @@ def mobilenet(onnx_factory):
 def engines(mobilenet, tmp_path_factory):
     """fp32, fp16 and int8 (Q/DQ model given) engines of the small mobilenet."""
     out = tmp_path_factory.mktemp("engines")
-    built = {p: (out / f"m.{p}.engine", _build(mobilenet, out / f"m.{p}.engine", precision=p))
-             for p in ("fp32", "fp16")}
+    built = {
+        p: (out / f"m.{p}.engine", _build(mobilenet, out / f"m.{p}.engine", precision=p)) for p in ("fp32", "fp16")
+    }
     qdq = _ort_qdq(mobilenet, out / "m.qdq.onnx", spec_from_onnx(mobilenet))
     built["int8"] = (out / "m.int8.engine", _build(qdq, out / "m.int8.engine", precision="int8"))
     return built
@@ -85,8 +99,12 @@ def engines(mobilenet, tmp_path_factory):
 # ----- real builds --------------------------------------------------------------------------------
 def test_fp32_fp16_int8_engines_build(engines):
     sizes = {p: path.stat().st_size for p, (path, _) in engines.items()}
-    print("engine sizes (MB):", {p: round(s / 1e6, 1) for p, s in sizes.items()},
-          "build times (s):", {k: round(v, 2) for k, v in TIMES.items()})
+    print(
+        "engine sizes (MB):",
+        {p: round(s / 1e6, 1) for p, s in sizes.items()},
+        "build times (s):",
+        {k: round(v, 2) for k, v in TIMES.items()},
+    )
     for precision, (path, sidecar) in engines.items():
         assert path.exists() and sidecar_path(path).exists()
         assert sidecar["precision"] == precision
@@ -112,7 +130,8 @@ def test_sidecar_content(engines, mobilenet):
     assert sidecar["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"] or current_gpu()[0] is not None
     assert sidecar["io"] == [
         {"name": "input", "mode": "input", "shape": [1, 3, 64, 128], "dtype": "float16"},
-        {"name": "output", "mode": "output", "shape": [1, 5, 4, 8], "dtype": "float16"}]
+        {"name": "output", "mode": "output", "shape": [1, 5, 4, 8], "dtype": "float16"},
+    ]
     assert sidecar["input_dtype"] == "float16" and sidecar["output_dtype"] == "float16"
     assert sidecar["source_onnx"]["sha256"] == sha256_file(mobilenet)
     assert sidecar["engine"]["sha256"] == sha256_file(path) and sidecar["engine"]["bytes"] == path.stat().st_size
@@ -163,8 +182,10 @@ def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path):
     out = tmp_path / "demo.fp16.engine"
     sidecar = _build(demo_onnx, out, precision="fp16")
     fp16 = sidecar["onnx_pass"]
-    print(f"demo fp16: agreement {fp16['agreement']:.5f}, max |diff| {fp16['max_abs_diff']:.2e}, "
-          f"{out.stat().st_size / 1e6:.1f} MB in {TIMES[out.name]:.1f} s")
+    print(
+        f"demo fp16: agreement {fp16['agreement']:.5f}, max |diff| {fp16['max_abs_diff']:.2e}, "
+        f"{out.stat().st_size / 1e6:.1f} MB in {TIMES[out.name]:.1f} s"
+    )
     assert fp16["agreement"] >= 0.995 and fp16["gate"] == "passed"
     assert sidecar["spec"]["classes"] == spec_from_onnx(demo_onnx).classes
 
@@ -188,9 +209,28 @@ def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path):
     the build phases reported through IProgressMonitor."""
     dyn = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
     out = tmp_path / "dyn.engine"
-    proc = subprocess.run([sys.executable, "-m", "deeplab_trt", "build", str(dyn), "--precision", "fp32",
-                           "--batch", "1:4:8", "--compute-capability", "SM86,sm_120", "--verbose", "-o", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_trt",
+            "build",
+            str(dyn),
+            "--precision",
+            "fp32",
+            "--batch",
+            "1:4:8",
+            "--compute-capability",
+            "SM86,sm_120",
+            "--verbose",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TensorRT: " in proc.stderr and "build phase: Building engine" in proc.stderr
     sidecar = read_sidecar(out)
@@ -246,10 +286,18 @@ def test_loader_checks_flavour_version_and_gpu(engines):
     newer = Flavour.documented("tensorrt-rtx", (rtx.version[0], rtx.version[1] + 1, 0))  # a fake later release
     with pytest.raises(ToolkitError, match="only in the TensorRT version that built them"):
         check_compatibility(sidecar, newer, (8, 9))
-    with pytest.raises(ToolkitError, match=r"built for SM80, SM86, SM89, SM120 .*this GPU \(Jetson\) is SM87: "
-                                           r"rebuild with --compute-capability SM87"):
-        check_compatibility(dict(sidecar, compute_capabilities=list(sidecar["compute_capabilities"][:4])),
-                            rtx, (8, 7), str(path), "Jetson")
+    with pytest.raises(
+        ToolkitError,
+        match=r"built for SM80, SM86, SM89, SM120 .*this GPU \(Jetson\) is SM87: "
+        r"rebuild with --compute-capability SM87",
+    ):
+        check_compatibility(
+            dict(sidecar, compute_capabilities=list(sidecar["compute_capabilities"][:4])),
+            rtx,
+            (8, 7),
+            str(path),
+            "Jetson",
+        )
 
 
 def test_loader_checks_the_engine_bytes(engines):
@@ -298,15 +346,16 @@ def test_load_engine_on_gpu(mobilenet, tmp_path):
         return
     loaded = load_engine(out)
     io = engine_io(loaded.engine, loaded.flavour.module)
-    assert [(t["name"], t["mode"], t["dtype"]) for t in io] == \
-        [(t["name"], t["mode"], t["dtype"]) for t in sidecar["io"]]
+    assert [(t["name"], t["mode"], t["dtype"]) for t in io] == [
+        (t["name"], t["mode"], t["dtype"]) for t in sidecar["io"]
+    ]
     from deeplab_trt.info_command import describe
 
     info = describe(out)
     assert info["engine"]["io"] == io and info["engine"].get("layer_info"), info.get("engine")
     corrupt = tmp_path / "corrupt.engine"
     blob = bytearray(out.read_bytes())
-    blob[len(blob) // 2: len(blob) // 2 + 4096] = bytes(4096)
+    blob[len(blob) // 2 : len(blob) // 2 + 4096] = bytes(4096)
     corrupt.write_bytes(bytes(blob))
     sidecar_path(corrupt).write_text(json.dumps(dict(sidecar, engine={"file": corrupt.name})))
     with pytest.raises(ToolkitError):
@@ -316,8 +365,13 @@ def test_load_engine_on_gpu(mobilenet, tmp_path):
 # ----- info -----------------------------------------------------------------------------------------
 def test_info_on_engine_and_onnx(engines, tmp_path):
     path, _ = engines["int8"]
-    proc = subprocess.run([sys.executable, "-m", "deeplab_trt", "info", str(path)], capture_output=True, text=True,
-                          timeout=120, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "deeplab_trt", "info", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "int8, built with TensorRT-RTX" in proc.stdout and "size and sha256 match the sidecar" in proc.stdout
     if current_gpu()[0] is None:
@@ -335,12 +389,18 @@ def _det_onnx(path: Path) -> Path:
 
     from deeplab_trt.runtime.spec import ModelSpec
 
-    graph = helper.make_graph([helper.make_node("Det", ["input"], ["output"], name="det0")], "det",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["input"], ["output"], name="det0")],
+        "det",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    for key, value in ModelSpec(name="det", classes=["a", "b", "c"], palette=[], input_height=16, input_width=16,
-                                head="lowres").to_metadata().items():
+    for key, value in (
+        ModelSpec(name="det", classes=["a", "b", "c"], palette=[], input_height=16, input_width=16, head="lowres")
+        .to_metadata()
+        .items()
+    ):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -352,12 +412,21 @@ BAD = {
     "truncated": ("{tmp}/truncated.onnx", ["--precision", "fp32"], "not a valid ONNX model"),
     "unsupported_op": ("{tmp}/det.onnx", ["--precision", "fp32"], "cannot parse node 0 'det0' (Det)"),
     "int8_without_data": ("{model}", ["--precision", "int8"], "needs calibration data"),
-    "profile_excludes_shape": ("{model}", ["--precision", "fp32", "--batch", "2:2:4"],
-                               "static batch of 1, which --batch 2:2:4 excludes"),
-    "flavour_not_installed": ("{model}", ["--precision", "fp32", "--flavour", "tensorrt"],
-                              "--flavour tensorrt: not installed"),
-    "implicit_on_rtx": ("{model}", ["--precision", "int8", "--int8-mode", "implicit", "--data", "{tmp}"],
-                        "implicit needs TensorRT 10's calibrator API"),
+    "profile_excludes_shape": (
+        "{model}",
+        ["--precision", "fp32", "--batch", "2:2:4"],
+        "static batch of 1, which --batch 2:2:4 excludes",
+    ),
+    "flavour_not_installed": (
+        "{model}",
+        ["--precision", "fp32", "--flavour", "tensorrt"],
+        "--flavour tensorrt: not installed",
+    ),
+    "implicit_on_rtx": (
+        "{model}",
+        ["--precision", "int8", "--int8-mode", "implicit", "--data", "{tmp}"],
+        "implicit needs TensorRT 10's calibrator API",
+    ),
     "unknown_target": ("{model}", ["--precision", "fp32", "--compute-capability", "SM90"], "not SM90"),
     "missing_file": ("{tmp}/missing.onnx", ["--precision", "fp32"], "no such file"),
 }
@@ -372,8 +441,16 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(case, mobilenet, tmp_pa
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     fill = {"tmp": str(tmp_path), "model": str(mobilenet)}
-    cmd = [sys.executable, "-m", "deeplab_trt", "build", source.format(**fill),
-           *[a.format(**fill) for a in extra], "-o", str(out_dir / "bad.engine")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deeplab_trt",
+        "build",
+        source.format(**fill),
+        *[a.format(**fill) for a in extra],
+        "-o",
+        str(out_dir / "bad.engine"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

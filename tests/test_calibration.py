@@ -57,15 +57,23 @@ def media(tmp_path_factory):
 
 
 def _spec(h=32, w=64, classes=4, name="tiny") -> ModelSpec:
-    return ModelSpec(name=name, classes=[f"c{i}" for i in range(classes)], palette=[], input_height=h,
-                     input_width=w, head="lowres")
+    return ModelSpec(
+        name=name, classes=[f"c{i}" for i in range(classes)], palette=[], input_height=h, input_width=w, head="lowres"
+    )
 
 
 def _conv(name, x, w, b, out, pads=1, stride=1):
     inits = [numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array(b, f"{name}.bias")]
     k = w.shape[2]
-    node = helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [out], name=name,
-                            kernel_shape=[k, k], pads=[pads] * 4, strides=[stride, stride])
+    node = helper.make_node(
+        "Conv",
+        [x, f"{name}.weight", f"{name}.bias"],
+        [out],
+        name=name,
+        kernel_shape=[k, k],
+        pads=[pads] * 4,
+        strides=[stride, stride],
+    )
     return node, inits
 
 
@@ -86,8 +94,11 @@ def tiny_onnx(tmp_path_factory):
         return rng.normal(0, 0.1, size=c).astype(np.float32)
 
     nodes, inits = [], []
-    for args in [("conv1", "input", he(8, 3, 3), bias(8), "c1"), ("conv2", "r1", he(8, 8, 3), bias(8), "c2"),
-                 ("conv3", "r2", he(16, 8, 3), bias(16), "c3")]:
+    for args in [
+        ("conv1", "input", he(8, 3, 3), bias(8), "c1"),
+        ("conv2", "r1", he(8, 8, 3), bias(8), "c2"),
+        ("conv3", "r2", he(16, 8, 3), bias(16), "c3"),
+    ]:
         kw = {"stride": 2} if args[0] == "conv3" else {}
         node, init = _conv(*args, **kw)
         nodes.append(node)
@@ -99,8 +110,13 @@ def tiny_onnx(tmp_path_factory):
     head, init = _conv("classifier", "r3", he(4, 16, 1), bias(4), "output", pads=0)
     nodes.append(head)
     inits += init
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 64])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 16, 32])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 16, 32])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     for key, value in spec.to_metadata().items():
         model.metadata_props.add(key=key, value=value)
@@ -115,8 +131,14 @@ def tiny_int8(tiny_onnx, media, tmp_path_factory):
     """The tiny model calibrated (entropy) on the media folder + video, with a cache and a report."""
     out_dir = tmp_path_factory.mktemp("tiny_int8")
     cache = out_dir / "tiny.cache"
-    out = quantize_onnx(tiny_onnx, data=[media["folder"], media["video"]], output=out_dir / "tiny.int8.onnx",
-                        cache=cache, report_dir=out_dir / "report", progress=False)
+    out = quantize_onnx(
+        tiny_onnx,
+        data=[media["folder"], media["video"]],
+        output=out_dir / "tiny.int8.onnx",
+        cache=cache,
+        report_dir=out_dir / "report",
+        progress=False,
+    )
     return {"model": out, "cache": cache, "report": out_dir / "report"}
 
 
@@ -203,6 +225,7 @@ def test_streamed_histogram_equals_one_shot():
 # ----- scale choice -------------------------------------------------------------------------------
 def _kl_direct(counts, start=128, levels=128, eps=1e-4):
     """TensorRT's algorithm written out candidate by candidate (independent of the vectorised one)."""
+
     def smooth(d):
         zero = d == 0
         if zero.all():
@@ -267,8 +290,12 @@ def test_entropy_clips_outliers_of_a_gaussian():
 # ----- calibration cache ----------------------------------------------------------------------------
 def test_cache_round_trip_is_bit_exact(tmp_path):
     rng = np.random.default_rng(1)
-    scales = {"input": 0.0123, "/backbone/conv1/Relu_output_0": 1e-7,
-              "(Unnamed Layer* 3) [Shuffle]_output": 3.5, "a:b": 0.25}
+    scales = {
+        "input": 0.0123,
+        "/backbone/conv1/Relu_output_0": 1e-7,
+        "(Unnamed Layer* 3) [Shuffle]_output": 3.5,
+        "a:b": 0.25,
+    }
     scales.update({f"t{k}": float(np.float32(v)) for k, v in enumerate(rng.exponential(0.1, 50))})
     path = cache_mod.write_cache(tmp_path / "x.cache", scales, version=cache_mod.trt_version_number("10.3.0.30"))
     lines = path.read_text().splitlines()
@@ -390,8 +417,9 @@ def test_tensorrt_rtx_builds_tiny_qdq(tiny_onnx, tiny_int8, weights, tmp_path):
     trt = _rtx()
     path = tiny_int8["model"]
     if weights == "qdq":
-        path = quantize_onnx(tiny_onnx, cache=tiny_int8["cache"], output=tmp_path / "qdq.onnx", weights="qdq",
-                             progress=False)
+        path = quantize_onnx(
+            tiny_onnx, cache=tiny_int8["cache"], output=tmp_path / "qdq.onnx", weights="qdq", progress=False
+        )
     assert _rtx_build(trt, path) > 0
 
 
@@ -440,8 +468,9 @@ def test_entropy_calibrator_adapter(media, tiny_int8, tmp_path):
     spec = _spec()
     device = FakeDeviceBuffer()
     cache = tmp_path / "trt.cache"
-    cal = make_entropy_calibrator(FakeTensorRT, [media["folder"], media["video"]], spec, cache, batch_size=2,
-                                  num=7, device=device)
+    cal = make_entropy_calibrator(
+        FakeTensorRT, [media["folder"], media["video"]], spec, cache, batch_size=2, num=7, device=device
+    )
     assert isinstance(cal, FakeEntropyCalibrator2) and cal.base_initialised
     assert cal.get_batch_size() == 2 and cal.read_calibration_cache() is None
     pointers = []
@@ -469,8 +498,14 @@ def test_calibrator_refused_without_calibrator_api(media):
 # ----- CLI -------------------------------------------------------------------------------------------
 def _cli(*args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([PYTHON, "-m", "deeplab_trt", "calibrate", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", "deeplab_trt", "calibrate", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("case", ["no_data_files", "unreadable_image", "missing_model", "no_data_or_cache"])
@@ -509,7 +544,9 @@ def test_calibrator_device_buffer_round_trip():
     ptr = buf.upload(batch)
     back = np.empty_like(batch)
     rt = api.cudart()
-    api.check(rt.cudaMemcpy(back.ctypes.data, ptr, batch.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy")
+    api.check(
+        rt.cudaMemcpy(back.ctypes.data, ptr, batch.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy"
+    )
     np.testing.assert_array_equal(back, batch)
     assert buf.upload(batch[:1]) == ptr  # a smaller batch reuses the allocation
     buf.free()

@@ -20,14 +20,19 @@ import sys
 from pathlib import Path
 
 import cv2
+import kernel_emulator
 import numpy as np
 import pytest
 
-import kernel_emulator
 from deeplab_trt.runtime.cuda import dlpack
 from deeplab_trt.runtime.cuda.tables import opencv_linear_taps, preprocess_model
-from deeplab_trt.runtime.postprocess import (labels_from_output, palette_bgr, render, upsample_argmax,
-                                 upsample_then_argmax)
+from deeplab_trt.runtime.postprocess import (
+    labels_from_output,
+    palette_bgr,
+    render,
+    upsample_argmax,
+    upsample_then_argmax,
+)
 from deeplab_trt.runtime.preprocess import Geometry, preprocess
 from deeplab_trt.runtime.spec import ModelSpec, voc_palette
 
@@ -43,8 +48,15 @@ def kernels(tmp_path_factory):
 
 
 def make_spec(classes: int = 5, head: str = "lowres", size=(48, 80), channel_order: str = "RGB") -> ModelSpec:
-    return ModelSpec("t", [f"c{i}" for i in range(classes)], voc_palette(classes), size[0], size[1], head=head,
-                     channel_order=channel_order)
+    return ModelSpec(
+        "t",
+        [f"c{i}" for i in range(classes)],
+        voc_palette(classes),
+        size[0],
+        size[1],
+        head=head,
+        channel_order=channel_order,
+    )
 
 
 def pitched_frame(h: int, w: int, stride: int = 3, pad: int = 0):
@@ -88,8 +100,9 @@ def test_preprocess_kernel(kernels, hw, stride, pad, policy, dtype, bgr):
     frame, buf, pitch = pitched_frame(*hw, stride=stride, pad=pad)
     ref, geo = preprocess(frame, spec, policy, dtype, bgr=bgr)
     out = np.full(ref.shape, np.nan, dtype)
-    kernels.preprocess(buf, hw[0], hw[1], out, spec, geo, out_dtype=dtype, frame_pitch=pitch, pixel_stride=stride,
-                       bgr=bgr)
+    kernels.preprocess(
+        buf, hw[0], hw[1], out, spec, geo, out_dtype=dtype, frame_pitch=pitch, pixel_stride=stride, bgr=bgr
+    )
     assert not np.isnan(out).any(), "every element of the input tensor must be written"
     # Same arithmetic as the table model, bit for bit; vs OpenCV (IPP or not) within the 1e-3 target.
     assert np.array_equal(out, preprocess_model(frame, spec, geo, dtype, bgr=bgr))
@@ -101,7 +114,7 @@ def test_preprocess_kernel(kernels, hw, stride, pad, policy, dtype, bgr):
         assert (err <= ulp + 1e-4).all()
     if policy == "letterbox" and (geo.height < geo.input_height or geo.width < geo.input_width):
         outside = np.ones(geo.input_height * geo.input_width, bool).reshape(geo.input_height, geo.input_width)
-        outside[geo.top:geo.top + geo.height, geo.left:geo.left + geo.width] = False
+        outside[geo.top : geo.top + geo.height, geo.left : geo.left + geo.width] = False
         assert (out[0][:, outside] == 0).all()
 
 
@@ -113,8 +126,15 @@ def tied_logits(c: int, h: int, w: int, dtype) -> np.ndarray:
     return x.astype(dtype)
 
 
-@pytest.mark.parametrize("frame_hw,input_hw,low_hw", [((37, 53), (48, 80), (6, 10)), ((481, 637), (48, 80), (6, 10)),
-                                                      ((20, 20), (64, 64), (16, 16)), ((48, 80), (48, 80), (48, 80))])
+@pytest.mark.parametrize(
+    "frame_hw,input_hw,low_hw",
+    [
+        ((37, 53), (48, 80), (6, 10)),
+        ((481, 637), (48, 80), (6, 10)),
+        ((20, 20), (64, 64), (16, 16)),
+        ((48, 80), (48, 80), (48, 80)),
+    ],
+)
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_upsample_argmax_kernel_equals_reference(kernels, frame_hw, input_hw, low_hw, policy, dtype):
@@ -125,8 +145,8 @@ def test_upsample_argmax_kernel_equals_reference(kernels, frame_hw, input_hw, lo
     pitch = frame_hw[1] + 3
     out = np.full((frame_hw[0], pitch), 255, np.uint8)
     kernels.upsample_argmax(low, 7, *low_hw, geo, out, dtype=dtype, label_dtype=np.uint8, label_pitch=pitch)
-    assert np.array_equal(out[:, :frame_hw[1]], ref)
-    assert (out[:, frame_hw[1]:] == 255).all(), "row padding must not be written"
+    assert np.array_equal(out[:, : frame_hw[1]], ref)
+    assert (out[:, frame_hw[1] :] == 255).all(), "row padding must not be written"
 
 
 def test_upsample_argmax_int32_labels_beyond_256_classes(kernels):
@@ -139,8 +159,17 @@ def test_upsample_argmax_int32_labels_beyond_256_classes(kernels):
     assert np.array_equal(out, ref)
 
 
-@pytest.mark.parametrize("head,dtype", [("logits", np.float32), ("logits", np.float16), ("labels", np.int64),
-                                        ("labels", np.int32), ("labels", np.uint8), ("lowres", np.float16)])
+@pytest.mark.parametrize(
+    "head,dtype",
+    [
+        ("logits", np.float32),
+        ("logits", np.float16),
+        ("labels", np.int64),
+        ("labels", np.int32),
+        ("labels", np.uint8),
+        ("lowres", np.float16),
+    ],
+)
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 def test_labels_from_output_every_head(kernels, head, dtype, policy):
     spec = make_spec(classes=6, head=head, size=(24, 40))
@@ -175,11 +204,22 @@ def test_render_kernel(kernels, mode, alpha):
     src4[..., :3] = frame
     src4[..., 3] = 77
     dst = np.full((29, 43 * 4 + 8), 9, np.uint8)
-    kernels.render(src4, 29, 43, labels, spec, mode=mode, alpha=alpha, out=dst, frame_pitch=43 * 4,
-                   out_pitch=43 * 4 + 8, pixel_stride=4)
-    picture = dst[:, :43 * 4].reshape(29, 43, 4)
+    kernels.render(
+        src4,
+        29,
+        43,
+        labels,
+        spec,
+        mode=mode,
+        alpha=alpha,
+        out=dst,
+        frame_pitch=43 * 4,
+        out_pitch=43 * 4 + 8,
+        pixel_stride=4,
+    )
+    picture = dst[:, : 43 * 4].reshape(29, 43, 4)
     assert np.array_equal(picture[..., :3], ref)
-    assert (picture[..., 3] == 9).all() and (dst[:, 43 * 4:] == 9).all()
+    assert (picture[..., 3] == 9).all() and (dst[:, 43 * 4 :] == 9).all()
 
 
 def test_render_rgb_frames_use_an_rgb_palette(kernels):
@@ -245,8 +285,13 @@ def test_dlpack_export_is_zero_copy_and_released(dtype):
 def test_dlpack_import_from_numpy_and_torch():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
     t = dlpack.from_dlpack(a)
-    assert (t.ptr, t.shape, t.strides, t.dtype, t.device_type) == (a.ctypes.data, (3, 2), (16, 8),
-                                                                  np.dtype(np.float32), dlpack.kDLCPU)
+    assert (t.ptr, t.shape, t.strides, t.dtype, t.device_type) == (
+        a.ctypes.data,
+        (3, 2),
+        (16, 8),
+        np.dtype(np.float32),
+        dlpack.kDLCPU,
+    )
     t.release()
     torch = pytest.importorskip("torch")
     x = torch.arange(6, dtype=torch.float16).reshape(2, 3).t()
@@ -310,8 +355,12 @@ def test_every_cuda_python_call_used_exists():
     rt = pytest.importorskip("cuda.bindings.runtime")
     from cuda.bindings import driver
 
-    files = [*(ROOT / "runtime" / "cuda").glob("*.py"), ROOT / "runtime" / "gpu_pipeline.py",
-             ROOT / "runtime" / "interop.py", ROOT / "runtime" / "backends" / "tensorrt.py"]
+    files = [
+        *(ROOT / "runtime" / "cuda").glob("*.py"),
+        ROOT / "runtime" / "gpu_pipeline.py",
+        ROOT / "runtime" / "interop.py",
+        ROOT / "runtime" / "backends" / "tensorrt.py",
+    ]
     used_rt, used_drv = set(), set()
     for path in files:
         text = path.read_text()

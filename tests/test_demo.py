@@ -29,8 +29,20 @@ def cache(tmp_path, demo_onnx, monkeypatch):
 def test_demo_end_to_end(tmp_path, cache, capsys):
     out = tmp_path / "demo.avi"
     report = tmp_path / "demo.json"
-    rc = main(["demo", "--output", str(out), "--frames", "6", "--backend", "onnxruntime", "--json", str(report),
-               "--no-progress"])
+    rc = main(
+        [
+            "demo",
+            "--output",
+            str(out),
+            "--frames",
+            "6",
+            "--backend",
+            "onnxruntime",
+            "--json",
+            str(report),
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "FPS" in text and "mIoU vs ground truth" in text

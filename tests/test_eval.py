@@ -91,8 +91,23 @@ def test_eval_on_a_labelled_folder(tmp_path, small_model, capsys):
 @needs_demo
 def test_eval_synthetic_letterbox(tmp_path, demo_onnx):
     out = tmp_path / "s.json"
-    rc = main(["eval", str(demo_onnx), "--synthetic", "2", "--height", "40", "--width", "100",
-               "--policy", "letterbox", "--json", str(out), "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            str(demo_onnx),
+            "--synthetic",
+            "2",
+            "--height",
+            "40",
+            "--width",
+            "100",
+            "--policy",
+            "letterbox",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["synthetic"] == 2 and report["pixels"] == 2 * 40 * 100 and report["policy"] == "letterbox"

@@ -67,8 +67,17 @@ def test_heads_match_pytorch(onnx_factory, head):
 
 def test_dynamic_batch_and_metadata_round_trip(tmp_path, capsys):
     out = tmp_path / "dyn.onnx"
-    spec = export_onnx(out, model=MOBILENET, weights="none", num_classes=3, height=32, width=64,
-                       dynamic_batch=(1, 2, 4), head="logits", progress=True)
+    spec = export_onnx(
+        out,
+        model=MOBILENET,
+        weights="none",
+        num_classes=3,
+        height=32,
+        width=64,
+        dynamic_batch=(1, 2, 4),
+        head="logits",
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "parity: max abs diff" in err and "label agreement" in err and "wrote" in err
     assert spec_from_onnx(out) == spec
@@ -76,8 +85,18 @@ def test_dynamic_batch_and_metadata_round_trip(tmp_path, capsys):
     assert spec.extra["output_shape"][0] == "batch"
     assert spec.exporter.startswith(f"torch {torch.__version__}") and "opset 17" in spec.exporter
     meta = {p.key for p in onnx.load(str(out), load_external_data=False).metadata_props}
-    assert {"model", "classes", "palette", "mean", "std", "input_size", "head", "output_stride",
-            "toolkit_version", "exporter"} <= meta
+    assert {
+        "model",
+        "classes",
+        "palette",
+        "mean",
+        "std",
+        "input_size",
+        "head",
+        "output_stride",
+        "toolkit_version",
+        "exporter",
+    } <= meta
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 64)).astype(np.float32)
     both = _run_ort(out, x)
     one = _run_ort(out, x[1:])
@@ -90,10 +109,13 @@ def _dilations(layer):
     return [block.conv2.dilation[0] for block in layer]
 
 
-@pytest.mark.parametrize("stride, layer3, layer4, rates", [
-    (8, [1, 2, 2, 2, 2, 2], [2, 4, 4], [12, 24, 36]),
-    (16, [1, 1, 1, 1, 1, 1], [1, 2, 2], [6, 12, 18]),
-])
+@pytest.mark.parametrize(
+    "stride, layer3, layer4, rates",
+    [
+        (8, [1, 2, 2, 2, 2, 2], [2, 4, 4], [12, 24, 36]),
+        (16, [1, 1, 1, 1, 1, 1], [1, 2, 2], [6, 12, 18]),
+    ],
+)
 def test_resnet_output_stride_structure(stride, layer3, layer4, rates):
     net = build_network("deeplabv3_resnet50", 3, stride)
     assert _dilations(net.backbone.layer3) == layer3
@@ -111,8 +133,16 @@ def test_resnet_output_stride_structure(stride, layer3, layer4, rates):
 
 def test_resnet50_stride16_export(tmp_path):
     out = tmp_path / "r50.onnx"
-    spec = export_onnx(out, model="deeplabv3_resnet50", num_classes=3, height=32, width=32,
-                       output_stride=16, head="lowres", progress=False)
+    spec = export_onnx(
+        out,
+        model="deeplabv3_resnet50",
+        num_classes=3,
+        height=32,
+        width=32,
+        output_stride=16,
+        head="lowres",
+        progress=False,
+    )
     assert spec.output_stride == 16 and spec.extra["atrous_rates"] == [6, 12, 18]
     assert _run_ort(out, np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 3, 2, 2)
 
@@ -142,10 +172,16 @@ def test_checkpoint_with_aux_and_fp16_loads(tmp_path):
 def test_demo_checkpoint_format(tmp_path):
     """The agreed demo format supplies classes, palette, input size and mean/std."""
     net = build_network(MOBILENET, 3)
-    ckpt = {"arch": MOBILENET, "state_dict": {k: v.half() if v.is_floating_point() else v
-                                              for k, v in net.state_dict().items()},
-            "classes": ["bg", "disc", "box"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-            "input_size": [96, 160], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "train": {"miou": 0.7}}
+    ckpt = {
+        "arch": MOBILENET,
+        "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
+        "classes": ["bg", "disc", "box"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        "input_size": [96, 160],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "train": {"miou": 0.7},
+    }
     torch.save(ckpt, tmp_path / "demo.pt")
     built = build_model("demo", str(tmp_path / "demo.pt"))
     assert built.classes == ["bg", "disc", "box"] and built.palette[1] == (255, 0, 0)
@@ -155,15 +191,23 @@ def test_demo_checkpoint_format(tmp_path):
 def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "PARITY_RTOL", -1.0)  # any difference, even 0, fails
     with pytest.raises(ToolkitError, match="ONNX Runtime disagrees with PyTorch"):
-        export_onnx(tmp_path / "bad.onnx", model=MOBILENET, num_classes=3, height=32, width=32,
-                    head="lowres", progress=False)
+        export_onnx(
+            tmp_path / "bad.onnx", model=MOBILENET, num_classes=3, height=32, width=32, head="lowres", progress=False
+        )
     assert os.listdir(tmp_path) == []
 
 
 # ----- CLI bad inputs -------------------------------------------------------------------------
 def _write_wrong_keys(path):
-    torch.save({"state_dict": {"backbone.0.0.weight": torch.zeros(16, 3, 3, 3),
-                               "classifier.4.weight": torch.zeros(3, 256, 1, 1)}}, path)
+    torch.save(
+        {
+            "state_dict": {
+                "backbone.0.0.weight": torch.zeros(16, 3, 3, 3),
+                "classifier.4.weight": torch.zeros(3, 256, 1, 1),
+            }
+        },
+        path,
+    )
 
 
 BAD_CASES = {
@@ -173,8 +217,10 @@ BAD_CASES = {
     "unknown_model": (["--model", "deeplabv3_vgg"], "invalid choice"),
     "bad_dynamic_batch": (["--model", MOBILENET, "--dynamic-batch", "4:2:1"], "MIN <= OPT <= MAX"),
     "mobilenet_stride8": (["--model", MOBILENET, "--output-stride", "8"], "supports only 16"),
-    "offline_torchvision": (["--model", MOBILENET, "--weights", "DEFAULT"],
-                            "save it as {tmp}/torch_home/hub/checkpoints/deeplabv3_mobilenet_v3_large-fc3c493d.pth"),
+    "offline_torchvision": (
+        ["--model", MOBILENET, "--weights", "DEFAULT"],
+        "save it as {tmp}/torch_home/hub/checkpoints/deeplabv3_mobilenet_v3_large-fc3c493d.pth",
+    ),
 }
 
 
@@ -185,8 +231,19 @@ def test_cli_bad_inputs(tmp_path, case):
     _write_wrong_keys(tmp_path / "wrong.pt")
     out_dir = tmp_path / "out"
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch_home"))
-    cmd = [sys.executable, "-m", "deeplab_trt", "export", *[a.format(tmp=tmp_path) for a in args],
-           "--height", "32", "--width", "32", "-o", str(out_dir / "model.onnx")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deeplab_trt",
+        "export",
+        *[a.format(tmp=tmp_path) for a in args],
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "-o",
+        str(out_dir / "model.onnx"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

@@ -15,11 +15,11 @@ import ctypes
 import types
 
 import cv2
+import fake_cuda
+import kernel_emulator
 import numpy as np
 import pytest
 
-import fake_cuda
-import kernel_emulator
 from deeplab_trt.runtime.pipeline import RunOptions
 from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
 from deeplab_trt.runtime.preprocess import preprocess
@@ -242,8 +242,15 @@ def test_cuda_graph_replays_the_same_pictures(fake, clip, opencv_without_ipp):
         runner = TensorRTRunner(engine, SPEC, FakeTrt)
         sink = CollectSink()
         with open_source(clip) as src:
-            stats = gpu_pipeline.run_video(types.SimpleNamespace(spec=SPEC, name="fake"), src, [sink], options,
-                                           inference=runner, slots=3, cuda_graph=graph)
+            stats = gpu_pipeline.run_video(
+                types.SimpleNamespace(spec=SPEC, name="fake"),
+                src,
+                [sink],
+                options,
+                inference=runner,
+                slots=3,
+                cuda_graph=graph,
+            )
         pictures[graph] = sink.pictures
         assert stats.frames == FRAMES
     assert all(np.array_equal(a, b) for a, b in zip(pictures[False], pictures[True]))
@@ -270,12 +277,16 @@ def test_tensorrt_backend_host_contract(fake):
     from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
     from deeplab_trt.runtime.errors import ToolkitError
 
-    loaded = types.SimpleNamespace(path="fake.engine", engine=FakeEngine(fake), spec=SPEC,
-                                   flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt))
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
     backend = TensorRTBackend(loaded)
     assert isinstance(backend, Backend) and backend.pipeline == "gpu" and backend.fixed_batch is None
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 48)).astype(np.float32)
-    np.testing.assert_allclose(backend.infer(x), model_function(x), rtol=1e-6)   # grows to batch 3
+    np.testing.assert_allclose(backend.infer(x), model_function(x), rtol=1e-6)  # grows to batch 3
     np.testing.assert_allclose(backend.infer(x[:1]), model_function(x[:1]), rtol=1e-6)
     assert backend.runner.capacity == 3 and backend.runner.batch == 1
     with pytest.raises(ToolkitError, match="outside the engine's profile"):
@@ -296,15 +307,21 @@ def test_static_engine_rejects_other_batches(fake):
 
 
 def test_segmenter_on_cuda_array_interface_images(fake, opencv_without_ipp):
-    from deeplab_trt.runtime.cuda import api
     from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
     from deeplab_trt.runtime.interop import Segmenter
 
     class ForeignArray:  # what a CuPy/pycuda array looks like to us: pitched rows, our fake device memory
         def __init__(self, buffer, shape, strides):
             self.buffer = buffer
-            self.__cuda_array_interface__ = {"shape": shape, "typestr": "|u1", "data": (buffer.ptr, False),
-                                             "strides": strides, "version": 3, "stream": 1}
+            self.__cuda_array_interface__ = {
+                "shape": shape,
+                "typestr": "|u1",
+                "data": (buffer.ptr, False),
+                "strides": strides,
+                "version": 3,
+                "stream": 1,
+            }
 
     frame = np.random.default_rng(5).integers(0, 256, (45, 75, 3), dtype=np.uint8)
     pitch = 75 * 3 + 13
@@ -336,8 +353,24 @@ def test_gpu_benchmark_script_runs(fake, tmp_path, capsys):
     from deeplab_trt.benchmarks import gpu_kernels
 
     out = tmp_path / "bench.json"
-    rc = gpu_kernels.main(["--frame", "45x75", "--input", "16x24", "--classes", "5", "--iters", "1", "--repeats", "1",
-                           "--copy-mib", "1", "--json", str(out)])
+    rc = gpu_kernels.main(
+        [
+            "--frame",
+            "45x75",
+            "--input",
+            "16x24",
+            "--classes",
+            "5",
+            "--iters",
+            "1",
+            "--repeats",
+            "1",
+            "--copy-mib",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert text.startswith("device: Fake GPU") and "memcpy D2D" in text and "upsample+argmax" in text
@@ -353,5 +386,7 @@ def test_gpu_benchmark_without_gpu_says_so():
 
     if api.device_count() > 0:
         pytest.skip("this machine has a GPU")
-    out = subprocess.run([sys.executable, "-m", "deeplab_trt.benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplab_trt.benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 2 and "no CUDA GPU on this machine" in out.stderr and "Traceback" not in out.stderr

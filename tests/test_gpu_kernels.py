@@ -63,7 +63,9 @@ def test_device_facts_and_arch(api):
     assert k.launcher.compiled.arch in (info.arch,) or k.launcher.compiled.kind == "ptx"
 
 
-@pytest.mark.parametrize("hw,pad,stride", [((37, 53), 5, 3), ((481, 637), 0, 3), ((1080, 1920), 64, 4), ((7, 301), 3, 3)])
+@pytest.mark.parametrize(
+    "hw,pad,stride", [((37, 53), 5, 3), ((481, 637), 0, 3), ((1080, 1920), 64, 4), ((7, 301), 3, 3)]
+)
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_preprocess(api, kernels, hw, pad, stride, policy, dtype):
@@ -97,12 +99,13 @@ def test_upsample_argmax_labels_exact(api, kernels, frame_hw, low_hw, policy, dt
     assert np.array_equal(labels.copy_to_host(), ref)
 
 
-@pytest.mark.parametrize("head,dtype", [("logits", np.float32), ("logits", np.float16), ("labels", np.int64),
-                                        ("labels", np.int32)])
+@pytest.mark.parametrize(
+    "head,dtype", [("logits", np.float32), ("logits", np.float16), ("labels", np.int64), ("labels", np.int32)]
+)
 def test_labels_from_output_heads(api, kernels, head, dtype):
     spec = make_spec(classes=6, head=head, size=(24, 40))
     geo = Geometry.compute((53, 37), spec.input_size, "letterbox")
-    output = (RNG.integers(0, 6, (1, 24, 40)).astype(dtype) if head == "labels" else tied_logits(6, 24, 40, dtype))
+    output = RNG.integers(0, 6, (1, 24, 40)).astype(dtype) if head == "labels" else tied_logits(6, 24, 40, dtype)
     ref = labels_from_output(output, spec, geo)
     labels = api.empty((53, 37), np.uint8)
     kernels.labels_from_output(api.to_device(output), output.shape, output.dtype, spec, geo, labels)
@@ -212,8 +215,9 @@ def test_device_array_round_trips_through_torch_without_copies(api, torch_cuda):
 
 
 def test_segmenter_on_torch_tensors(api, torch_cuda):
-    from deeplab_trt.runtime.interop import Segmenter
     from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
+
+    from deeplab_trt.runtime.interop import Segmenter
 
     torch = torch_cuda
     spec = tiny_spec()

@@ -7,16 +7,15 @@ stage with ONNX Runtime, torch or TensorRT as the inference step, against the CP
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
+from video_helpers import write_video
 
 from deeplab_trt.runtime import gpu_pipeline
 from deeplab_trt.runtime.backends import open_backend
 from deeplab_trt.runtime.pipeline import STAGES, RunOptions
 from deeplab_trt.runtime.pipeline import run_video as cpu_run_video
 from deeplab_trt.runtime.video import Sink, open_source
-from video_helpers import write_video
 
 FRAMES = 9
 
@@ -41,7 +40,6 @@ class CollectSink(Sink):
 class FailingSink(Sink):
     def write(self, frame):
         raise RuntimeError("disk full")
-
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +130,10 @@ def test_cuda_stage_with_torch_inference(clip):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch has no CUDA here")
+    from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
+
     from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
     from deeplab_trt.runtime.preprocess import preprocess
-    from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
 
     spec = tiny_spec()
     model = tiny_lowres_model()
@@ -197,8 +196,14 @@ def test_cuda_graph_replay_equals_eager(clip):
     for graph in (False, True):
         sink = CollectSink()
         with open_source(clip) as src:
-            stats = gpu_pipeline.run_video(Holder(), src, [sink], RunOptions(progress=False),
-                                           inference=ConstantInference(spec, logits), cuda_graph=graph)
+            stats = gpu_pipeline.run_video(
+                Holder(),
+                src,
+                [sink],
+                RunOptions(progress=False),
+                inference=ConstantInference(spec, logits),
+                cuda_graph=graph,
+            )
         runs[graph] = (stats, sink.pictures)
     assert runs[True][0].frames == runs[False][0].frames == FRAMES
     assert all(np.array_equal(a, b) for a, b in zip(runs[False][1], runs[True][1]))
@@ -216,8 +221,9 @@ def test_tensorrt_engine_in_the_gpu_pipeline(lowres_onnx, clip, tmp_path):
 
     engine = tmp_path / "m.engine"
     try:
-        build_engine(lowres_onnx, engine, BuildOptions(precision="fp32", compute_capabilities=["current"],
-                                                       progress=False))
+        build_engine(
+            lowres_onnx, engine, BuildOptions(precision="fp32", compute_capabilities=["current"], progress=False)
+        )
         backend = open_backend(engine)
     except ToolkitError as exc:
         pytest.skip(f"no engine for this GPU: {exc}")

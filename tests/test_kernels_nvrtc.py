@@ -133,8 +133,18 @@ def test_fast_math_refused_and_unsupported_arch_explained(tmp_path):
             kc.compile_kernels("sm_72", cache_root=tmp_path)
 
 
-@pytest.mark.parametrize("text,expected", [("sm_87", "sm_87"), ("87", "sm_87"), (87, "sm_87"), ((9, 0), "sm_90"),
-                                           ("8.7", "sm_87"), ("compute_90", "sm_90"), ("SM_120", "sm_120")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("sm_87", "sm_87"),
+        ("87", "sm_87"),
+        (87, "sm_87"),
+        ((9, 0), "sm_90"),
+        ("8.7", "sm_87"),
+        ("compute_90", "sm_90"),
+        ("SM_120", "sm_120"),
+    ],
+)
 def test_normalize_arch(text, expected):
     assert kc.normalize_arch(text) == expected
 
@@ -147,8 +157,10 @@ def test_normalize_arch_rejects_garbage():
 def test_compile_report(compiled, capsys):
     """Prints what was compiled (shown with -s; the numbers go into the issue note)."""
     for (arch, kind), r in sorted(compiled.items()):
-        print(f"NVRTC {r.nvrtc_version[0]}.{r.nvrtc_version[1]} {arch} {kind}: {len(r.image)} bytes, "
-              f"{r.seconds:.2f} s, options {' '.join(r.options)}")
+        print(
+            f"NVRTC {r.nvrtc_version[0]}.{r.nvrtc_version[1]} {arch} {kind}: {len(r.image)} bytes, "
+            f"{r.seconds:.2f} s, options {' '.join(r.options)}"
+        )
     assert all(len(r.image) > 10_000 for r in compiled.values())
 
 

@@ -27,8 +27,9 @@ BLOCK_TORCH = textwrap.dedent("""
 
 
 def run_without_torch(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_hook_really_blocks_torch():

@@ -10,15 +10,28 @@ import numpy as np
 import pytest
 
 from deeplab_trt.runtime.errors import ToolkitError
-from deeplab_trt.runtime.postprocess import (labels_from_output, overlay, palette_bgr, render, upsample_argmax,
-                                 upsample_then_argmax)
+from deeplab_trt.runtime.postprocess import (
+    labels_from_output,
+    overlay,
+    palette_bgr,
+    render,
+    upsample_argmax,
+    upsample_then_argmax,
+)
 from deeplab_trt.runtime.preprocess import Geometry, preprocess, preprocess_batch
 from deeplab_trt.runtime.spec import ModelSpec, read_onnx_metadata, spec_from_onnx, voc_palette
 
 
 def make_spec(h=64, w=128, classes=5, head="lowres", **kw) -> ModelSpec:
-    return ModelSpec(name="test", classes=[f"c{i}" for i in range(classes)], palette=voc_palette(classes),
-                     input_height=h, input_width=w, head=head, **kw)
+    return ModelSpec(
+        name="test",
+        classes=[f"c{i}" for i in range(classes)],
+        palette=voc_palette(classes),
+        input_height=h,
+        input_width=w,
+        head=head,
+        **kw,
+    )
 
 
 def blobby_logits(c: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -42,8 +55,11 @@ def test_fused_upsample_argmax_equals_naive_and_torch(frame_hw, kind):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     c, h, w = 5, 8, 16
-    logits = (np.random.default_rng(1).normal(size=(c, h, w)).astype(np.float32) if kind == "random"
-              else blobby_logits(c, h, w, seed=2))
+    logits = (
+        np.random.default_rng(1).normal(size=(c, h, w)).astype(np.float32)
+        if kind == "random"
+        else blobby_logits(c, h, w, seed=2)
+    )
     geo = Geometry.compute(frame_hw, (64, 128), "stretch")
     fused = upsample_argmax(logits, geo)
     naive = upsample_then_argmax(logits, geo)
@@ -106,9 +122,9 @@ def test_letterbox_preprocess_pads_with_zero_and_matches_stretch_of_content():
     spec = make_spec()
     frame = np.random.default_rng(6).integers(0, 256, (481, 637, 3), dtype=np.uint8)
     x, geo = preprocess(frame, spec, "letterbox")
-    content = x[0, :, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width]
+    content = x[0, :, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width]
     pad = x.copy()
-    pad[0, :, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width] = 0
+    pad[0, :, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width] = 0
     assert not pad.any()
     inner = make_spec(h=geo.height, w=geo.width)
     np.testing.assert_array_equal(content, preprocess(frame, inner, "stretch")[0][0])
@@ -121,8 +137,8 @@ def test_letterbox_labels_map_content_back_and_never_show_padding(head):
     geo = Geometry.compute((480, 640), (64, 128), "letterbox")  # content cols 21..106
     labels = np.full((64, 128), 4)
     mid = geo.left + geo.width // 2
-    labels[:, geo.left:mid] = 1
-    labels[:, mid:geo.left + geo.width] = 2
+    labels[:, geo.left : mid] = 1
+    labels[:, mid : geo.left + geo.width] = 2
     if head == "labels":
         out = labels
     else:
@@ -171,8 +187,10 @@ def bilinear_half_pixel(img: np.ndarray, oh: int, ow: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("frame_hw,input_hw", [((7, 5), (4, 6)), ((5, 7), (13, 17)), ((16, 16), (4, 4)),
-                                               ((9, 11), (9, 11)), ((30, 41), (8, 16))])
+@pytest.mark.parametrize(
+    "frame_hw,input_hw",
+    [((7, 5), (4, 6)), ((5, 7), (13, 17)), ((16, 16), (4, 4)), ((9, 11), (9, 11)), ((30, 41), (8, 16))],
+)
 def test_preprocess_equals_per_pixel_bilinear(frame_hw, input_hw):
     spec = make_spec(*input_hw)
     frame = np.random.default_rng(7).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
@@ -261,9 +279,12 @@ def test_spec_through_an_onnx_file(tmp_path):
     from onnx import TensorProto, helper
 
     spec = make_spec(head="labels")
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 128])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 128])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 128])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 64, 128])],
+    )
     model = helper.make_model(graph)
     helper.set_model_props(model, spec.to_metadata())
     path = tmp_path / "m.onnx"

@@ -18,17 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from video_helpers import synthetic_frame, write_video
 
 from deeplab_trt.cli import main as cli_main
 from deeplab_trt.runtime.backends import open_backend
 from deeplab_trt.runtime.pipeline import RunOptions, run_video
 from deeplab_trt.runtime.postprocess import palette_bgr
-from video_helpers import synthetic_frame, write_video
 from deeplab_trt.runtime.video import BackgroundReader, VideoFileSink, even_size, open_source, probe_video
 
 PYTHON = sys.executable
-
-
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +157,12 @@ def test_sigint_subprocess_gives_playable_file(lowres_onnx, tmp_path):
     """A real Ctrl-C (SIGINT) mid-run: exit 130, summary printed, a playable file, no temporary."""
     src = write_video(tmp_path / "long.mp4", 1000, (96, 64), fps=30.0)
     out = tmp_path / "out.mp4"
-    proc = subprocess.Popen([PYTHON, "-m", "deeplab_trt", "run", str(lowres_onnx), "--source", str(src),
-                             "-o", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "deeplab_trt", "run", str(lowres_onnx), "--source", str(src), "-o", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         tmp = [p for p in tmp_path.glob(".out.*.mp4") if p.stat().st_size > 8000]
@@ -189,7 +190,7 @@ def test_background_reader_lossless_for_files_drops_oldest_when_live(odd_clip, l
         source.is_live = live  # same decoder, live-source queueing policy
         reader = BackgroundReader(source, queue_size=2)
         got = []
-        for frame, decode_s in reader:
+        for frame, _decode_s in reader:
             got.append(frame)
             if len(got) == 1:
                 time.sleep(0.5)  # a slow consumer: the queue fills
@@ -230,10 +231,15 @@ def test_ort_load_failure_is_one_line(tmp_path):
     from deeplab_trt.runtime.errors import ToolkitError
     from deeplab_trt.runtime.spec import ModelSpec
 
-    graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["output"], domain="no.such.domain")], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 8, 8])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such.domain", 1)])
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["input"], ["output"], domain="no.such.domain")],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 8, 8])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("no.such.domain", 1)]
+    )
     spec = ModelSpec(name="x", classes=["a", "b"], palette=[], input_height=8, input_width=8, head="logits")
     helper.set_model_props(model, spec.to_metadata())
     path = tmp_path / "odd_op.onnx"
@@ -270,17 +276,33 @@ def _bad_model_or_source(kind: str, tmp: Path, good_model: Path, good_clip: Path
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing model", "not onnx", "truncated onnx", "unopenable video",
-                                  "zero-frame video", "missing source"])
+@pytest.mark.parametrize(
+    "kind", ["missing model", "not onnx", "truncated onnx", "unopenable video", "zero-frame video", "missing source"]
+)
 def test_bad_inputs_one_line_no_output(kind, lowres_onnx, odd_clip, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     model, source, named = _bad_model_or_source(kind, inputs, lowres_onnx, odd_clip)
     outdir = tmp_path / "out"
     outdir.mkdir()
-    proc = subprocess.run([PYTHON, "-m", "deeplab_trt", "run", str(model), "--source", str(source),
-                           "-o", str(outdir / "seg.mp4"), "--json", str(outdir / "s.json")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "deeplab_trt",
+            "run",
+            str(model),
+            "--source",
+            str(source),
+            "-o",
+            str(outdir / "seg.mp4"),
+            "--json",
+            str(outdir / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

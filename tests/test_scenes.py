@@ -101,8 +101,24 @@ def test_video_first_frame_is_the_scene():
 
 def test_scenes_command_writes_the_layout(tmp_path, capsys):
     out = tmp_path / "data"
-    rc = main(["scenes", str(out), "--num", "3", "--seed", "7", "--height", "64", "--width", "96",
-               "--video", str(tmp_path / "v.avi"), "--frames", "4"])
+    rc = main(
+        [
+            "scenes",
+            str(out),
+            "--num",
+            "3",
+            "--seed",
+            "7",
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--video",
+            str(tmp_path / "v.avi"),
+            "--frames",
+            "4",
+        ]
+    )
     assert rc == 0
     images = sorted((out / "images").glob("*.png"))
     labels = sorted((out / "labels").glob("*.png"))

@@ -12,10 +12,15 @@ import sys
 
 import pytest
 
-from deeplab_trt.runtime.cli_types import parse_batch_range
-from deeplab_trt.builder.engine import (DEFAULT_DYNAMIC_BATCH, RTX_DEFAULT_TARGETS, plan_compute_capabilities,
-                            plan_precision, plan_profile)
+from deeplab_trt.builder.engine import (
+    DEFAULT_DYNAMIC_BATCH,
+    RTX_DEFAULT_TARGETS,
+    plan_compute_capabilities,
+    plan_precision,
+    plan_profile,
+)
 from deeplab_trt.runtime import tensorrt_flavour as tf
+from deeplab_trt.runtime.cli_types import parse_batch_range
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec
 
@@ -26,8 +31,15 @@ ALL_FAKES = {"trt10": FAKE_TRT10, "trt11": FAKE_TRT11, "rtx": FAKE_RTX}
 
 
 def _spec(**extra) -> ModelSpec:
-    return ModelSpec(name="m", classes=["a", "b"], palette=[(0, 0, 0), (1, 1, 1)], input_height=64,
-                     input_width=128, head="lowres", extra=extra)
+    return ModelSpec(
+        name="m",
+        classes=["a", "b"],
+        palette=[(0, 0, 0), (1, 1, 1)],
+        input_height=64,
+        input_width=128,
+        head="lowres",
+        extra=extra,
+    )
 
 
 # ----- detection ----------------------------------------------------------------------------------
@@ -43,9 +55,17 @@ def test_detect_auto_finds_installed_rtx_under_either_name():
 def test_installed_rtx_capabilities_match_its_documentation():
     real = tf.detect("tensorrt-rtx")
     documented = tf.Flavour.documented("tensorrt-rtx", real.version)
-    for attr in ("has_calibrator_api", "has_weak_typing", "has_strongly_typed", "has_timing_cache",
-                 "has_compute_capability_targets", "has_progress_monitor", "has_engine_inspector",
-                 "has_engine_validity", "strongly_typed_only"):
+    for attr in (
+        "has_calibrator_api",
+        "has_weak_typing",
+        "has_strongly_typed",
+        "has_timing_cache",
+        "has_compute_capability_targets",
+        "has_progress_monitor",
+        "has_engine_inspector",
+        "has_engine_validity",
+        "strongly_typed_only",
+    ):
         assert getattr(real, attr) == getattr(documented, attr), attr
     assert real.strongly_typed_only and not real.has_calibrator_api
     assert set(tf.supported_compute_capabilities(real)) >= {"SM80", "SM86", "SM89", "SM120"}
@@ -85,20 +105,29 @@ def test_module_imports_without_tensorrt():
     """deeplab_trt.runtime.tensorrt_flavour imports, and explains, with no TensorRT importable."""
     import subprocess
 
-    code = ("import sys\n"
-            "for n in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings'): sys.modules[n] = None\n"
-            "from runtime import tensorrt_flavour as tf\n"
-            "from deeplab_trt.runtime.errors import ToolkitError\n"
-            "assert tf.Flavour.documented('tensorrt', '10.3.0.30').has_calibrator_api\n"
-            "try:\n    tf.detect()\nexcept ToolkitError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    code = (
+        "import sys\n"
+        "for n in ('tensorrt', 'tensorrt_rtx', 'tensorrt_rtx_bindings'): sys.modules[n] = None\n"
+        "from runtime import tensorrt_flavour as tf\n"
+        "from deeplab_trt.runtime.errors import ToolkitError\n"
+        "assert tf.Flavour.documented('tensorrt', '10.3.0.30').has_calibrator_api\n"
+        "try:\n    tf.detect()\nexcept ToolkitError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("no TensorRT found")
 
 
-@pytest.mark.parametrize("text, expected", [("10.3.0.30", (10, 3, 0, 30)), ("1.7.1.116", (1, 7, 1, 116)),
-                                            ("11.0.0b1", (11, 0, 0)), ("10.13.post1", (10, 13))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("10.3.0.30", (10, 3, 0, 30)), ("1.7.1.116", (1, 7, 1, 116)), ("11.0.0b1", (11, 0, 0)), ("10.13.post1", (10, 13))],
+)
 def test_parse_version(text, expected):
     assert tf.parse_version(text) == expected
 

@@ -19,15 +19,24 @@ def tiny_lowres_model(num_classes: int = 5, seed: int = 0):
 
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
         torch.nn.Conv2d(16, num_classes, 3, stride=2, padding=1),
     ).eval()
 
 
 def tiny_spec(num_classes: int = 5, size=(64, 96)) -> ModelSpec:
-    return ModelSpec("tiny-lowres", [f"c{i}" for i in range(num_classes)], voc_palette(num_classes), size[0], size[1],
-                     head="lowres", output_stride=8)
+    return ModelSpec(
+        "tiny-lowres",
+        [f"c{i}" for i in range(num_classes)],
+        voc_palette(num_classes),
+        size[0],
+        size[1],
+        head="lowres",
+        output_stride=8,
+    )
 
 
 class TorchInference:

@@ -68,10 +68,14 @@ class BackendBase:
         spec = self.spec
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[2:] != spec.input_size:
-            raise ToolkitError(f"{self.name}: expected an N×3×{spec.input_height}×{spec.input_width} batch, "
-                               f"got shape {tuple(batch.shape)}")
+            raise ToolkitError(
+                f"{self.name}: expected an N×3×{spec.input_height}×{spec.input_width} batch, "
+                f"got shape {tuple(batch.shape)}"
+            )
         if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
-            raise ToolkitError(f"{self.name}: the model takes a fixed batch of {self.fixed_batch}, got {batch.shape[0]}")
+            raise ToolkitError(
+                f"{self.name}: the model takes a fixed batch of {self.fixed_batch}, got {batch.shape[0]}"
+            )
         return np.ascontiguousarray(batch, dtype=self.input_dtype)
 
 
@@ -79,8 +83,7 @@ def _kind_of(path: Path) -> str:
     return "tensorrt" if path.suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
 
 
-def open_backend(model_path: str | Path, backend: str = "auto", *, threads: int | None = None,
-                 **options) -> Backend:
+def open_backend(model_path: str | Path, backend: str = "auto", *, threads: int | None = None, **options) -> Backend:
     """Open ``model_path`` with the backend its file type needs.
 
     ``backend``: ``auto`` (by suffix: ``.engine``/``.plan`` → TensorRT, anything else is read
@@ -100,11 +103,14 @@ def open_backend(model_path: str | Path, backend: str = "auto", *, threads: int 
         raise ToolkitError(f"{path}: is a directory, expected a model file (.onnx, .engine or .plan)")
     kind = _kind_of(path)
     if backend == "onnxruntime" and kind == "tensorrt":
-        raise ToolkitError(f"{path}: a TensorRT engine cannot run on ONNX Runtime; "
-                           "pass the .onnx model, or --backend tensorrt")
+        raise ToolkitError(
+            f"{path}: a TensorRT engine cannot run on ONNX Runtime; pass the .onnx model, or --backend tensorrt"
+        )
     if backend == "tensorrt" and kind != "tensorrt":
-        raise ToolkitError(f"{path}: --backend tensorrt needs a TensorRT engine (.engine/.plan, "
-                           "from 'deeplab-trt build'), not an ONNX model")
+        raise ToolkitError(
+            f"{path}: --backend tensorrt needs a TensorRT engine (.engine/.plan, "
+            "from 'deeplab-trt build'), not an ONNX model"
+        )
     if kind == "onnxruntime":
         from deeplab_trt.runtime.backends.onnxruntime import OrtBackend
 
@@ -112,8 +118,15 @@ def open_backend(model_path: str | Path, backend: str = "auto", *, threads: int 
     try:
         trt_backend = importlib.import_module("deeplab_trt.runtime.backends.tensorrt")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("deeplab_trt.runtime.backends.tensorrt", "tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
+        if exc.name not in (
+            "deeplab_trt.runtime.backends.tensorrt",
+            "tensorrt",
+            "tensorrt_rtx",
+            "tensorrt_rtx_bindings",
+        ):
             raise
-        raise ToolkitError(f"{path}: TensorRT engines need a CUDA GPU and tensorrt/tensorrt_rtx "
-                           "(this installation has no TensorRT backend); run the .onnx model instead") from None
+        raise ToolkitError(
+            f"{path}: TensorRT engines need a CUDA GPU and tensorrt/tensorrt_rtx "
+            "(this installation has no TensorRT backend); run the .onnx model instead"
+        ) from exc
     return trt_backend.open_engine(path, **options)

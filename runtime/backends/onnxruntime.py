@@ -51,8 +51,9 @@ class OrtBackend(BackendBase):
     pipeline = "cpu"
     fresh_outputs = True  # session.run returns new arrays: the video loop may hold one across calls
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 spinning: bool = False):
+    def __init__(
+        self, path: str | Path, threads: int | None = None, providers: list[str] | None = None, spinning: bool = False
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -65,11 +66,13 @@ class OrtBackend(BackendBase):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.spinning = spinning
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=providers or default_providers())
-        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
-                               f"{_first_line(exc)})") from None
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=providers or default_providers()
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)  # noqa: BLE001
+            raise ToolkitError(
+                f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise ToolkitError(f"{self.path}: expected one image input, the graph has {len(inputs)}")
@@ -83,8 +86,10 @@ class OrtBackend(BackendBase):
             raise ToolkitError(f"{self.path}: input {inp.name!r} has shape {shape}; expected N×3×H×W")
         fixed_hw = [d for d in shape[2:] if isinstance(d, int)]
         if len(fixed_hw) == 2 and tuple(fixed_hw) != self.spec.input_size:
-            raise ToolkitError(f"{self.path}: graph input is {shape[2]}×{shape[3]} but the metadata says "
-                               f"{self.spec.input_height}×{self.spec.input_width}")
+            raise ToolkitError(
+                f"{self.path}: graph input is {shape[2]}×{shape[3]} but the metadata says "
+                f"{self.spec.input_height}×{self.spec.input_width}"
+            )
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         names = [o.name for o in outputs]
         self.output_name = self.spec.output_name if self.spec.output_name in names else names[0]

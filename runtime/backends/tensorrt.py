@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 def _nptype(trt: Any, dtype: Any) -> np.dtype:
     try:
         return np.dtype(trt.nptype(dtype))
-    except Exception:  # noqa: BLE001 - e.g. BF16/FP8 have no numpy type (TypeError/KeyError by version)
-        raise ToolkitError(f"engine tensor type {dtype} has no numpy equivalent; rebuild with float32/float16 I/O") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. BF16/FP8 have no numpy type (TypeError/KeyError by version)
+        raise ToolkitError(
+            f"engine tensor type {dtype} has no numpy equivalent; rebuild with float32/float16 I/O"
+        ) from exc
 
 
 class TensorRTRunner:
@@ -52,8 +54,17 @@ class TensorRTRunner:
     preprocessing kernel, the output buffer read by the postprocessing kernels.
     """
 
-    def __init__(self, engine: Any, spec: ModelSpec, trt: Any, *, batch: int | None = None,
-                 device_index: int = 0, name: str = "TensorRT", source: str = "engine"):
+    def __init__(
+        self,
+        engine: Any,
+        spec: ModelSpec,
+        trt: Any,
+        *,
+        batch: int | None = None,
+        device_index: int = 0,
+        name: str = "TensorRT",
+        source: str = "engine",
+    ):
         from deeplab_trt.runtime.cuda import api
 
         self.device = api.use_device(device_index)
@@ -69,21 +80,26 @@ class TensorRTRunner:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1:
-            raise ToolkitError(f"{source}: expected one input tensor, the engine has {len(inputs)} ({', '.join(inputs)})")
+            raise ToolkitError(
+                f"{source}: expected one input tensor, the engine has {len(inputs)} ({', '.join(inputs)})"
+            )
         if not outputs:
             raise ToolkitError(f"{source}: the engine has no output tensor")
         self.input_name = inputs[0]
         self.output_name = spec.output_name if spec.output_name in outputs else outputs[0]
         self.input_dtype = _nptype(trt, engine.get_tensor_dtype(self.input_name))
         if self.input_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
-            raise ToolkitError(f"{source}: input {self.input_name!r} is {self.input_dtype}; the preprocessing "
-                               "kernel writes float32 or float16")
+            raise ToolkitError(
+                f"{source}: input {self.input_name!r} is {self.input_dtype}; the preprocessing "
+                "kernel writes float32 or float16"
+            )
         shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name))
         if len(shape) != 4 or shape[1] != 3:
             raise ToolkitError(f"{source}: input {self.input_name!r} has shape {shape}, expected N×3×H×W")
         if shape[2] not in (-1, spec.input_height) or shape[3] not in (-1, spec.input_width):
-            raise ToolkitError(f"{source}: input shape {shape} disagrees with the model spec "
-                               f"({spec.input_height}×{spec.input_width})")
+            raise ToolkitError(
+                f"{source}: input shape {shape} disagrees with the model spec ({spec.input_height}×{spec.input_width})"
+            )
         self.dynamic = any(d < 0 for d in shape)
         if self.dynamic:
             lo, _opt, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self.input_name, 0))
@@ -119,8 +135,9 @@ class TensorRTRunner:
         for out in self.outputs:
             out_shape = tuple(int(d) for d in self.context.get_tensor_shape(out))
             if any(d < 0 for d in out_shape):
-                raise ToolkitError(f"{self.source}: output {out!r} has a data-dependent shape {out_shape}; "
-                                   "not supported")
+                raise ToolkitError(
+                    f"{self.source}: output {out!r} has a data-dependent shape {out_shape}; not supported"
+                )
             nbytes = int(np.prod(out_shape)) * _nptype(self.trt, self.engine.get_tensor_dtype(out)).itemsize
             self._bind(out, api.DeviceBuffer(nbytes))
         self.capacity = n
@@ -134,8 +151,10 @@ class TensorRTRunner:
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         if not self.context.set_input_shape(self.input_name, shape):
-            raise ToolkitError(f"{self.source}: set_input_shape({self.input_name!r}, {shape}) failed "
-                               f"(profile allows batch {self.min_batch}..{self.max_batch})")
+            raise ToolkitError(
+                f"{self.source}: set_input_shape({self.input_name!r}, {shape}) failed "
+                f"(profile allows batch {self.min_batch}..{self.max_batch})"
+            )
 
     def _refresh_views(self) -> None:
         from deeplab_trt.runtime.cuda.api import DeviceArray
@@ -155,8 +174,9 @@ class TensorRTRunner:
         if not self.dynamic:
             raise ToolkitError(f"{self.source}: the engine takes a fixed batch of {self.fixed_batch}, got {n}")
         if not self.min_batch <= n <= self.max_batch:
-            raise ToolkitError(f"{self.source}: batch {n} is outside the engine's profile "
-                               f"({self.min_batch}..{self.max_batch})")
+            raise ToolkitError(
+                f"{self.source}: batch {n} is outside the engine's profile ({self.min_batch}..{self.max_batch})"
+            )
         if n > self.capacity:
             self._allocate(n)
             return
@@ -208,8 +228,15 @@ class TensorRTBackend(BackendBase):
         self.spec = loaded.spec
         info = api.use_device(device_index)
         self.name = f"{loaded.flavour.label} ({info.name})"
-        self.runner = TensorRTRunner(loaded.engine, loaded.spec, loaded.flavour.module, batch=batch,
-                                     device_index=device_index, name=self.name, source=str(self.path))
+        self.runner = TensorRTRunner(
+            loaded.engine,
+            loaded.spec,
+            loaded.flavour.module,
+            batch=batch,
+            device_index=device_index,
+            name=self.name,
+            source=str(self.path),
+        )
         self.input_dtype = self.runner.input_dtype
         self.fixed_batch = self.runner.fixed_batch
         self.stream = api.Stream()
@@ -248,8 +275,9 @@ class TensorRTBackend(BackendBase):
             self.stream.close()
 
 
-def open_engine(path: str | Path, *, device: int = 0, batch: int | None = None, verbose: bool = False,
-                **ignored) -> TensorRTBackend:
+def open_engine(
+    path: str | Path, *, device: int = 0, batch: int | None = None, verbose: bool = False, **ignored
+) -> TensorRTBackend:
     """``open_backend``'s entry point for ``.engine``/``.plan`` files (sidecar checked first)."""
     from deeplab_trt.runtime.engine_loader import load_engine
 

@@ -53,9 +53,11 @@ def cudart():
     """``cuda.bindings.runtime`` (cudart), imported on first use."""
     try:
         from cuda.bindings import runtime
-    except ImportError:
-        raise CudaError("cuda-python is not installed: the GPU path needs it "
-                        "(pip install 'deeplab-trt[cuda]', or cuda-python matching your driver)") from None
+    except ImportError as exc:
+        raise CudaError(
+            "cuda-python is not installed: the GPU path needs it "
+            "(pip install 'deeplab-trt[cuda]', or cuda-python matching your driver)"
+        ) from exc
     return runtime
 
 
@@ -68,16 +70,17 @@ def driver():
     global _driver_ready
     try:
         from cuda.bindings import driver as drv
-    except ImportError:
-        raise CudaError("cuda-python is not installed: the GPU path needs it "
-                        "(pip install 'deeplab-trt[cuda]')") from None
+    except ImportError as exc:
+        raise CudaError(
+            "cuda-python is not installed: the GPU path needs it (pip install 'deeplab-trt[cuda]')"
+        ) from exc
     if not _driver_ready:
         with _driver_lock:
             if not _driver_ready:
                 try:
                     result = drv.cuInit(0)
-                except Exception as exc:  # cuda.pathfinder raises when libcuda.so is absent
-                    raise CudaError(f"cuInit failed: no NVIDIA driver ({exc})", "cuInit") from None
+                except Exception as exc:  # cuda.pathfinder raises when libcuda.so is absent  # noqa: BLE001
+                    raise CudaError(f"cuInit failed: no NVIDIA driver ({exc})", "cuInit") from exc
                 check(result, "cuInit")
                 _driver_ready = True
     return drv
@@ -100,13 +103,13 @@ def _describe(err) -> tuple[str, str]:
                 name = drv.cuGetErrorName(err)[1]
                 text = drv.cuGetErrorString(err)[1]
                 return name.decode(), text.decode()
-            except Exception:
+            except Exception:  # noqa: BLE001
                 return getattr(err, "name", str(err)), ""
         if kind == "nvrtcResult":
             from cuda.bindings import nvrtc
 
             return getattr(err, "name", str(err)), nvrtc.nvrtcGetErrorString(err)[1].decode()
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass
     return getattr(err, "name", str(err)), ""
 
@@ -139,12 +142,12 @@ class DeviceInfo:
     index: int
     name: str
     compute_capability: tuple[int, int]
-    integrated: bool            # cudaDevAttrIntegrated: shares DRAM with the CPU (Jetson)
-    can_map_host_memory: bool   # cudaDevAttrCanMapHostMemory
-    unified_addressing: bool    # cudaDevAttrUnifiedAddressing
+    integrated: bool  # cudaDevAttrIntegrated: shares DRAM with the CPU (Jetson)
+    can_map_host_memory: bool  # cudaDevAttrCanMapHostMemory
+    unified_addressing: bool  # cudaDevAttrUnifiedAddressing
     total_memory: int
     multiprocessors: int
-    driver_version: int         # e.g. 13000
+    driver_version: int  # e.g. 13000
     runtime_version: int
 
     @property
@@ -158,8 +161,10 @@ class DeviceInfo:
 
     def describe(self) -> str:
         kind = "integrated" if self.integrated else "discrete"
-        return (f"{self.name} ({self.arch}, {kind}, {self.total_memory / 2**30:.1f} GiB, "
-                f"{self.multiprocessors} SMs, driver {self.driver_version // 1000}.{self.driver_version % 1000 // 10})")
+        return (
+            f"{self.name} ({self.arch}, {kind}, {self.total_memory / 2**30:.1f} GiB, "
+            f"{self.multiprocessors} SMs, driver {self.driver_version // 1000}.{self.driver_version % 1000 // 10})"
+        )
 
 
 def device_count() -> int:
@@ -169,7 +174,7 @@ def device_count() -> int:
     return int(count) if int(err) == 0 else 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def device_info(index: int = 0) -> DeviceInfo:
     rt = cudart()
     attr = rt.cudaDeviceAttr
@@ -260,16 +265,16 @@ class Stream(_Closable):
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
-    def wait(self, event: "Event") -> None:
+    def wait(self, event: Event) -> None:
         """Later work on this stream waits for ``event`` (GPU-side; the host does not block)."""
         check(cudart().cudaStreamWaitEvent(self._stream, event._event, 0), "cudaStreamWaitEvent")
 
-    def record(self, event: "Event | None" = None) -> "Event":
+    def record(self, event: Event | None = None) -> Event:
         event = event or Event()
         event.record(self)
         return event
 
-    def capture(self) -> "GraphCapture":
+    def capture(self) -> GraphCapture:
         """``with stream.capture() as graph: ...`` records the work into a CUDA graph."""
         return GraphCapture(self)
 
@@ -292,7 +297,7 @@ class Event:
         self.timing = timing
         self._finalizer = weakref.finalize(self, _destroy, "cudaEventDestroy", self._event)
 
-    def record(self, stream: Stream) -> "Event":
+    def record(self, stream: Stream) -> Event:
         check(cudart().cudaEventRecord(self._event, stream._stream), "cudaEventRecord")
         return self
 
@@ -309,7 +314,7 @@ class Event:
         check(err, "cudaEventQuery")
         return True
 
-    def elapsed_ms(self, end: "Event") -> float:
+    def elapsed_ms(self, end: Event) -> float:
         """Milliseconds from this event to ``end`` (both recorded and completed)."""
         return float(check(cudart().cudaEventElapsedTime(self._event, end._event), "cudaEventElapsedTime"))
 
@@ -333,10 +338,12 @@ class GraphCapture:
         self._graph = None
         self._exec = None
 
-    def __enter__(self) -> "GraphCapture":
+    def __enter__(self) -> GraphCapture:
         rt = cudart()
-        check(rt.cudaStreamBeginCapture(self.stream._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-              "cudaStreamBeginCapture")
+        check(
+            rt.cudaStreamBeginCapture(self.stream._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture",
+        )
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -392,17 +399,32 @@ def copy_async(dst, src, nbytes: int, stream: Stream | int | None = None) -> Non
     but the call then returns only after the copy.
     """
     rt = cudart()
-    check(rt.cudaMemcpyAsync(_address(dst), _address(src), int(nbytes), rt.cudaMemcpyKind.cudaMemcpyDefault,
-                             _stream_handle(stream)), "cudaMemcpyAsync")
+    check(
+        rt.cudaMemcpyAsync(
+            _address(dst), _address(src), int(nbytes), rt.cudaMemcpyKind.cudaMemcpyDefault, _stream_handle(stream)
+        ),
+        "cudaMemcpyAsync",
+    )
 
 
-def copy_2d_async(dst, dst_pitch: int, src, src_pitch: int, width_bytes: int, height: int,
-                  stream: Stream | int | None = None) -> None:
+def copy_2d_async(
+    dst, dst_pitch: int, src, src_pitch: int, width_bytes: int, height: int, stream: Stream | int | None = None
+) -> None:
     """``cudaMemcpy2DAsync``: ``height`` rows of ``width_bytes`` between pitched buffers."""
     rt = cudart()
-    check(rt.cudaMemcpy2DAsync(_address(dst), int(dst_pitch), _address(src), int(src_pitch), int(width_bytes),
-                               int(height), rt.cudaMemcpyKind.cudaMemcpyDefault, _stream_handle(stream)),
-          "cudaMemcpy2DAsync")
+    check(
+        rt.cudaMemcpy2DAsync(
+            _address(dst),
+            int(dst_pitch),
+            _address(src),
+            int(src_pitch),
+            int(width_bytes),
+            int(height),
+            rt.cudaMemcpyKind.cudaMemcpyDefault,
+            _stream_handle(stream),
+        ),
+        "cudaMemcpy2DAsync",
+    )
 
 
 def memset_async(dst, value: int, nbytes: int, stream: Stream | int | None = None) -> None:
@@ -417,7 +439,7 @@ class DeviceBuffer(_Closable):
         self.ptr = int(check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
         self._finalizer = weakref.finalize(self, _free_device, self.ptr)
 
-    def array(self, shape, dtype, offset: int = 0) -> "DeviceArray":
+    def array(self, shape, dtype, offset: int = 0) -> DeviceArray:
         """A typed C-contiguous view (shares memory, keeps this buffer alive)."""
         view = DeviceArray(self.ptr + offset, shape, dtype, owner=self)
         if offset + view.nbytes > self.nbytes:
@@ -437,21 +459,21 @@ def _destroy(call: str, handle) -> None:
     """Finalizer for streams/events not closed explicitly (best effort, also at interpreter exit)."""
     try:
         getattr(cudart(), call)(handle)
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass
 
 
 def _free_device(ptr: int) -> None:
     try:
         cudart().cudaFree(ptr)
-    except Exception:  # interpreter shutdown
+    except Exception:  # interpreter shutdown  # noqa: BLE001
         pass
 
 
 def _free_host(ptr: int) -> None:
     try:
         cudart().cudaFreeHost(ptr)
-    except Exception:
+    except Exception:  # noqa: BLE001
         pass
 
 
@@ -459,8 +481,12 @@ class _HostView:
     """Exposes raw host memory to numpy via ``__array_interface__`` and keeps its owner alive."""
 
     def __init__(self, ptr: int, shape, dtype, owner):
-        self.__array_interface__ = {"data": (ptr, False), "shape": tuple(shape),
-                                    "typestr": np.dtype(dtype).str, "version": 3}
+        self.__array_interface__ = {
+            "data": (ptr, False),
+            "shape": tuple(shape),
+            "typestr": np.dtype(dtype).str,
+            "version": 3,
+        }
         self.owner = owner
 
 
@@ -495,10 +521,12 @@ class PinnedBuffer(_Closable):
             raise ValueError(f"view of {nbytes} bytes at offset {offset} exceeds the {self.nbytes}-byte buffer")
         return np.asarray(_HostView(self.ptr + offset, shape, dtype, self))
 
-    def device_array(self, shape, dtype=np.uint8, offset: int = 0) -> "DeviceArray":
+    def device_array(self, shape, dtype=np.uint8, offset: int = 0) -> DeviceArray:
         """The GPU's view of a mapped buffer (for kernels and ``__cuda_array_interface__``)."""
         if self.device_ptr is None:
-            raise CudaError("this pinned buffer is not mapped (allocate it with mapped=True)", "cudaHostGetDevicePointer")
+            raise CudaError(
+                "this pinned buffer is not mapped (allocate it with mapped=True)", "cudaHostGetDevicePointer"
+            )
         return DeviceArray(self.device_ptr + offset, shape, dtype, owner=self)
 
     @property
@@ -521,8 +549,17 @@ class DeviceArray:
     ``__cuda_array_interface__`` so consumers synchronise).
     """
 
-    def __init__(self, ptr: int, shape, dtype, strides=None, owner=None, stream: int | None = None,
-                 device_id: int = 0, readonly: bool = False):
+    def __init__(
+        self,
+        ptr: int,
+        shape,
+        dtype,
+        strides=None,
+        owner=None,
+        stream: int | None = None,
+        device_id: int = 0,
+        readonly: bool = False,
+    ):
         self.ptr = int(ptr)
         self.shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
         self.dtype = np.dtype(dtype)
@@ -559,7 +596,7 @@ class DeviceArray:
     def is_c_contiguous(self) -> bool:
         return self.strides is None or self.strides == DeviceArray(0, self.shape, self.dtype).byte_strides
 
-    def reshape(self, *shape) -> "DeviceArray":
+    def reshape(self, *shape) -> DeviceArray:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         if not self.is_c_contiguous:
             raise ValueError("reshape needs a C-contiguous array")
@@ -569,7 +606,7 @@ class DeviceArray:
             raise ValueError(f"cannot reshape {self.shape} into {shape}")
         return DeviceArray(self.ptr, shape, self.dtype, None, self.owner, self.stream, self.device_id, self.readonly)
 
-    def __getitem__(self, index: int) -> "DeviceArray":
+    def __getitem__(self, index: int) -> DeviceArray:
         """``a[i]``: the i-th sub-array along the first axis (e.g. one image of a batch)."""
         if not isinstance(index, (int, np.integer)):
             raise TypeError("DeviceArray supports integer indexing on the first axis only")
@@ -577,15 +614,27 @@ class DeviceArray:
         if not 0 <= index < self.shape[0]:
             raise IndexError(index)
         strides = self.byte_strides
-        return DeviceArray(self.ptr + index * strides[0], self.shape[1:], self.dtype,
-                           strides[1:] if self.strides is not None else None, self.owner, self.stream,
-                           self.device_id, self.readonly)
+        return DeviceArray(
+            self.ptr + index * strides[0],
+            self.shape[1:],
+            self.dtype,
+            strides[1:] if self.strides is not None else None,
+            self.owner,
+            self.stream,
+            self.device_id,
+            self.readonly,
+        )
 
     # ---- interop --------------------------------------------------------------------------
     @property
     def __cuda_array_interface__(self) -> dict:
-        cai = {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, self.readonly),
-               "version": 3, "strides": self.strides}
+        cai = {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self.ptr, self.readonly),
+            "version": 3,
+            "strides": self.strides,
+        }
         if self.stream is not None:
             cai["stream"] = int(self.stream)
         return cai
@@ -603,11 +652,12 @@ class DeviceArray:
         consumer = 1 if stream is None else int(stream)  # DLPack: None means the legacy default stream
         if consumer != -1 and self.stream is not None and consumer != int(self.stream):
             _order_streams(producer=int(self.stream), consumer=consumer)
-        return dlpack.export_capsule(self.ptr, self.shape, self.dtype, self.strides, dlpack.kDLCUDA,
-                                     self.device_id, owner=self)
+        return dlpack.export_capsule(
+            self.ptr, self.shape, self.dtype, self.strides, dlpack.kDLCUDA, self.device_id, owner=self
+        )
 
     # ---- host transfers -------------------------------------------------------------------
-    def copy_from_host(self, array: np.ndarray, stream: Stream | None = None) -> "DeviceArray":
+    def copy_from_host(self, array: np.ndarray, stream: Stream | None = None) -> DeviceArray:
         array = np.ascontiguousarray(array, dtype=self.dtype)
         if array.shape != self.shape or not self.is_c_contiguous:
             raise ValueError(f"copy_from_host: shape {array.shape} into {self.shape} (contiguous only)")
@@ -662,8 +712,27 @@ def host_pointer(array: np.ndarray) -> int:
 
 
 __all__ = [
-    "CudaError", "check", "cudart", "driver", "DeviceInfo", "device_count", "device_info", "use_device",
-    "current_device", "synchronize_device", "memory_info", "Stream", "Event", "GraphCapture", "DeviceBuffer",
-    "PinnedBuffer", "DeviceArray", "empty", "to_device", "copy_async", "copy_2d_async", "memset_async",
+    "CudaError",
+    "check",
+    "cudart",
+    "driver",
+    "DeviceInfo",
+    "device_count",
+    "device_info",
+    "use_device",
+    "current_device",
+    "synchronize_device",
+    "memory_info",
+    "Stream",
+    "Event",
+    "GraphCapture",
+    "DeviceBuffer",
+    "PinnedBuffer",
+    "DeviceArray",
+    "empty",
+    "to_device",
+    "copy_async",
+    "copy_2d_async",
+    "memset_async",
     "host_pointer",
 ]

@@ -49,15 +49,15 @@ class KernelCompileError(ToolkitError):
 class CompiledKernels:
     """A compiled module image, ready for ``cuModuleLoadData``."""
 
-    image: bytes          # cubin (ELF) or NUL-terminated PTX text
-    kind: str             # "cubin" | "ptx"
-    arch: str             # "sm_87", "sm_90", ...
+    image: bytes  # cubin (ELF) or NUL-terminated PTX text
+    kind: str  # "cubin" | "ptx"
+    arch: str  # "sm_87", "sm_90", ...
     nvrtc_version: tuple[int, int]
     options: tuple[str, ...]
-    key: str              # sha256 cache key
-    path: Path | None     # cache file (None when the cache was not writable)
+    key: str  # sha256 cache key
+    path: Path | None  # cache file (None when the cache was not writable)
     from_cache: bool
-    seconds: float        # compile (or cache read) time
+    seconds: float  # compile (or cache read) time
     log: str = ""
 
     @property
@@ -70,9 +70,10 @@ class CompiledKernels:
 def _nvrtc():
     try:
         from cuda.bindings import nvrtc
-    except ImportError:
-        raise ToolkitError("NVRTC is not available: install cuda-python (pip install 'deeplab-trt[cuda]') "
-                           "to compile the CUDA kernels") from None
+    except ImportError as exc:
+        raise ToolkitError(
+            "NVRTC is not available: install cuda-python (pip install 'deeplab-trt[cuda]') to compile the CUDA kernels"
+        ) from exc
     return nvrtc
 
 
@@ -122,8 +123,13 @@ def cache_dir() -> Path:
 
 def cache_key(source: bytes, arch: str, version: tuple[int, int], options: tuple[str, ...], kind: str) -> str:
     h = hashlib.sha256()
-    for part in (source, arch.encode(), f"nvrtc {version[0]}.{version[1]}".encode(),
-                 "\0".join(options).encode(), kind.encode()):
+    for part in (
+        source,
+        arch.encode(),
+        f"nvrtc {version[0]}.{version[1]}".encode(),
+        "\0".join(options).encode(),
+        kind.encode(),
+    ):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()
@@ -152,9 +158,11 @@ def _nvrtc_compile(source: bytes, name: str, arch: str, options: tuple[str, ...]
     supported = supported_archs()
     if cc not in supported:
         major, minor = nvrtc_version()
-        raise ToolkitError(f"NVRTC {major}.{minor} cannot compile for {arch} (it supports "
-                           f"{', '.join(f'sm_{a}' for a in supported)}); install a cuda-python/NVRTC "
-                           "release that supports this GPU")
+        raise ToolkitError(
+            f"NVRTC {major}.{minor} cannot compile for {arch} (it supports "
+            f"{', '.join(f'sm_{a}' for a in supported)}); install a cuda-python/NVRTC "
+            "release that supports this GPU"
+        )
     target = f"--gpu-architecture={'sm' if kind == 'cubin' else 'compute'}_{cc}"
     opts = [o.encode() for o in (*options, target)]
     prog = _ok(nvrtc, nvrtc.nvrtcCreateProgram(source, name.encode(), 0, [], []), "nvrtcCreateProgram")
@@ -177,10 +185,16 @@ def _nvrtc_compile(source: bytes, name: str, arch: str, options: tuple[str, ...]
         nvrtc.nvrtcDestroyProgram(prog)
 
 
-def compile_kernels(arch: str | int | tuple[int, int] | None = None, *, kind: str = "cubin",
-                    source: str | bytes | None = None, name: str | None = None,
-                    options: tuple[str, ...] = DEFAULT_OPTIONS, cache: bool = True,
-                    cache_root: str | os.PathLike | None = None) -> CompiledKernels:
+def compile_kernels(
+    arch: str | int | tuple[int, int] | None = None,
+    *,
+    kind: str = "cubin",
+    source: str | bytes | None = None,
+    name: str | None = None,
+    options: tuple[str, ...] = DEFAULT_OPTIONS,
+    cache: bool = True,
+    cache_root: str | os.PathLike | None = None,
+) -> CompiledKernels:
     """Compile the kernels (default: ``kernels.cu``) for ``arch`` (default: the running GPU).
 
     ``kind="cubin"`` is machine code for exactly that architecture (no JIT at load time);
@@ -206,8 +220,7 @@ def compile_kernels(arch: str | int | tuple[int, int] | None = None, *, kind: st
     if cache and path.is_file():
         image = path.read_bytes()
         if image:
-            return CompiledKernels(image, kind, arch, version, options, key, path, True,
-                                   time.perf_counter() - start)
+            return CompiledKernels(image, kind, arch, version, options, key, path, True, time.perf_counter() - start)
     image, text = _nvrtc_compile(source_bytes, name, arch, options, kind)
     seconds = time.perf_counter() - start
     stored: Path | None = None

@@ -63,8 +63,13 @@ class DLManagedTensorVersioned(ctypes.Structure):
 
 
 _DeleterV = ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensorVersioned))
-DLManagedTensorVersioned._fields_ = [("version", DLPackVersion), ("manager_ctx", ctypes.c_void_p),
-                                     ("deleter", _DeleterV), ("flags", ctypes.c_uint64), ("dl_tensor", DLTensor)]
+DLManagedTensorVersioned._fields_ = [
+    ("version", DLPackVersion),
+    ("manager_ctx", ctypes.c_void_p),
+    ("deleter", _DeleterV),
+    ("flags", ctypes.c_uint64),
+    ("dl_tensor", DLTensor),
+]
 DLPACK_FLAG_BITMASK_READ_ONLY = 1
 
 _api = ctypes.pythonapi
@@ -100,7 +105,9 @@ def np_dtype(dt: DLDataType) -> np.dtype:
         raise BufferError(f"vector DLPack dtypes (lanes={dt.lanes}) are not supported")
     kind = {kDLInt: "i", kDLUInt: "u", kDLFloat: "f", kDLBool: "b"}.get(dt.code)
     if kind is None:
-        raise BufferError(f"DLPack dtype code {dt.code} (bits {dt.bits}) is not supported (bfloat16 and complex are not)")
+        raise BufferError(
+            f"DLPack dtype code {dt.code} (bits {dt.bits}) is not supported (bfloat16 and complex are not)"
+        )
     return np.dtype("?") if kind == "b" else np.dtype(f"{kind}{dt.bits // 8}")
 
 
@@ -113,7 +120,7 @@ class ImportedTensor:
 
     ptr: int
     shape: tuple[int, ...]
-    strides: tuple[int, ...] | None   # bytes; None = C-contiguous
+    strides: tuple[int, ...] | None  # bytes; None = C-contiguous
     dtype: np.dtype
     device_type: int
     device_id: int
@@ -170,8 +177,9 @@ def import_capsule(capsule) -> ImportedTensor:
             released.set()
             _call_deleter(address, versioned)
 
-    out = ImportedTensor(ptr, shape, strides, dtype, int(tensor.device.device_type), int(tensor.device.device_id),
-                         readonly, release)
+    out = ImportedTensor(
+        ptr, shape, strides, dtype, int(tensor.device.device_type), int(tensor.device.device_id), readonly, release
+    )
     weakref.finalize(out, release)
     return out
 
@@ -221,8 +229,7 @@ def _capsule_destructor(capsule_ptr):
             _exports.pop(address, None)
 
 
-def export_capsule(ptr: int, shape, dtype, strides=None, device_type: int = kDLCUDA, device_id: int = 0,
-                   owner=None):
+def export_capsule(ptr: int, shape, dtype, strides=None, device_type: int = kDLCUDA, device_id: int = 0, owner=None):
     """A legacy ``dltensor`` capsule for memory at ``ptr`` (``strides`` in bytes; None = C-contiguous)."""
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
@@ -239,8 +246,11 @@ def export_capsule(ptr: int, shape, dtype, strides=None, device_type: int = kDLC
     managed.dl_tensor.ndim = len(shape)
     managed.dl_tensor.dtype = dl_dtype(dtype)
     managed.dl_tensor.shape = ctypes.cast(record.shape, ctypes.POINTER(ctypes.c_int64))
-    managed.dl_tensor.strides = (ctypes.cast(record.strides, ctypes.POINTER(ctypes.c_int64))
-                                 if record.strides is not None else ctypes.POINTER(ctypes.c_int64)())
+    managed.dl_tensor.strides = (
+        ctypes.cast(record.strides, ctypes.POINTER(ctypes.c_int64))
+        if record.strides is not None
+        else ctypes.POINTER(ctypes.c_int64)()
+    )
     managed.dl_tensor.byte_offset = 0
     managed.manager_ctx = None
     managed.deleter = _export_deleter

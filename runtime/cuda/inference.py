@@ -30,7 +30,7 @@ from deeplab_trt.runtime.spec import ModelSpec
 class DeviceInference(Protocol):
     name: str
     spec: ModelSpec
-    input: object   # DeviceArray
+    input: object  # DeviceArray
     output: object  # DeviceArray
     capturable: bool
 
@@ -71,8 +71,10 @@ class HostBackendInference:
         stream.synchronize()
         result = np.asarray(self.backend.infer(self._host_in))
         if result.shape != self.output.shape or result.dtype != self.output.dtype:
-            raise ValueError(f"{self.name}: output changed from {self.output.shape} {self.output.dtype} "
-                             f"to {result.shape} {result.dtype}")
+            raise ValueError(
+                f"{self.name}: output changed from {self.output.shape} {self.output.dtype} "
+                f"to {result.shape} {result.dtype}"
+            )
         np.copyto(self._host_out, result)
         api.copy_async(self.output.ptr, self._host_out, self.output.nbytes, stream)
 

@@ -38,13 +38,21 @@ _UPSAMPLE = "piiippppppqii"
 _GATHER = "pqpppqii"
 _RENDER = "pqpqiiipqpiiff"
 SIGNATURES: dict[str, str] = {
-    "preprocess_u8_f32": _PRE, "preprocess_u8_f16": _PRE,
-    "argmax_f32": _ARGMAX, "argmax_f16": _ARGMAX,
-    "upsample_argmax_f32_u8": _UPSAMPLE, "upsample_argmax_f16_u8": _UPSAMPLE,
-    "upsample_argmax_f32_i32": _UPSAMPLE, "upsample_argmax_f16_i32": _UPSAMPLE,
-    "gather_nearest_i32_u8": _GATHER, "gather_nearest_i32_i32": _GATHER,
-    "gather_nearest_i64_u8": _GATHER, "gather_nearest_i64_i32": _GATHER, "gather_nearest_u8_u8": _GATHER,
-    "render_u8": _RENDER, "render_i32": _RENDER,
+    "preprocess_u8_f32": _PRE,
+    "preprocess_u8_f16": _PRE,
+    "argmax_f32": _ARGMAX,
+    "argmax_f16": _ARGMAX,
+    "upsample_argmax_f32_u8": _UPSAMPLE,
+    "upsample_argmax_f16_u8": _UPSAMPLE,
+    "upsample_argmax_f32_i32": _UPSAMPLE,
+    "upsample_argmax_f16_i32": _UPSAMPLE,
+    "gather_nearest_i32_u8": _GATHER,
+    "gather_nearest_i32_i32": _GATHER,
+    "gather_nearest_i64_u8": _GATHER,
+    "gather_nearest_i64_i32": _GATHER,
+    "gather_nearest_u8_u8": _GATHER,
+    "render_u8": _RENDER,
+    "render_i32": _RENDER,
 }
 KERNEL_NAMES = tuple(SIGNATURES)
 _CTYPES = {"p": ctypes.c_uint64, "q": ctypes.c_int64, "i": ctypes.c_int32, "f": ctypes.c_float}
@@ -108,8 +116,8 @@ class Launcher(Protocol):
 
 
 class Memory(Protocol):
-    def upload(self, array: np.ndarray) -> Any: ...   # persistent copy; result has .ptr
-    def scratch(self, nbytes: int) -> Any: ...         # uninitialised; result has .ptr
+    def upload(self, array: np.ndarray) -> Any: ...  # persistent copy; result has .ptr
+    def scratch(self, nbytes: int) -> Any: ...  # uninitialised; result has .ptr
 
 
 class CudaLauncher:
@@ -126,24 +134,47 @@ class CudaLauncher:
         try:
             self.module = api.check(drv.cuModuleLoadData(self._image.ctypes.data), "cuModuleLoadData")
         except api.CudaError as exc:
-            if exc.name in ("CUDA_ERROR_UNSUPPORTED_PTX_VERSION", "CUDA_ERROR_NO_BINARY_FOR_GPU",
-                            "CUDA_ERROR_INVALID_IMAGE"):
+            if exc.name in (
+                "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+                "CUDA_ERROR_NO_BINARY_FOR_GPU",
+                "CUDA_ERROR_INVALID_IMAGE",
+            ):
                 info = api.current_device()
-                raise api.CudaError(f"{exc} — the kernels were compiled by NVRTC "
-                                    f"{compiled.nvrtc_version[0]}.{compiled.nvrtc_version[1]} for {compiled.arch} "
-                                    f"but the driver supports CUDA {info.driver_version // 1000}."
-                                    f"{info.driver_version % 1000 // 10}; install cuda-python/NVRTC matching the "
-                                    "driver", exc.call, exc.code, exc.name) from None
+                raise api.CudaError(
+                    f"{exc} — the kernels were compiled by NVRTC "
+                    f"{compiled.nvrtc_version[0]}.{compiled.nvrtc_version[1]} for {compiled.arch} "
+                    f"but the driver supports CUDA {info.driver_version // 1000}."
+                    f"{info.driver_version % 1000 // 10}; install cuda-python/NVRTC matching the "
+                    "driver",
+                    exc.call,
+                    exc.code,
+                    exc.name,
+                ) from exc
             raise
-        self.functions = {name: api.check(drv.cuModuleGetFunction(self.module, name.encode()),
-                                          f"cuModuleGetFunction({name})") for name in KERNEL_NAMES}
+        self.functions = {
+            name: api.check(drv.cuModuleGetFunction(self.module, name.encode()), f"cuModuleGetFunction({name})")
+            for name in KERNEL_NAMES
+        }
         self.compiled = compiled
 
     def launch(self, name, grid, block, params, stream) -> None:
         drv = self._api.driver()
-        self._api.check(drv.cuLaunchKernel(self.functions[name], grid[0], grid[1], grid[2], block[0], block[1],
-                                           block[2], 0, drv.CUstream(int(stream or 0)), ctypes.addressof(params), 0),
-                        f"cuLaunchKernel({name})")
+        self._api.check(
+            drv.cuLaunchKernel(
+                self.functions[name],
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                0,
+                drv.CUstream(int(stream or 0)),
+                ctypes.addressof(params),
+                0,
+            ),
+            f"cuLaunchKernel({name})",
+        )
 
 
 class CudaMemory:
@@ -231,9 +262,21 @@ class Kernels:
         del storage  # kept alive across the launch call; the driver copies the values
 
     # ---- preprocess -----------------------------------------------------------------------
-    def preprocess(self, frame, frame_h: int, frame_w: int, out, spec: ModelSpec, geo: Geometry,
-                   *, out_dtype=np.float32, frame_pitch: int | None = None, pixel_stride: int = 3,
-                   bgr: bool = True, stream=0) -> None:
+    def preprocess(
+        self,
+        frame,
+        frame_h: int,
+        frame_w: int,
+        out,
+        spec: ModelSpec,
+        geo: Geometry,
+        *,
+        out_dtype=np.float32,
+        frame_pitch: int | None = None,
+        pixel_stride: int = 3,
+        bgr: bool = True,
+        stream=0,
+    ) -> None:
         """uint8 frame (h×w, pitch bytes/row) → one image (3×H×W) of ``out_dtype`` at ``out``."""
         from deeplab_trt.runtime.cuda.tables import normalization, preprocess_tables
 
@@ -251,9 +294,31 @@ class Kernels:
         xi, xw, yi, yw = self._tables_for(("resize", geo), build)
         channels, mean, scale = normalization(spec, bgr)
         grid, block = grid_2d(geo.input_width, geo.input_height)
-        self._launch(f"preprocess_u8_{_FLOAT_SUFFIX[out_dtype]}", grid, block,
-                     (frame, pitch, pixel_stride, out, geo.input_height, geo.input_width, geo.top, geo.left,
-                      geo.height, geo.width, xi, xw, yi, yw, *channels, *mean, *scale), stream)
+        self._launch(
+            f"preprocess_u8_{_FLOAT_SUFFIX[out_dtype]}",
+            grid,
+            block,
+            (
+                frame,
+                pitch,
+                pixel_stride,
+                out,
+                geo.input_height,
+                geo.input_width,
+                geo.top,
+                geo.left,
+                geo.height,
+                geo.width,
+                xi,
+                xw,
+                yi,
+                yw,
+                *channels,
+                *mean,
+                *scale,
+            ),
+            stream,
+        )
 
     # ---- postprocess ----------------------------------------------------------------------
     def argmax(self, logits, channels: int, n: int, labels_i32, *, dtype=np.float32, stream=0) -> None:
@@ -261,9 +326,20 @@ class Kernels:
         grid, block = grid_1d(n)
         self._launch(f"argmax_{_FLOAT_SUFFIX[np.dtype(dtype)]}", grid, block, (logits, channels, n, labels_i32), stream)
 
-    def upsample_argmax(self, logits, channels: int, low_h: int, low_w: int, geo: Geometry, labels,
-                        *, dtype=np.float32, label_dtype=np.uint8, label_pitch: int | None = None,
-                        stream=0) -> None:
+    def upsample_argmax(
+        self,
+        logits,
+        channels: int,
+        low_h: int,
+        low_w: int,
+        geo: Geometry,
+        labels,
+        *,
+        dtype=np.float32,
+        label_dtype=np.uint8,
+        label_pitch: int | None = None,
+        stream=0,
+    ) -> None:
         """Low-res C×h×w logits → labels at the frame's resolution (== ``upsample_argmax``)."""
         from deeplab_trt.runtime.cuda.tables import upsample_tables
 
@@ -276,13 +352,41 @@ class Kernels:
         self.argmax(logits, channels, low_h * low_w, low, dtype=dtype, stream=stream)
         suffix = f"{_FLOAT_SUFFIX[np.dtype(dtype)]}_{_LABEL_SUFFIX[np.dtype(label_dtype)]}"
         grid, block = grid_2d(geo.frame_width, geo.frame_height)
-        self._launch(f"upsample_argmax_{suffix}", grid, block,
-                     (logits, channels, low_h, low_w, low, yi, yw, xi, xw, labels,
-                      label_pitch if label_pitch is not None else geo.frame_width,
-                      geo.frame_height, geo.frame_width), stream)
+        self._launch(
+            f"upsample_argmax_{suffix}",
+            grid,
+            block,
+            (
+                logits,
+                channels,
+                low_h,
+                low_w,
+                low,
+                yi,
+                yw,
+                xi,
+                xw,
+                labels,
+                label_pitch if label_pitch is not None else geo.frame_width,
+                geo.frame_height,
+                geo.frame_width,
+            ),
+            stream,
+        )
 
-    def gather_nearest(self, src, src_h: int, src_w: int, geo: Geometry, labels, *, src_dtype=np.int32,
-                       label_dtype=np.uint8, label_pitch: int | None = None, stream=0) -> None:
+    def gather_nearest(
+        self,
+        src,
+        src_h: int,
+        src_w: int,
+        geo: Geometry,
+        labels,
+        *,
+        src_dtype=np.int32,
+        label_dtype=np.uint8,
+        label_pitch: int | None = None,
+        stream=0,
+    ) -> None:
         """Model-resolution labels → frame-resolution labels with the reference's nearest taps."""
         from deeplab_trt.runtime.cuda.tables import nearest_tables
 
@@ -294,13 +398,36 @@ class Kernels:
         if name not in SIGNATURES:
             raise ToolkitError(f"no kernel for {src_dtype} labels → {np.dtype(label_dtype)}")
         grid, block = grid_2d(geo.frame_width, geo.frame_height)
-        self._launch(name, grid, block, (src, src_w, yi, xi, labels,
-                                         label_pitch if label_pitch is not None else geo.frame_width,
-                                         geo.frame_height, geo.frame_width), stream)
+        self._launch(
+            name,
+            grid,
+            block,
+            (
+                src,
+                src_w,
+                yi,
+                xi,
+                labels,
+                label_pitch if label_pitch is not None else geo.frame_width,
+                geo.frame_height,
+                geo.frame_width,
+            ),
+            stream,
+        )
 
-    def labels_from_output(self, output, output_shape: tuple[int, ...], output_dtype, spec: ModelSpec,
-                           geo: Geometry, labels, *, label_dtype=None, label_pitch: int | None = None,
-                           stream=0) -> None:
+    def labels_from_output(
+        self,
+        output,
+        output_shape: tuple[int, ...],
+        output_dtype,
+        spec: ModelSpec,
+        geo: Geometry,
+        labels,
+        *,
+        label_dtype=None,
+        label_pitch: int | None = None,
+        stream=0,
+    ) -> None:
         """One image's model output (no batch dim) → frame-resolution labels, by head form.
 
         Device twin of :func:`deeplab_trt.runtime.postprocess.labels_from_output`.
@@ -311,26 +438,69 @@ class Kernels:
             if len(output_shape) != 3:
                 raise ToolkitError(f"lowres head expects C×h×w logits, got shape {tuple(output_shape)}")
             c, h, w = output_shape
-            self.upsample_argmax(output, c, h, w, geo, labels, dtype=output_dtype, label_dtype=label_dtype,
-                                 label_pitch=label_pitch, stream=stream)
+            self.upsample_argmax(
+                output,
+                c,
+                h,
+                w,
+                geo,
+                labels,
+                dtype=output_dtype,
+                label_dtype=label_dtype,
+                label_pitch=label_pitch,
+                stream=stream,
+            )
         elif spec.head == "logits":
             if len(output_shape) != 3:
                 raise ToolkitError(f"logits head expects C×H×W logits, got shape {tuple(output_shape)}")
             c, h, w = output_shape
             tmp = self._scratch_for(int(stream or 0), "fullres-argmax", h * w * 4)
             self.argmax(output, c, h * w, tmp, dtype=output_dtype, stream=stream)
-            self.gather_nearest(tmp, h, w, geo, labels, src_dtype=np.int32, label_dtype=label_dtype,
-                                label_pitch=label_pitch, stream=stream)
+            self.gather_nearest(
+                tmp,
+                h,
+                w,
+                geo,
+                labels,
+                src_dtype=np.int32,
+                label_dtype=label_dtype,
+                label_pitch=label_pitch,
+                stream=stream,
+            )
         else:
             h, w = output_shape[-2:]
-            self.gather_nearest(output, h, w, geo, labels, src_dtype=output_dtype, label_dtype=label_dtype,
-                                label_pitch=label_pitch, stream=stream)
+            self.gather_nearest(
+                output,
+                h,
+                w,
+                geo,
+                labels,
+                src_dtype=output_dtype,
+                label_dtype=label_dtype,
+                label_pitch=label_pitch,
+                stream=stream,
+            )
 
     # ---- render ---------------------------------------------------------------------------
-    def render(self, frame, height: int, width: int, labels, spec: ModelSpec, *, mode: str = "overlay",
-               alpha: float = 0.5, out=None, frame_pitch: int | None = None, out_pitch: int | None = None,
-               pixel_stride: int = 3, label_dtype=np.uint8, label_pitch: int | None = None,
-               channel_order: str = "BGR", stream=0) -> None:
+    def render(
+        self,
+        frame,
+        height: int,
+        width: int,
+        labels,
+        spec: ModelSpec,
+        *,
+        mode: str = "overlay",
+        alpha: float = 0.5,
+        out=None,
+        frame_pitch: int | None = None,
+        out_pitch: int | None = None,
+        pixel_stride: int = 3,
+        label_dtype=np.uint8,
+        label_pitch: int | None = None,
+        channel_order: str = "BGR",
+        stream=0,
+    ) -> None:
         """Overlay / mask / labels picture; in place on ``frame`` unless ``out`` is given."""
         if mode not in MODES:
             raise ToolkitError(f"unknown output mode {mode!r} (expected one of {', '.join(MODES)})")
@@ -341,10 +511,28 @@ class Kernels:
         alpha32 = np.float32(alpha)
         one_minus = np.float32(1.0 - alpha)  # as numpy evaluates frame * (1.0 - alpha) on float32 frames
         grid, block = grid_2d(width, height)
-        self._launch(f"render_{_LABEL_SUFFIX[np.dtype(label_dtype)]}", grid, block,
-                     (frame, pitch, dst, dst_pitch, pixel_stride, height, width, labels,
-                      label_pitch if label_pitch is not None else width, lut, lut_n, MODES[mode],
-                      float(alpha32), float(one_minus)), stream)
+        self._launch(
+            f"render_{_LABEL_SUFFIX[np.dtype(label_dtype)]}",
+            grid,
+            block,
+            (
+                frame,
+                pitch,
+                dst,
+                dst_pitch,
+                pixel_stride,
+                height,
+                width,
+                labels,
+                label_pitch if label_pitch is not None else width,
+                lut,
+                lut_n,
+                MODES[mode],
+                float(alpha32),
+                float(one_minus),
+            ),
+            stream,
+        )
 
 
 def label_dtype_for(spec: ModelSpec) -> np.dtype:
@@ -367,14 +555,15 @@ def _load_for(device_index: int):
     else:
         older = [a for a in archs if a <= cc]
         if not older:
-            raise ToolkitError(f"this NVRTC cannot target {info.name} ({info.arch}); "
-                               f"it supports sm_{archs[0]}..sm_{archs[-1]}")
+            raise ToolkitError(
+                f"this NVRTC cannot target {info.name} ({info.arch}); it supports sm_{archs[0]}..sm_{archs[-1]}"
+            )
         log.info("NVRTC has no %s target; using PTX for sm_%d (driver JIT)", info.arch, older[-1])
         compiled = compile_kernels(f"sm_{older[-1]}", kind="ptx")
     return Kernels(CudaLauncher(compiled), CudaMemory())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(device_index: int) -> Kernels:
     return _load_for(device_index)
 

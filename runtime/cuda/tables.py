@@ -26,7 +26,7 @@ from deeplab_trt.runtime.preprocess import Geometry
 
 @dataclass(frozen=True)
 class ResizeTaps:
-    index: np.ndarray   # int32 [n, 2]
+    index: np.ndarray  # int32 [n, 2]
     weight: np.ndarray  # float32 [n, 2]
 
 
@@ -61,25 +61,31 @@ class PreprocessTables:
 
 def preprocess_tables(geo: Geometry) -> PreprocessTables:
     """Taps that resize the whole frame onto the geometry's content rectangle."""
-    return PreprocessTables(geo, opencv_linear_taps(geo.frame_width, geo.width),
-                            opencv_linear_taps(geo.frame_height, geo.height))
+    return PreprocessTables(
+        geo, opencv_linear_taps(geo.frame_width, geo.width), opencv_linear_taps(geo.frame_height, geo.height)
+    )
 
 
 @dataclass(frozen=True)
 class BilinearTaps:
-    index: np.ndarray   # int32 [n, 2]
+    index: np.ndarray  # int32 [n, 2]
     weight: np.ndarray  # float32 [n]
 
 
 def upsample_tables(geo: Geometry, out_h: int, out_w: int) -> tuple[BilinearTaps, BilinearTaps]:
     """(rows, cols) taps from the frame's pixels into an out_h×out_w model output (reference formula)."""
+
     def axis(frame_len, out_len, in_len, offset, content_len) -> BilinearTaps:
         i0, i1, w = bilinear_taps(frame_len, out_len, in_len, offset, content_len)
-        return BilinearTaps(np.ascontiguousarray(np.stack([i0, i1], axis=1).astype(np.int32)),
-                            np.ascontiguousarray(w.astype(np.float32)))
+        return BilinearTaps(
+            np.ascontiguousarray(np.stack([i0, i1], axis=1).astype(np.int32)),
+            np.ascontiguousarray(w.astype(np.float32)),
+        )
 
-    return (axis(geo.frame_height, out_h, geo.input_height, geo.top, geo.height),
-            axis(geo.frame_width, out_w, geo.input_width, geo.left, geo.width))
+    return (
+        axis(geo.frame_height, out_h, geo.input_height, geo.top, geo.height),
+        axis(geo.frame_width, out_w, geo.input_width, geo.left, geo.width),
+    )
 
 
 def nearest_tables(geo: Geometry, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,5 +123,5 @@ def preprocess_model(frame: np.ndarray, spec, geo: Geometry, dtype=np.float32, b
     out = np.zeros((1, 3, geo.input_height, geo.input_width), dtype)
     for c in range(3):
         plane = (v[:, :, channels[c]] - np.float32(mean[c])) * np.float32(inv_std[c])
-        out[0, c, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width] = plane
+        out[0, c, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width] = plane
     return out
