@@ -63,6 +63,7 @@ from deeplab_trt.benchmarks.environment import cuda_device_reason, environment, 
 from deeplab_trt.runtime.engine_loader import sha256_file
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
+from deeplab_trt.runtime.video import Source
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +461,7 @@ def _wall_ms(fn, *args) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-class ArraySource:
+class ArraySource(Source):
     """In-memory frames with the :class:`deeplab_trt.runtime.video.VideoSource` surface (cycled to ``count``).
 
     Why: the synthetic street video is generated once and then fed at memory speed, so the
@@ -489,7 +490,7 @@ class ArraySource:
         pass
 
 
-class LockstepSource:
+class LockstepSource(Source):
     """Hands out the next frame only after the previous overlay reached the sink.
 
     Why: with one frame in flight, ``sink time - read time`` is the end-to-end latency of a

@@ -29,6 +29,7 @@ import numpy as np
 
 from deeplab_trt.runtime.cli_types import positive_int
 from deeplab_trt.runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.video import Source
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def demo_engine_path(onnx_path: Path, progress: bool = True) -> Path:
 
 
 # ----- source and sink ------------------------------------------------------------------------
-class SyntheticSource:
+class SyntheticSource(Source):
     """A :class:`deeplab_trt.runtime.video.VideoSource` look-alike that renders frames on the decode thread.
 
     Keeps each frame and its ground truth until the sink has consumed them (the pipeline is

@@ -25,7 +25,7 @@ inference sequence is captured once and replayed; the per-stage split is then re
 one ``infer`` time (events cannot be recorded inside the captured sequence).
 
 The orchestration is independent of CUDA: :class:`HostStage` runs the numpy references behind
-the same slot interface, so the CPU (ONNX Runtime) path exercises this very loop.
+the same slot interface; it is the CPU stage of ``deeplab-trt run``, so CI runs this very loop.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -43,7 +43,10 @@ from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.pipeline import RunOptions, Stats
 from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
 from deeplab_trt.runtime.preprocess import Geometry, preprocess
-from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoSource
+from deeplab_trt.runtime.video import BackgroundReader, Sink, Source
+
+if TYPE_CHECKING:
+    from deeplab_trt.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +73,15 @@ class Stage(Protocol):
 # host stage: the references (what deeplab_trt.runtime.pipeline computes), behind slots
 # ----------------------------------------------------------------------------------------------
 class HostStage:
-    """numpy/OpenCV references + ``backend.infer``: the CPU twin of :class:`CudaStage`."""
+    """numpy/OpenCV references + ``backend.infer``: the CPU twin of :class:`CudaStage`.
 
-    def __init__(self, backend, options: RunOptions, slots: int = 2):
+    Why split this way: ``submit`` (preprocess + inference) runs on the stage thread and ``finish``
+    (labels + render) on the sink thread, so labels and rendering of frame N overlap the inference
+    of frame N+1 (numpy, OpenCV, ONNX Runtime and the encoders release the GIL). The output is
+    copied unless the backend promises a fresh array per call (``fresh_outputs``).
+    """
+
+    def __init__(self, backend: Backend, options: RunOptions, slots: int = 2):
         self.backend = backend
         self.options = options
         self.slots = slots
@@ -82,7 +91,7 @@ class HostStage:
         self.batch = np.zeros(
             (backend.fixed_batch or 1, 3, self.spec.input_height, self.spec.input_width), backend.input_dtype
         )
-        self._results: dict[int, tuple[np.ndarray, dict[str, float]]] = {}
+        self._pending: dict[int, tuple] = {}
 
     def bind_thread(self) -> None:
         pass
@@ -91,18 +100,21 @@ class HostStage:
         t0 = time.perf_counter()
         _, geo = preprocess(frame, self.spec, self.options.policy, self.backend.input_dtype, out=self.batch[0])
         t1 = time.perf_counter()
-        output = self.backend.infer(self.batch)
+        output = self.backend.infer(self.batch)[0]
         t2 = time.perf_counter()
-        labels = labels_from_output(output[0], self.spec, geo)
-        picture = render(frame, labels, self.lut, self.options.mode, self.options.alpha)
-        t3 = time.perf_counter()
-        self._results[slot] = (picture, {"preprocess": t1 - t0, "infer": t2 - t1, "postprocess": t3 - t2})
+        if not self.backend.fresh_outputs:
+            output = output.copy()
+        self._pending[slot] = (frame, output, geo, {"preprocess": t1 - t0, "infer": t2 - t1})
 
     def finish(self, slot: int) -> tuple[np.ndarray, dict[str, float]]:
-        return self._results.pop(slot)
+        frame, output, geo, times = self._pending.pop(slot)
+        t0 = time.perf_counter()
+        labels = labels_from_output(output, self.spec, geo)
+        picture = render(frame, labels, self.lut, self.options.mode, self.options.alpha)
+        return picture, {**times, "postprocess": time.perf_counter() - t0}
 
     def close(self) -> None:
-        self._results.clear()
+        self._pending.clear()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +194,7 @@ class CudaStage:
         self.download = api.Stream()
         self._slots = [_Slot(api, self.height, self.width, self.label_dtype, self.zero_copy) for _ in range(self.slots)]
         self.use_graph = bool(cuda_graph)
-        if self.use_graph and not getattr(inference, "capturable", False):
+        if self.use_graph and not inference.capturable:
             log.info("CUDA graphs off: %s cannot be captured", self.name)
             self.use_graph = False
         self._eager_frames = 0
@@ -310,8 +322,8 @@ _END = object()
 
 
 def make_stage(
-    backend,
-    source: VideoSource,
+    backend: Backend,
+    source: Source,
     options: RunOptions,
     *,
     stage: str = "cuda",
@@ -327,7 +339,7 @@ def make_stage(
     if stage != "cuda":
         raise ToolkitError(f"unknown pipeline stage {stage!r} (expected cuda or host)")
     if inference is None:
-        inference = getattr(backend, "runner", None)
+        inference = backend.runner
         if inference is None:
             from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
@@ -338,8 +350,8 @@ def make_stage(
 
 
 def run_video(
-    backend,
-    source: VideoSource,
+    backend: Backend,
+    source: Source,
     sinks: Sequence[Sink],
     options: RunOptions | None = None,
     *,
@@ -349,8 +361,13 @@ def run_video(
     device_index: int = 0,
     cuda_graph: bool = False,
 ) -> Stats:
-    """Segment ``source`` on the GPU and write the pictures to ``sinks``; same contract as
-    :func:`deeplab_trt.runtime.pipeline.run_video` (the caller owns and closes the sinks)."""
+    """Segment ``source`` and write the pictures to ``sinks``: the one video loop, CPU and GPU.
+
+    The caller owns and closes the sinks. Drain policy (one, for every stage): a Ctrl-C, or an
+    exception the stage thread raises as KeyboardInterrupt, stops feeding; frames already
+    submitted are written, then the stats say ``interrupted``; a second Ctrl-C drops them. Any
+    other error drops what is in flight and reaches the caller. :func:`deeplab_trt.runtime.pipeline.run_video`
+    chooses ``stage`` from the backend."""
     from tqdm import tqdm
 
     options = options or RunOptions()
@@ -370,7 +387,7 @@ def run_video(
     else:
         kind = type(stage).__name__
     stats = Stats(
-        pipeline="gpu" if kind == "cuda" else f"slots ({kind})",
+        pipeline={"cuda": "gpu", "host": "cpu"}.get(kind, f"slots ({kind})"),
         backend=stage.name,
         model=spec.name,
         input_size=spec.input_size,
@@ -424,33 +441,42 @@ def run_video(
         dynamic_ncols=True,
     )
     timing = stats.stage_s
+
+    def write(item) -> None:
+        slot, decode_s = item
+        picture, times = stage.finish(slot)
+        t0 = time.perf_counter()
+        for sink in sinks:
+            sink.write(picture)
+        timing["encode"] += time.perf_counter() - t0
+        free.put(slot)
+        timing["decode"] += decode_s
+        for key, value in times.items():
+            timing[key] = timing.get(key, 0.0) + value
+        stats.frames += 1
+        bar.update(1)
+
     start = time.perf_counter()
     worker.start()
     try:
         stage.bind_thread()
-        while True:
-            item = ready.get()
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            slot, decode_s = item
-            picture, times = stage.finish(slot)
-            t0 = time.perf_counter()
-            for sink in sinks:
-                sink.write(picture)
-            timing["encode"] += time.perf_counter() - t0
-            free.put(slot)
-            timing["decode"] += decode_s
-            for key, value in times.items():
-                timing[key] = timing.get(key, 0.0) + value
-            stats.frames += 1
-            bar.update(1)
-            if any(s.wants_stop for s in sinks):
-                stats.stopped_by_sink = True
-                break
-    except KeyboardInterrupt:
-        stats.interrupted = True
+        try:
+            while (item := ready.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                write(item)
+                if any(s.wants_stop for s in sinks):
+                    stats.stopped_by_sink = True
+                    break
+        except KeyboardInterrupt:
+            stats.interrupted = True
+            stop.set()
+            try:  # drain: write what the stage already holds, in order
+                while (item := ready.get()) is not _END:
+                    if not isinstance(item, BaseException):
+                        write(item)
+            except KeyboardInterrupt:  # a second Ctrl-C: drop the rest
+                pass
     finally:
         stats.wall_s = time.perf_counter() - start
         stop.set()

@@ -1,32 +1,26 @@
-"""The CPU video pipeline: source → preprocess → infer → labels → render → sinks.
+"""What a video run is asked to do (:class:`RunOptions`), what it did (:class:`Stats`), and its entry point.
 
-Why this shape: every stage is the numpy/OpenCV reference (:mod:`deeplab_trt.runtime.preprocess`,
-:mod:`deeplab_trt.runtime.postprocess`), so this loop is also the definition of what ``deeplab-trt run``
-produces; the CUDA pipeline (``deeplab_trt.runtime.gpu_pipeline``) replaces the stages with kernels and
-returns the same :class:`Stats` from a ``run_video`` with the same signature, so the ``run``
-command, the benchmarks and the report code do not care which one ran.
-
-Decoding runs on a thread (:class:`deeplab_trt.runtime.video.BackgroundReader`): lossless for files,
-dropping the oldest frame for live sources. Labels, rendering and the sinks run on another
-(:class:`_Finisher`), one frame behind inference, in order. Ctrl-C stops the loop between
-frames; frames already inferred are written, the caller's sinks then finalise what was
+Why here: the ``run`` command, the demo and the benchmarks share these. The loop itself is one,
+:func:`deeplab_trt.runtime.gpu_pipeline.run_video` (the slot loop); on the CPU its stage is
+:class:`~deeplab_trt.runtime.gpu_pipeline.HostStage` (the numpy/OpenCV references: inference on the
+stage thread, labels + render on the sink thread, overlapped), on a GPU the CUDA kernels. Ctrl-C stops
+feeding new frames; frames already inferred are written, the caller's sinks then finalise what was
 written (a playable file) and the stats say ``interrupted``.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from deeplab_trt.runtime.errors import ToolkitError
-from deeplab_trt.runtime.postprocess import MODES, labels_from_output, palette_bgr, render
-from deeplab_trt.runtime.preprocess import POLICIES, preprocess
-from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoSource
+from deeplab_trt.runtime.postprocess import MODES
+from deeplab_trt.runtime.preprocess import POLICIES
+
+if TYPE_CHECKING:
+    from deeplab_trt.runtime.backends.base import Backend
+    from deeplab_trt.runtime.video import Sink, Source
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 
@@ -113,160 +107,25 @@ class Stats:
         return lines
 
 
-class _Finisher:
-    """Postprocess, render and write frames on a worker thread, in order, one frame behind.
-
-    Why: on the CPU backend labels + overlay + sinks cost a tenth of an inference; doing them
-    for frame N while frame N+1 is being inferred hides them (numpy, OpenCV, ONNX Runtime and
-    the encoders release the GIL). The queue holds one frame, so the worker is at most two
-    frames behind and memory stays bounded. ``stats.frames`` counts frames written.
-    """
-
-    _END = object()
-
-    def __init__(self, spec, sinks: Sequence[Sink], options: RunOptions, stats: Stats, bar):
-        self.spec, self.sinks, self.options, self.stats, self.bar = spec, sinks, options, stats, bar
-        self.lut = palette_bgr(spec)
-        self.queue: queue.Queue = queue.Queue(maxsize=1)
-        self.stop = threading.Event()  # set: the loop must stop feeding (a sink wants to, or an error)
-        self.abort = threading.Event()  # set: drop queued frames instead of writing them
-        self.error: BaseException | None = None
-        self.last_write = None
-        self.thread = threading.Thread(target=self._run, name="video-finish", daemon=True)
-        self.thread.start()
-
-    def submit(self, frame: np.ndarray, output: np.ndarray, geo) -> None:
-        """Queue one inferred frame; waits while the worker is a frame behind."""
-        while not self.stop.is_set():
-            try:
-                self.queue.put((frame, output, geo), timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self) -> None:
-        timing, stats = self.stats.stage_s, self.stats
-        try:
-            while (item := self.queue.get()) is not self._END:
-                if self.abort.is_set() or stats.stopped_by_sink:
-                    continue
-                frame, output, geo = item
-                t0 = time.perf_counter()
-                labels = labels_from_output(output, self.spec, geo)
-                picture = render(frame, labels, self.lut, self.options.mode, self.options.alpha)
-                t1 = time.perf_counter()
-                for sink in self.sinks:
-                    sink.write(picture)
-                t2 = time.perf_counter()
-                timing["postprocess"] += t1 - t0
-                timing["encode"] += t2 - t1
-                stats.frames += 1
-                self.last_write = t2
-                self.bar.update(1)
-                if any(s.wants_stop for s in self.sinks):
-                    stats.stopped_by_sink = True
-                    self.stop.set()
-        except BaseException as exc:  # handed to the loop thread, which re-raises it  # noqa: BLE001
-            self.error = exc
-            self.abort.set()
-            self.stop.set()
-            while self.queue.get() is not self._END:  # keep draining so the loop never blocks
-                pass
-
-    def finish(self, drain: bool = True) -> None:
-        """Write what is queued (``drain``) or drop it, and wait for the worker; re-raise its error."""
-        if not drain:
-            self.abort.set()
-        self.stop.set()
-        ended = False
-        while self.thread.is_alive():
-            try:
-                if not ended:
-                    self.queue.put(self._END)  # the worker keeps taking items: a short wait at most
-                    ended = True
-                self.thread.join()
-            except KeyboardInterrupt:  # a second Ctrl-C: drop what is queued, stop after this frame
-                self.abort.set()
-        if self.error is not None:
-            raise self.error
-
-
-def run_video(backend, source: VideoSource, sinks: Sequence[Sink], options: RunOptions | None = None) -> Stats:
+def run_video(backend: Backend, source: Source, sinks: Sequence[Sink], options: RunOptions | None = None) -> Stats:
     """Segment every frame of ``source`` with ``backend`` and write the rendering to ``sinks``.
 
-    Three threads: decode (:class:`BackgroundReader`), this one (preprocess + infer), and a
-    finisher (labels + render + sinks, :class:`_Finisher`), so on a multi-core CPU only the
-    slowest stage sets the frame rate. Frames reach the sinks in order.
+    Args:
+        backend: what infers (:class:`~deeplab_trt.runtime.backends.base.Backend`); its ``pipeline``
+            picks the stage: ``"gpu"`` runs the CUDA kernels, ``"cpu"`` the numpy references.
+        source: the frames (:class:`~deeplab_trt.runtime.video.Source`).
+        sinks: the caller's sinks (opened before, closed after, so a Ctrl-C still leaves a playable file).
+        options: what to do with each frame.
 
-    Sinks are the caller's: it opens them before and closes (finalises) them after, so a
-    Ctrl-C here ends the loop -- frames already inferred are still written -- and still
-    leaves a playable file.
+    There is one loop, :func:`deeplab_trt.runtime.gpu_pipeline.run_video` (decode thread, stage thread,
+    sink thread, frames in order); this only chooses its stage, so ``run``, ``demo`` and ``bench`` drive
+    every backend alike.
     """
-    from tqdm import tqdm
+    from deeplab_trt.runtime.gpu_pipeline import run_video as slot_loop
 
-    options = options or RunOptions()
-    spec = backend.spec
-    stats = Stats(
-        pipeline="cpu",
-        backend=backend.name,
-        model=spec.name,
-        input_size=spec.input_size,
-        policy=options.policy,
-        mode=options.mode,
-        source=source.description,
-        source_size=source.size,
-        source_fps=source.fps,
-        source_frames=source.frame_count,
-    )
-    batch = np.zeros((backend.fixed_batch or 1, 3, spec.input_height, spec.input_width), backend.input_dtype)
-    # The finisher reads an output while the next inference runs: copy unless the backend
-    # promises a fresh array per call (ORT does; a backend reusing one buffer would not).
-    fresh = getattr(backend, "fresh_outputs", False)
-    total = source.frame_count
-    if options.max_frames is not None:
-        total = min(total, options.max_frames) if total else options.max_frames
-    timing = stats.stage_s
-    reader = BackgroundReader(source, max_frames=options.max_frames, queue_size=options.queue_size)
-    bar = tqdm(total=total, unit="frame", desc="run", disable=not options.progress, dynamic_ncols=True)
-    finisher = _Finisher(spec, sinks, options, stats, bar)
-    start = time.perf_counter()
-    try:
-        try:
-            while (item := reader.next(finisher.stop)) is not None:
-                frame, decode_s = item
-                timing["decode"] += decode_s
-                t0 = time.perf_counter()
-                _, geo = preprocess(frame, spec, options.policy, backend.input_dtype, out=batch[0])
-                t1 = time.perf_counter()
-                output = backend.infer(batch)
-                t2 = time.perf_counter()
-                timing["preprocess"] += t1 - t0
-                timing["infer"] += t2 - t1
-                finisher.submit(frame, output[0] if fresh else output[0].copy(), geo)
-        except KeyboardInterrupt:
-            stats.interrupted = True
-        except BaseException:
-            finisher.finish(drain=False)
-            raise
-        try:
-            finisher.finish(drain=True)
-        except KeyboardInterrupt:
-            stats.interrupted = True
-    finally:
-        stats.wall_s = (finisher.last_write or time.perf_counter()) - start
-        reader.close()
-        bar.close()
-        stats.dropped = reader.dropped
-    return stats
+    return slot_loop(backend, source, sinks, options, stage="cuda" if backend.pipeline == "gpu" else "host")
 
 
-def runner_for(backend):
-    """The video loop that drives ``backend``: this CPU loop, or the CUDA one
-    (:func:`deeplab_trt.runtime.gpu_pipeline.run_video`, same signature and :class:`Stats`) for a backend
-    whose ``pipeline`` is ``"gpu"``. One choice, so ``run``, ``demo`` and ``bench`` drive a
-    backend alike; the CUDA module is imported only when it is the one chosen."""
-    if getattr(backend, "pipeline", "cpu") == "gpu":
-        from deeplab_trt.runtime.gpu_pipeline import run_video as gpu_run_video
-
-        return gpu_run_video
+def runner_for(backend: Backend):
+    """The video loop for ``backend`` (always :func:`run_video`: one loop, its stage chosen by the backend)."""
     return run_video

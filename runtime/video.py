@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 # FFmpeg prints demuxer complaints ("moov atom not found") straight to stderr; the toolkit
 # reports unreadable sources itself, in one line. Read by OpenCV when FFmpeg is first used.
@@ -66,6 +67,27 @@ def classify_source(src: str | int) -> str:
     if src.startswith("/dev/video"):
         return "camera"
     return "file"
+
+
+class Source(Protocol):
+    """What the video loop reads from a source of frames (:class:`VideoSource`, and the benchmarks'
+    in-memory, synthetic and lockstep sources, which subclass this to declare it).
+
+    ``description`` names it in reports; ``size`` is (w, h); ``fps`` the nominal rate (``None``:
+    unknown); ``frame_count`` the number of frames when known; ``is_live``: frames arrive on the
+    source's clock (the reader drops the oldest rather than wait). ``read`` returns the next BGR
+    uint8 H×W×3 frame or ``None`` at the end; ``close`` releases it.
+    """
+
+    description: str
+    size: tuple[int, int]
+    fps: float | None
+    frame_count: int | None
+    is_live: bool
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
 
 
 class VideoSource:
@@ -227,7 +249,7 @@ class BackgroundReader:
 
     _END = object()
 
-    def __init__(self, source: VideoSource, max_frames: int | None = None, queue_size: int = 4):
+    def __init__(self, source: Source, max_frames: int | None = None, queue_size: int = 4):
         self.source = source
         self.max_frames = max_frames
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))

@@ -61,6 +61,8 @@ class NumpyBackend:
     input_dtype = np.dtype(np.float32)
     fixed_batch = None
     pipeline = "cpu"
+    fresh_outputs = True
+    runner = None
 
     def infer(self, batch):
         return model_function(batch)

@@ -121,6 +121,7 @@ class _FailingBackend:
         self.inner, self.at, self.exc, self.calls = inner, at, exc, 0
         self.spec, self.name, self.input_dtype = inner.spec, inner.name, inner.input_dtype
         self.fixed_batch, self.pipeline = inner.fixed_batch, inner.pipeline
+        self.fresh_outputs, self.runner = inner.fresh_outputs, inner.runner
 
     def infer(self, batch):
         self.calls += 1

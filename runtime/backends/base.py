@@ -12,8 +12,13 @@ Contract
                  pipeline preprocesses straight into it.
 ``fixed_batch``  the batch size the model requires (``None``: a dynamic batch; any N the
                  model's profile allows).
-``pipeline``     ``"cpu"``: host numpy in/out, driven by :mod:`deeplab_trt.runtime.pipeline`;
-                 ``"gpu"``: the backend is driven by ``deeplab_trt.runtime.gpu_pipeline`` (device buffers).
+``pipeline``     which stage of the one video loop (:func:`deeplab_trt.runtime.pipeline.run_video`)
+                 drives it: ``"cpu"``: the numpy references around ``infer``; ``"gpu"``: the CUDA
+                 kernels around ``runner`` (device buffers).
+``fresh_outputs`` whether ``infer`` returns a new array per call (the loop may hold one while the
+                 next inference runs); ``False``: the loop copies it.
+``runner``       the device inference the GPU stage enqueues (``None``: the GPU stage wraps
+                 ``infer`` through host staging buffers; CPU backends leave it ``None``).
 ``infer(batch)`` N×3×H×W array of ``input_dtype`` → the model's single output (host numpy,
                  batch dim kept: N×C×h×w logits, or N×H×W labels).
 ``close()``      release the session/engine; backends are also context managers.
@@ -41,6 +46,8 @@ class Backend(Protocol):
     input_dtype: np.dtype
     fixed_batch: int | None
     pipeline: str
+    fresh_outputs: bool
+    runner: object | None
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -53,6 +60,8 @@ class BackendBase:
     name = "backend"
     pipeline = "cpu"
     fixed_batch: int | None = None
+    fresh_outputs = False
+    runner: object | None = None
 
     def __enter__(self):
         return self
