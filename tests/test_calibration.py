@@ -550,3 +550,48 @@ def test_calibrator_device_buffer_round_trip():
     np.testing.assert_array_equal(back, batch)
     assert buf.upload(batch[:1]) == ptr  # a smaller batch reuses the allocation
     buf.free()
+
+
+# ----- mixed INT8 + FP16 graph (strongly typed TensorRT) ----------------------------------------
+@pytest.fixture(scope="module")
+def tiny_mixed(tiny_onnx, tiny_int8, media, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed") / "tiny.mixed.onnx"
+    return quantize_onnx(tiny_onnx, data=[media["folder"], media["video"]], output=out, rest="fp16", progress=False)
+
+
+def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, tiny_mixed, media):
+    from deeplab_trt.builder.census import onnx_census
+
+    model = onnx.load(str(tiny_mixed))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    census = onnx_census(model)
+    assert (census.int8, census.fp32) == (3, 0), census  # conv1-3 INT8; relus, add, classifier FP16
+    assert census.fp16 >= 4
+    before = onnx_census(tiny_int8["model"])
+    assert before.int8 == 3 and before.fp16 == 0 and before.fp32 >= 4
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert '"rest": "fp16"' in meta["int8_calibration"] and '"input_dtype": "float16"' in meta["extra"]
+    # the Q/DQ scales of the FP32-rest graph are unchanged: same calibration, only the rest differs
+    scales = lambda m: {
+        t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")
+    }  # noqa: E731
+    assert scales(model) == scales(onnx.load(str(tiny_int8["model"])))
+    fp32, mixed = _ort(tiny_onnx), _ort(tiny_mixed)
+    spec = _spec()
+    agree = []
+    for _, frame in CalibrationData([media["folder"], media["video"]], spec).frames():
+        x = preprocess(frame, spec)[0]
+        a, b = fp32.run(None, {"input": x})[0], mixed.run(None, {"input": x.astype(np.float16)})[0]
+        agree.append(np.mean(a.argmax(1) == b.argmax(1)))
+    assert np.mean(agree) > 0.95
+
+
+def test_tensorrt_rtx_census_of_mixed_graph(tiny_mixed):
+    from deeplab_trt.builder.census import parsed_census
+
+    trt = _rtx()
+    census = parsed_census(trt, tiny_mixed)
+    assert census.int8 == 3 and census.fp32_layers == [], census
+    assert _rtx_build(trt, tiny_mixed) > 0
