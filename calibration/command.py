@@ -51,6 +51,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="int8",
         help="int8 initializers + DequantizeLinear (default) or float weights with Q/DQ",
     )
+    p.add_argument(
+        "--int8-rest",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help="precision of layers without Q/DQ: fp16 (mixed graph for strongly typed TensorRT 11/RTX), fp32 "
+        "(TensorRT 10 picks it with INT8|FP16 flags); auto: fp16 unless the installed TensorRT is 10.x",
+    )
     p.add_argument("--batch", type=int, default=1, metavar="B", help="calibration batch size (dynamic-batch models)")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help=f"histogram bins (default {DEFAULT_BINS})")
     p.add_argument(
@@ -66,6 +73,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
+
+
+def resolve_rest(choice: str) -> str:
+    """``auto`` → fp16 where the installed TensorRT is strongly typed only (or none is installed), else fp32."""
+    if choice != "auto":
+        return choice
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.tensorrt_flavour import detect
+
+    try:
+        return "fp16" if detect("auto").strongly_typed_only else "fp32"
+    except ToolkitError:
+        return "fp16"
 
 
 def run(args) -> int:
@@ -92,6 +112,7 @@ def run(args) -> int:
         weights=args.weights,
         quantize_head=args.quantize_head,
         policy=args.policy,
+        rest=resolve_rest(args.int8_rest),
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     extras = []

@@ -325,7 +325,8 @@ def quantize_onnx(
         guard = [b for b, _ in zip(calib_data.batches(1), range(GUARD_BATCHES))]
     write_qdq_model(model, result, output, weights=weights, extra=extra, rest=rest, guard_batches=guard)
     if report_dir is not None:
+        from deeplab_trt.calibration.layer_census import onnx_census
         from deeplab_trt.calibration.report import write_report
 
-        write_report(report_dir, result, title=f"{spec.name} ({model_path.name})")
+        write_report(report_dir, result, title=f"{spec.name} ({model_path.name})", census=onnx_census(output))
     return output

@@ -560,7 +560,7 @@ def tiny_mixed(tiny_onnx, tiny_int8, media, tmp_path_factory):
 
 
 def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, tiny_mixed, media):
-    from deeplab_trt.builder.census import onnx_census
+    from deeplab_trt.calibration.layer_census import onnx_census
 
     model = onnx.load(str(tiny_mixed))
     onnx.checker.check_model(model)
@@ -574,9 +574,10 @@ def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, ti
     meta = {p.key: p.value for p in model.metadata_props}
     assert '"rest": "fp16"' in meta["int8_calibration"] and '"input_dtype": "float16"' in meta["extra"]
     # the Q/DQ scales of the FP32-rest graph are unchanged: same calibration, only the rest differs
-    scales = lambda m: {
-        t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")
-    }  # noqa: E731
+    def scales(m):
+        return {
+            t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")
+        }
     assert scales(model) == scales(onnx.load(str(tiny_int8["model"])))
     fp32, mixed = _ort(tiny_onnx), _ort(tiny_mixed)
     spec = _spec()
@@ -595,3 +596,11 @@ def test_tensorrt_rtx_census_of_mixed_graph(tiny_mixed):
     census = parsed_census(trt, tiny_mixed)
     assert census.int8 == 3 and census.fp32_layers == [], census
     assert _rtx_build(trt, tiny_mixed) > 0
+
+
+def test_report_shows_layer_counts(tiny_int8):
+    import json
+
+    doc = json.loads((tiny_int8["report"] / "calibration.json").read_text())
+    assert doc["layers"]["int8"] == 3 and doc["layers"]["fp16"] == 0
+    assert "INT8 3 / FP16 0 / FP32" in (tiny_int8["report"] / "calibration.md").read_text()
