@@ -573,11 +573,11 @@ def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, ti
     assert before.int8 == 3 and before.fp16 == 0 and before.fp32 >= 4
     meta = {p.key: p.value for p in model.metadata_props}
     assert '"rest": "fp16"' in meta["int8_calibration"] and '"input_dtype": "float16"' in meta["extra"]
+
     # the Q/DQ scales of the FP32-rest graph are unchanged: same calibration, only the rest differs
     def scales(m):
-        return {
-            t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")
-        }
+        return {t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")}
+
     assert scales(model) == scales(onnx.load(str(tiny_int8["model"])))
     fp32, mixed = _ort(tiny_onnx), _ort(tiny_mixed)
     spec = _spec()
