@@ -75,21 +75,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def resolve_rest(choice: str) -> str:
-    """``auto`` → fp16 where the installed TensorRT is strongly typed only (or none is installed), else fp32."""
-    if choice != "auto":
-        return choice
-    from deeplab_trt.runtime.errors import ToolkitError
-    from deeplab_trt.runtime.tensorrt_flavour import detect
-
-    try:
-        return "fp16" if detect("auto").strongly_typed_only else "fp32"
-    except ToolkitError:
-        return "fp16"
-
-
 def run(args) -> int:
-    from deeplab_trt.calibration.quantize import quantize_onnx  # onnx / onnxruntime only when the command runs
+    from deeplab_trt.calibration.quantize import (  # onnx / onnxruntime only when the command runs
+        quantize_onnx,
+        rest_for,
+    )
     from deeplab_trt.runtime.errors import ToolkitError
 
     if args.bins < 256:
@@ -112,7 +102,7 @@ def run(args) -> int:
         weights=args.weights,
         quantize_head=args.quantize_head,
         policy=args.policy,
-        rest=resolve_rest(args.int8_rest),
+        rest=rest_for(args.int8_rest),
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     extras = []

@@ -155,6 +155,22 @@ def _output_path(model_path: Path, output) -> Path:
     return out
 
 
+def rest_for(choice: str = "auto", flavour: str | None = "auto") -> str:
+    """``--int8-rest``: ``auto`` → fp16 unless ``flavour`` resolves to TensorRT 10 (weak typing).
+
+    Why: TensorRT 10 chooses the unquantized layers' precision itself (``INT8|FP16`` flags) from
+    an FP32-rest graph; strongly typed TensorRT (11, RTX) runs the types the ONNX gives, so
+    there the rest must be FP16 in the graph. With no TensorRT installed, fp16 (the default
+    target). Args: choice: auto|fp16|fp32; flavour: what ``runtime.tensorrt_flavour.detect`` takes.
+    """
+    if choice != "auto":
+        return choice
+    try:
+        return "fp16" if detect(flavour).strongly_typed_only else "fp32"
+    except ToolkitError:
+        return "fp16"
+
+
 def mixed_fp16(qmodel: onnx.ModelProto, batches: list, *, label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
     """The Q/DQ graph with everything not quantized in FP16 (FP16 input and output).
 

@@ -604,3 +604,22 @@ def test_report_shows_layer_counts(tiny_int8):
     doc = json.loads((tiny_int8["report"] / "calibration.json").read_text())
     assert doc["layers"]["int8"] == 3 and doc["layers"]["fp16"] == 0
     assert "INT8 3 / FP16 0 / FP32" in (tiny_int8["report"] / "calibration.md").read_text()
+
+
+def test_int8_fp16_ratio_and_layers_column():
+    from deeplab_trt.benchmarks.bench import int8_fp16_ratio
+    from deeplab_trt.benchmarks.report import _layers, ratio_line
+
+    results = {"fp16": {"latency_ms": {"mean": 10.0}}, "int8": {"latency_ms": {"mean": 6.0}}}
+    assert int8_fp16_ratio(results) == 0.6
+    assert int8_fp16_ratio({"int8": results["int8"]}) is None
+    assert "unmeasured" in ratio_line({"int8_over_fp16": None})
+    assert "0.600" in ratio_line({"int8_over_fp16": 0.6, "config": {"backend": "tensorrt"}})
+    assert _layers({"int8": 69, "fp16": 83, "fp32": 0}) == "69/83/0" and _layers(None) == "-"
+
+
+def test_rest_for_follows_typing():
+    from deeplab_trt.calibration.quantize import rest_for
+
+    assert rest_for("fp32") == "fp32" and rest_for("fp16") == "fp16"
+    assert rest_for("auto", "tensorrt-rtx") in ("fp16",)  # strongly typed only (or not installed → fp16)
