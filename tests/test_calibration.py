@@ -434,6 +434,23 @@ def test_tensorrt_rtx_builds_exported_deeplab(onnx_factory, media, tmp_path):
     assert _rtx_build(trt, out) > 0
 
 
+@pytest.mark.slow
+def test_tensorrt_rtx_census_of_mixed_deeplab(onnx_factory, media, tmp_path):
+    """The strongly typed RTX network of the mixed DeepLab graph: no FP32 compute layer outside the guard."""
+    import json
+
+    from deeplab_trt.builder.census import parsed_census
+
+    trt = _rtx()
+    fp32 = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
+    out = quantize_onnx(fp32, data=[media["video"]], output=tmp_path / "mixed.onnx", rest="fp16", progress=False)
+    census = parsed_census(trt, out)
+    guard = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["int8_calibration"])["fp32_nodes"]
+    assert census.int8 > 50 and census.fp16 > 50
+    assert set(census.fp32_layers) <= set(guard), census.fp32_layers
+    assert _rtx_build(trt, out) > 0
+
+
 # ----- TensorRT 10 calibrator adapter -------------------------------------------------------------
 class FakeEntropyCalibrator2:
     """Stands in for tensorrt.IInt8EntropyCalibrator2 (a pybind11 base class)."""
