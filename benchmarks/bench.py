@@ -315,10 +315,25 @@ def _fp16_onnx(src: Path, dst: Path) -> None:
     convert_fp16(src, dst, min_agreement=0.0)
 
 
-def _int8_onnx(src: Path, dst: Path, calib_dir: Path, method: str, progress: bool) -> None:
+def _int8_onnx(src: Path, dst: Path, calib_dir: Path, method: str, progress: bool, rest: str = "fp32") -> None:
     from deeplab_trt.calibration.quantize import quantize_onnx
 
-    quantize_onnx(src, data=[str(calib_dir)], output=dst, num=None, method=method, progress=progress)
+    quantize_onnx(src, data=[str(calib_dir)], output=dst, num=None, method=method, rest=rest, progress=progress)
+
+
+def layer_counts(graph: Path, backend: str, flavour: str | None) -> dict[str, Any]:
+    """INT8/FP16/FP32 compute layers of the graph a precision runs: the parsed TensorRT network's
+    types where TensorRT is the backend, else the ONNX graph's tensor types."""
+    from deeplab_trt.calibration.layer_census import onnx_census
+
+    if backend == "tensorrt":
+        from deeplab_trt.builder.census import parsed_census
+        from deeplab_trt.runtime.tensorrt_flavour import detect
+
+        census = parsed_census(detect(flavour).module, graph)
+    else:
+        census = onnx_census(graph)
+    return {**census.counts(), "source": census.source}
 
 
 def _engine(
@@ -352,10 +367,13 @@ class Preparer:
             return Prepared("fp16", path, cached, secs)
         assert self.calib is not None
         calib_dir, digest = self.calib
-        key = _key(CACHE_VERSION, self.onnx_sha, "int8", digest, self.cfg.calibration_method)
+        from deeplab_trt.calibration.quantize import rest_for
+
+        rest = rest_for("auto", self.flavour if self.backend == "tensorrt" else "auto")
+        key = _key(CACHE_VERSION, self.onnx_sha, "int8", digest, self.cfg.calibration_method, rest)
         path, cached, secs = _cached(
             self.root / f"{self.stem}.int8.{key}.onnx",
-            lambda d: _int8_onnx(src, d, calib_dir, self.cfg.calibration_method, self.cfg.progress),
+            lambda d: _int8_onnx(src, d, calib_dir, self.cfg.calibration_method, self.cfg.progress, rest),
         )
         return Prepared("int8", path, cached, secs)
 
@@ -733,6 +751,7 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
             **pipe,
             "peak_memory_mb": round(mem.rss_mb, 1),
             "peak_gpu_memory_mb": None if mem.gpu_mb is None else round(mem.gpu_mb, 1),
+            "layers": layer_counts(preparer.graph(precision).path, backend, flavour),
             **fid,
         }
         report["results"][precision] = result
@@ -740,7 +759,14 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
             on_result(precision, result)
     # Report in the order asked for.
     report["results"] = {p: report["results"][p] for p in cfg.precisions}
+    report["int8_over_fp16"] = int8_fp16_ratio(report["results"])
     return report
+
+
+def int8_fp16_ratio(results: dict[str, dict]) -> float | None:
+    """Mean inference latency INT8 / FP16 (the issue's goal: <= 0.62 on TensorRT); None unless both ran."""
+    means = [((results.get(p) or {}).get("latency_ms") or {}).get("mean") for p in ("int8", "fp16")]
+    return round(means[0] / means[1], 3) if all(means) else None
 
 
 def command_line(argv: list[str] | None = None) -> str:

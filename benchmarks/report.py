@@ -75,6 +75,10 @@ def _pct(value: Any) -> str:
     return _fmt(None if value is None else 100.0 * value, ".2f") + ("%" if value is not None else "")
 
 
+def _layers(layers: dict | None) -> str:
+    return "-" if not layers else f"{layers['int8']}/{layers['fp16']}/{layers['fp32']}"
+
+
 def _rows(report: dict) -> list[list[str]]:
     rows = []
     for precision, r in report["results"].items():
@@ -94,6 +98,7 @@ def _rows(report: dict) -> list[list[str]]:
                 _pct(r.get("agreement")),
                 _fmt(r.get("miou_vs_fp32"), ".4f"),
                 _fmt(r.get("miou_vs_gt"), ".4f"),
+                _layers(r.get("layers")),
             ]
         )
     return rows
@@ -119,6 +124,7 @@ def _headers(report: dict) -> list[str]:
         "agreement",
         "mIoU vs fp32",
         "mIoU vs GT",
+        "layers INT8/FP16/FP32",
     ]
 
 
@@ -140,7 +146,16 @@ def format_table(report: dict) -> str:
         f"{cfg.get('warmup')} warmup; input {size}; fidelity on {cfg.get('fidelity_frames')} frames "
         f"({cfg.get('fidelity_source')}; ground truth {str(cfg.get('ground_truth', '?')).split(':')[0]})"
     )
+    out.append(ratio_line(report))
     return "\n".join(out)
+
+
+def ratio_line(report: dict) -> str:
+    """INT8/FP16 mean latency (issue goal <= 0.62 on TensorRT), or why it is not there."""
+    ratio = report.get("int8_over_fp16")
+    if ratio is None:
+        return "INT8/FP16 latency ratio: unmeasured (needs both int8 and fp16 in one run)"
+    return f"INT8/FP16 latency ratio: {ratio:.3f} (backend {report.get('config', {}).get('backend')})"
 
 
 def format_markdown(report: dict) -> str:

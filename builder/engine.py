@@ -176,7 +176,7 @@ def plan_precision(
         strongly_typed=True,
         onnx_pass=onnx_pass,
         int8_mode="explicit",
-        summary=f"{source}, strongly typed (unquantized layers in FP32)",
+        summary=f"{source}, strongly typed (unquantized layers in FP16, overflow guard in FP32)",
     )
 
 
@@ -425,7 +425,7 @@ def _count_qdq(model) -> int:
     return sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
+def _run_calibration(source: Path, output: Path, options: BuildOptions, *, strongly_typed: bool = False) -> Path:
     from deeplab_trt.calibration.quantize import quantize_onnx
 
     result = quantize_onnx(
@@ -437,6 +437,7 @@ def _run_calibration(source: Path, output: Path, options: BuildOptions) -> Path:
         percentile=options.percentile,
         cache=options.cache,
         seed=0,
+        rest="fp16" if strongly_typed else "fp32",  # strongly typed: the ONNX types are the precisions
         progress=options.progress,
     )
     return Path(result or output)
@@ -553,7 +554,9 @@ def build_engine(
             report = convert_fp16(source, graph, output_dtype=options.fp16_output)
             pass_record = {"pass": "fp16", **report.to_dict()}
         elif plan.onnx_pass == "qdq":
-            graph = _run_calibration(source, Path(workdir) / f"{source.stem}.int8.onnx", options)
+            graph = _run_calibration(
+                source, Path(workdir) / f"{source.stem}.int8.onnx", options, strongly_typed=plan.strongly_typed
+            )
             graph_model = load_onnx(graph)
             if _count_qdq(graph_model) == 0:
                 raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")

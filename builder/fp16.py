@@ -30,26 +30,28 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from deeplab_trt.calibration.fp16_graph import (  # the shared rewrite; this module owns the pass
+    OVERFLOW_LIMIT,
+    QDQ_OPS,
+    convert_graph_fp16,
+    default_block_ops,
+    hot_nodes,
+    measure_fp32,
+)
+from deeplab_trt.calibration.fp16_graph import ort_session as _session
 from deeplab_trt.runtime.atomic import atomic_path
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-FP16_MAX = 65504.0
-#: A node whose FP32 output exceeds this (on the probe frames) is kept in FP32.
-OVERFLOW_LIMIT = 4096.0
 #: FP16 vs FP32 label agreement the pass must reach on ONNX Runtime CPU.
 MIN_AGREEMENT = 0.995
-#: Resize/Upsample are removed from the converter's default block list (see module doc).
-ALLOW_FP16_OPS = frozenset({"Resize", "Upsample"})
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass
@@ -82,12 +84,6 @@ def random_weights(spec: ModelSpec) -> bool:
     The bar then warns instead of failing; trained weights must pass it.
     """
     return str((spec.extra or {}).get("weights", "")).lower().startswith("none")
-
-
-def default_block_ops() -> list[str]:
-    from onnxconverter_common import float16
-
-    return sorted(set(float16.DEFAULT_OP_BLOCK_LIST) - ALLOW_FP16_OPS)
 
 
 def is_fp16_graph(model) -> bool:
@@ -130,57 +126,6 @@ def probe_frames(spec: ModelSpec, count: int = 4, seed: int = 0) -> list[np.ndar
                 cv2.rectangle(frame, (cx, cy), (min(w - 1, cx + dx), min(h - 1, cy + dy)), colour, -1)
         frames.append(frame)
     return frames
-
-
-def _session(model_bytes_or_path, threads: int = 2):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes_or_path, opts, providers=["CPUExecutionProvider"])
-
-
-def _float_tensors(model) -> list[str]:
-    """Names of every FP32 tensor a node produces (after shape inference)."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {
-        vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
-    }
-    return [out for node in model.graph.node for out in node.output if out and types.get(out) == onnx.TensorProto.FLOAT]
-
-
-def measure_fp32(model, batches: list[np.ndarray], output_name: str):
-    """Run the FP32 graph with every float intermediate exposed.
-
-    Returns (outputs per batch, {tensor: max |value|}, {tensor: producing node name}).
-    """
-    import onnx
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = _float_tensors(probe)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = _session(probe.SerializeToString())
-    input_name = session.get_inputs()[0].name
-    fetch = [output_name] + [n for n in names if n != output_name]
-    peaks = dict.fromkeys(fetch[1:], 0.0)
-    outputs = []
-    for batch in batches:
-        values = session.run(fetch, {input_name: batch})
-        outputs.append(values[0])
-        for name, value in zip(fetch[1:], values[1:]):
-            if value.size:
-                peaks[name] = max(peaks[name], float(np.max(np.abs(value))))
-    producer = {
-        out: node.name or f"{node.op_type}_{i}" for i, node in enumerate(model.graph.node) for out in node.output
-    }
-    return outputs, peaks, producer
 
 
 def label_agreement(reference: np.ndarray, candidate: np.ndarray, spec: ModelSpec, geos) -> float:
@@ -247,7 +192,6 @@ def convert_fp16(
     (a warning for models exported with random weights, see :func:`random_weights`).
     """
     import onnx
-    from onnxconverter_common import float16
 
     from deeplab_trt.runtime.preprocess import preprocess
     from deeplab_trt.runtime.spec import spec_from_onnx
@@ -270,7 +214,7 @@ def convert_fp16(
     prepared = [preprocess(frame, spec, dtype=np.float32) for frame in frames]
     batches, geos = [b for b, _ in prepared], [g for _, g in prepared]
     reference, peaks, producer = measure_fp32(model, batches, output_name)
-    hot = sorted({producer[t] for t, peak in peaks.items() if peak > OVERFLOW_LIMIT and t in producer})
+    hot = hot_nodes(peaks, producer)
     if hot:
         log.debug(
             "fp16: keeping %d node(s) in FP32 (activations above %.0f): %s",
@@ -280,22 +224,7 @@ def convert_fp16(
         )
     ops = default_block_ops() if block_ops is None else list(block_ops)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            converted = float16.convert_float_to_float16(
-                model,
-                keep_io_types=False,
-                op_block_list=ops,
-                node_block_list=hot,
-                max_finite_val=FP16_MAX,
-                min_positive_val=1e-7,
-            )
-        except Exception as exc:  # noqa: BLE001 - the converter raises ValueError/AssertionError
-            raise ToolkitError(
-                f"{src}: FP16 conversion failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from exc
-    clamped = sum("truncated" in str(w.message) for w in caught)
+    converted, clamped = convert_graph_fp16(model, block_ops=ops, block_nodes=hot, label=str(src))
     if output_dtype == "float32":
         _cast_outputs_to_fp32(converted)
 

@@ -51,6 +51,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="int8",
         help="int8 initializers + DequantizeLinear (default) or float weights with Q/DQ",
     )
+    p.add_argument(
+        "--int8-rest",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help="precision of layers without Q/DQ: fp16 (mixed graph for strongly typed TensorRT 11/RTX), fp32 "
+        "(TensorRT 10 picks it with INT8|FP16 flags); auto: fp16 unless the installed TensorRT is 10.x",
+    )
     p.add_argument("--batch", type=int, default=1, metavar="B", help="calibration batch size (dynamic-batch models)")
     p.add_argument("--bins", type=int, default=DEFAULT_BINS, help=f"histogram bins (default {DEFAULT_BINS})")
     p.add_argument(
@@ -69,7 +76,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from deeplab_trt.calibration.quantize import quantize_onnx  # onnx / onnxruntime only when the command runs
+    from deeplab_trt.calibration.quantize import (  # onnx / onnxruntime only when the command runs
+        quantize_onnx,
+        rest_for,
+    )
     from deeplab_trt.runtime.errors import ToolkitError
 
     if args.bins < 256:
@@ -92,6 +102,7 @@ def run(args) -> int:
         weights=args.weights,
         quantize_head=args.quantize_head,
         policy=args.policy,
+        rest=rest_for(args.int8_rest),
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     extras = []

@@ -24,6 +24,20 @@ the same):
    passing another Conv (the final classifier) keep float inputs; Resize and ArgMax never get
    Q/DQ. ``exclude`` (fnmatch patterns on node names) keeps further Convs/Adds in float.
 
+**The mixed INT8 + FP16 graph** (``quantize_onnx(rest="fp16")``, strongly typed TensorRT) keeps
+this placement unchanged, on purpose (ModelOpt's partitioning, ``graph_utils``, does the same):
+
+6. **Q/DQ only on Conv inputs and residual Add inputs**, never between two non-quantized
+   layers: with the rest in FP16, a Q/DQ pair between two FP16 layers would only force an
+   FP16→INT8→FP16 reformat that no kernel absorbs.
+7. **Concat, Resize, pooling (ASPP's global pool) get no Q/DQ of their own**: TensorRT propagates
+   a Q backwards through them (they commute with quantization) when the consumer Conv is
+   quantized, so its own Q placement decides; giving them a separate scale would break the
+   commutation and add reformats. They run FP16 in the mixed graph.
+8. **Q/DQ stay FP32 with Casts around them** in the mixed graph (see
+   :func:`deeplab_trt.calibration.quantize.mixed_fp16`): opset 17 QuantizeLinear takes FP32
+   only, and TensorRT fuses Cast→Q / DQ→Cast into the INT8 kernel's I/O.
+
 A tensor feeding several quantized consumers gets one Q/DQ pair shared by all of them (one
 scale per tensor, as TensorRT requires for fusion); consumers that stay float keep reading the
 original tensor.

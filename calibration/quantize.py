@@ -30,6 +30,11 @@ from deeplab_trt.runtime.tensorrt_flavour import detect
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "int8_calibration"
+#: What the layers without Q/DQ compute in: "fp16" (mixed INT8 + FP16, for strongly typed
+#: TensorRT, where the ONNX types decide precision) or "fp32" (the graph as calibrated).
+REST_PRECISIONS = ("fp16", "fp32")
+#: Calibration batches used as probe frames for the FP16 overflow guard.
+GUARD_BATCHES = 8
 
 
 @dataclass
@@ -150,17 +155,96 @@ def _output_path(model_path: Path, output) -> Path:
     return out
 
 
+def rest_for(choice: str = "auto", flavour: str | None = "auto") -> str:
+    """``--int8-rest``: ``auto`` → fp16 unless ``flavour`` resolves to TensorRT 10 (weak typing).
+
+    Why: TensorRT 10 chooses the unquantized layers' precision itself (``INT8|FP16`` flags) from
+    an FP32-rest graph; strongly typed TensorRT (11, RTX) runs the types the ONNX gives, so
+    there the rest must be FP16 in the graph. With no TensorRT installed, fp16 (the default
+    target). Args: choice: auto|fp16|fp32; flavour: what ``runtime.tensorrt_flavour.detect`` takes.
+    """
+    if choice != "auto":
+        return choice
+    try:
+        return "fp16" if detect(flavour).strongly_typed_only else "fp32"
+    except ToolkitError:
+        return "fp16"
+
+
+def mixed_fp16(qmodel: onnx.ModelProto, batches: list, *, label: str = "model") -> tuple[onnx.ModelProto, list[str]]:
+    """The Q/DQ graph with everything not quantized in FP16 (FP16 input and output).
+
+    Why: strongly typed TensorRT (11, RTX) computes each layer in the type the ONNX gives it;
+    left FP32, every activation between INT8 Convs moves and computes in FP32 (twice the
+    bytes of the FP16 engine). Why Q/DQ stay FP32 with Casts around them (the converter's
+    block list): opset < 19 QuantizeLinear takes only FP32 input, and TensorRT's rule is "DQ
+    output type = scale type", so FP32 scales + a Cast after DQ give the same FP16 tensor;
+    TensorRT fuses Cast→Q and DQ→Cast into the INT8 kernel's input/output reformat. The
+    overflow guard is the FP16 pass's: nodes whose FP32 activations on ``batches`` (the first
+    calibration frames, real data) exceed the FP16-safe range stay FP32.
+
+    Returns (mixed model, names of the guard's FP32 nodes).
+    """
+    from deeplab_trt.calibration.fp16_graph import (
+        QDQ_OPS,
+        convert_graph_fp16,
+        default_block_ops,
+        hot_nodes,
+        measure_fp32,
+    )
+
+    output_name = qmodel.graph.output[0].name
+    _, peaks, producer = measure_fp32(qmodel, batches, output_name)
+    hot = hot_nodes(peaks, producer)
+    block = sorted(set(default_block_ops()) | QDQ_OPS)
+    mixed, _ = convert_graph_fp16(qmodel, block_ops=block, block_nodes=hot, label=label)
+    return mixed, hot
+
+
+def _set_spec_dtypes(qmodel: onnx.ModelProto) -> None:
+    """Record the FP16 I/O in the spec metadata, as the FP16 pass does (the runtime reads it)."""
+    meta = {p.key: p.value for p in qmodel.metadata_props}
+    spec = ModelSpec.from_metadata(meta)
+    spec.extra = {**(spec.extra or {}), "precision": "int8", "input_dtype": "float16"}
+    spec.extra["output_dtype"] = "int32" if spec.head == "labels" else "float16"
+    meta.update(spec.to_metadata())
+    del qmodel.metadata_props[:]
+    for key, value in meta.items():
+        qmodel.metadata_props.add(key=key, value=value)
+
+
 def write_qdq_model(
-    model: onnx.ModelProto, result: CalibrationResult, output: Path, *, weights: str = "int8", extra: dict | None = None
+    model: onnx.ModelProto,
+    result: CalibrationResult,
+    output: Path,
+    *,
+    weights: str = "int8",
+    extra: dict | None = None,
+    rest: str = "fp32",
+    guard_batches: list | None = None,
 ) -> Path:
-    """Insert Q/DQ per ``result``, record how in the metadata, check, and write atomically."""
+    """Insert Q/DQ per ``result``, record how in the metadata, check, and write atomically.
+
+    Args:
+        rest: "fp32" (unquantized layers as exported) or "fp16" (:func:`mixed_fp16`).
+        guard_batches: preprocessed FP32 input batches for the FP16 overflow guard (rest="fp16").
+    """
+    if rest not in REST_PRECISIONS:
+        raise ToolkitError(f"--int8-rest {rest}: expected one of {', '.join(REST_PRECISIONS)}")
     qmodel = insert_qdq(model, result.plan, result.amax, weights=weights)
+    fp32_nodes: list[str] = []
+    if rest == "fp16":
+        if not guard_batches:
+            raise ToolkitError(f"{output}: --int8-rest fp16 needs calibration frames for the FP16 overflow guard")
+        qmodel, fp32_nodes = mixed_fp16(qmodel, guard_batches, label=str(output))
     info = {
         "method": result.method,
         "source": result.source,
         "frames": result.frames,
         "activations": len(result.amax),
         "weights": weights,
+        "rest": rest,
+        **({"fp32_nodes": fp32_nodes} if rest == "fp16" else {}),
         **(extra or {}),
     }
     if result.percentile is not None:
@@ -169,6 +253,8 @@ def write_qdq_model(
     del qmodel.metadata_props[:]
     qmodel.metadata_props.extend(props)
     qmodel.metadata_props.add(key=METADATA_KEY, value=json.dumps(info))
+    if rest == "fp16":
+        _set_spec_dtypes(qmodel)
     try:
         onnx.checker.check_model(qmodel)
     except Exception as exc:  # a bug in the pass, but say which model  # noqa: BLE001
@@ -196,6 +282,7 @@ def quantize_onnx(
     weights: str = "int8",
     quantize_head: bool = False,
     policy: str = "stretch",
+    rest: str = "fp32",
     providers=None,
     progress: bool = True,
 ) -> Path:
@@ -205,7 +292,9 @@ def quantize_onnx(
     TensorRT calibration cache — written when ``data`` is given, read (instead of
     calibrating) when it is not. ``exclude``: fnmatch patterns of node names kept float.
     ``report_dir``: per-tensor amax table (JSON, Markdown) and histogram plots.
-    Default output: ``<model>.int8.onnx`` next to the model.
+    Default output: ``<model>.int8.onnx`` next to the model. ``rest``: "fp32" keeps the
+    unquantized layers FP32 (TensorRT 10 with INT8|FP16 flags picks their precision itself);
+    "fp16" writes the mixed INT8 + FP16 graph strongly typed TensorRT needs (:func:`mixed_fp16`).
     """
     model_path = Path(model_path)
     check_method(method, percentile)
@@ -245,9 +334,15 @@ def quantize_onnx(
         )
 
     extra = {"exclude": list(exclude)} if exclude else {}
-    write_qdq_model(model, result, output, weights=weights, extra=extra)
+    guard = None
+    if rest == "fp16":
+        if not data:
+            raise ToolkitError("--int8-rest fp16 needs --data: the FP16 overflow guard measures activations on frames")
+        guard = [b for b, _ in zip(calib_data.batches(1), range(GUARD_BATCHES))]
+    write_qdq_model(model, result, output, weights=weights, extra=extra, rest=rest, guard_batches=guard)
     if report_dir is not None:
+        from deeplab_trt.calibration.layer_census import onnx_census
         from deeplab_trt.calibration.report import write_report
 
-        write_report(report_dir, result, title=f"{spec.name} ({model_path.name})")
+        write_report(report_dir, result, title=f"{spec.name} ({model_path.name})", census=onnx_census(output))
     return output

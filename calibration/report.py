@@ -98,8 +98,11 @@ def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err:
         plt.close(fig)
 
 
-def write_report(report_dir: str | Path, result, title: str = "", plots: int = PLOTS) -> Path:
-    """``calibration.json``, ``calibration.md`` and ``hist_*.png`` in ``report_dir``; returns the dir."""
+def write_report(report_dir: str | Path, result, title: str = "", plots: int = PLOTS, census=None) -> Path:
+    """``calibration.json``, ``calibration.md`` and ``hist_*.png`` in ``report_dir``; returns the dir.
+
+    ``census``: the written graph's :class:`~deeplab_trt.calibration.layer_census.Census` (layers per precision).
+    """
     report_dir = Path(report_dir)
     if report_dir.exists() and not report_dir.is_dir():
         raise ToolkitError(f"{report_dir}: exists and is not a directory (--report needs a directory)")
@@ -124,6 +127,8 @@ def write_report(report_dir: str | Path, result, title: str = "", plots: int = P
         "quantized_weights": len(result.plan.weights),
         "residual_adds": result.plan.residual_adds,
         "float_convs": result.plan.float_convs,
+        "layers": census.counts() if census is not None else None,
+        "fp32_layers": census.fp32_layers if census is not None else None,
         "tensors": rows,
     }
     write_text_atomic(report_dir / "calibration.json", json.dumps(doc, indent=1) + "\n")
@@ -136,6 +141,7 @@ def write_report(report_dir: str | Path, result, title: str = "", plots: int = P
         f"- quantized activation tensors: {len(rows)}; Conv weights (per-channel): {len(result.plan.weights)}; "
         f"residual Adds: {len(result.plan.residual_adds)}",
         f"- kept float: {', '.join(result.plan.float_convs) or 'none'}",
+        *([f"- layers ({census.source} types): {census.summary()}"] if census is not None else []),
         "",
     ]
     has_hist = bool(ranked)

@@ -434,6 +434,23 @@ def test_tensorrt_rtx_builds_exported_deeplab(onnx_factory, media, tmp_path):
     assert _rtx_build(trt, out) > 0
 
 
+@pytest.mark.slow
+def test_tensorrt_rtx_census_of_mixed_deeplab(onnx_factory, media, tmp_path):
+    """The strongly typed RTX network of the mixed DeepLab graph: no FP32 compute layer outside the guard."""
+    import json
+
+    from deeplab_trt.builder.census import parsed_census
+
+    trt = _rtx()
+    fp32 = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
+    out = quantize_onnx(fp32, data=[media["video"]], output=tmp_path / "mixed.onnx", rest="fp16", progress=False)
+    census = parsed_census(trt, out)
+    guard = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["int8_calibration"])["fp32_nodes"]
+    assert census.int8 > 50 and census.fp16 > 50
+    assert set(census.fp32_layers) <= set(guard), census.fp32_layers
+    assert _rtx_build(trt, out) > 0
+
+
 # ----- TensorRT 10 calibrator adapter -------------------------------------------------------------
 class FakeEntropyCalibrator2:
     """Stands in for tensorrt.IInt8EntropyCalibrator2 (a pybind11 base class)."""
@@ -550,3 +567,76 @@ def test_calibrator_device_buffer_round_trip():
     np.testing.assert_array_equal(back, batch)
     assert buf.upload(batch[:1]) == ptr  # a smaller batch reuses the allocation
     buf.free()
+
+
+# ----- mixed INT8 + FP16 graph (strongly typed TensorRT) ----------------------------------------
+@pytest.fixture(scope="module")
+def tiny_mixed(tiny_onnx, tiny_int8, media, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed") / "tiny.mixed.onnx"
+    return quantize_onnx(tiny_onnx, data=[media["folder"], media["video"]], output=out, rest="fp16", progress=False)
+
+
+def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, tiny_mixed, media):
+    from deeplab_trt.calibration.layer_census import onnx_census
+
+    model = onnx.load(str(tiny_mixed))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    census = onnx_census(model)
+    assert (census.int8, census.fp32) == (3, 0), census  # conv1-3 INT8; relus, add, classifier FP16
+    assert census.fp16 >= 4
+    before = onnx_census(tiny_int8["model"])
+    assert before.int8 == 3 and before.fp16 == 0 and before.fp32 >= 4
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert '"rest": "fp16"' in meta["int8_calibration"] and '"input_dtype": "float16"' in meta["extra"]
+
+    # the Q/DQ scales of the FP32-rest graph are unchanged: same calibration, only the rest differs
+    def scales(m):
+        return {t.name: numpy_helper.to_array(t).tolist() for t in m.graph.initializer if t.name.endswith("_scale")}
+
+    assert scales(model) == scales(onnx.load(str(tiny_int8["model"])))
+    fp32, mixed = _ort(tiny_onnx), _ort(tiny_mixed)
+    spec = _spec()
+    agree = []
+    for _, frame in CalibrationData([media["folder"], media["video"]], spec).frames():
+        x = preprocess(frame, spec)[0]
+        a, b = fp32.run(None, {"input": x})[0], mixed.run(None, {"input": x.astype(np.float16)})[0]
+        agree.append(np.mean(a.argmax(1) == b.argmax(1)))
+    assert np.mean(agree) > 0.95
+
+
+def test_tensorrt_rtx_census_of_mixed_graph(tiny_mixed):
+    from deeplab_trt.builder.census import parsed_census
+
+    trt = _rtx()
+    census = parsed_census(trt, tiny_mixed)
+    assert census.int8 == 3 and census.fp32_layers == [], census
+    assert _rtx_build(trt, tiny_mixed) > 0
+
+
+def test_report_shows_layer_counts(tiny_int8):
+    import json
+
+    doc = json.loads((tiny_int8["report"] / "calibration.json").read_text())
+    assert doc["layers"]["int8"] == 3 and doc["layers"]["fp16"] == 0
+    assert "INT8 3 / FP16 0 / FP32" in (tiny_int8["report"] / "calibration.md").read_text()
+
+
+def test_int8_fp16_ratio_and_layers_column():
+    from deeplab_trt.benchmarks.bench import int8_fp16_ratio
+    from deeplab_trt.benchmarks.report import _layers, ratio_line
+
+    results = {"fp16": {"latency_ms": {"mean": 10.0}}, "int8": {"latency_ms": {"mean": 6.0}}}
+    assert int8_fp16_ratio(results) == 0.6
+    assert int8_fp16_ratio({"int8": results["int8"]}) is None
+    assert "unmeasured" in ratio_line({"int8_over_fp16": None})
+    assert "0.600" in ratio_line({"int8_over_fp16": 0.6, "config": {"backend": "tensorrt"}})
+    assert _layers({"int8": 69, "fp16": 83, "fp32": 0}) == "69/83/0" and _layers(None) == "-"
+
+
+def test_rest_for_follows_typing():
+    from deeplab_trt.calibration.quantize import rest_for
+
+    assert rest_for("fp32") == "fp32" and rest_for("fp16") == "fp16"
+    assert rest_for("auto", "tensorrt-rtx") in ("fp16",)  # strongly typed only (or not installed → fp16)
