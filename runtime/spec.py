@@ -107,11 +107,11 @@ class ModelSpec:
         if self.head not in HEADS:
             raise ToolkitError(f"unknown head form {self.head!r} (expected one of {', '.join(HEADS)})")
         self.classes = [str(c) for c in self.classes]
-        self.palette = [tuple(int(v) for v in p) for p in self.palette]
+        self.palette = [(int(r), int(g), int(b)) for r, g, b in self.palette]
         if len(self.palette) < len(self.classes):
             self.palette = self.palette + voc_palette(len(self.classes))[len(self.palette) :]
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        self.mean = _rgb_floats(self.mean, "mean")
+        self.std = _rgb_floats(self.std, "std")
 
     @property
     def num_classes(self) -> int:
@@ -199,3 +199,11 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 def spec_from_onnx(path: str | Path) -> ModelSpec:
     """The spec stored in an ONNX file by ``deeplab-trt export``."""
     return ModelSpec.from_metadata(read_onnx_metadata(path), source=str(path))
+
+
+def _rgb_floats(values, what: str) -> tuple[float, float, float]:
+    """Per-channel (R, G, B) floats; a clear error for any other length (metadata may be hand-edited)."""
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise ToolkitError(f"model spec: {what} needs 3 values (R, G, B), got {len(values)}")
+    return values[0], values[1], values[2]

@@ -100,7 +100,7 @@ class VideoSource:
     """
 
     def __init__(self, capture: cv2.VideoCapture, description: str, kind: str, is_live: bool):
-        self.capture = capture
+        self.capture: cv2.VideoCapture | None = capture
         # read() runs on the decode thread; close() must not release the capture mid-read.
         self._lock = threading.Lock()
         self.description = description
@@ -119,6 +119,8 @@ class VideoSource:
         self.frame_count: int | None = count if (count > 0 and not is_live) else None
 
     def _read_raw(self) -> np.ndarray | None:
+        if self.capture is None:  # closed
+            return None
         ok, frame = self.capture.read()
         if not ok or frame is None or frame.size == 0:
             return None
@@ -408,7 +410,7 @@ class VideoFileSink(Sink):
             raise ToolkitError(f"{self.path}: is a directory, expected a video file name")
         self._atomic = atomic_path(self.path)
         self.tmp = self._atomic.__enter__()
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.output_size)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter.fourcc(*fourcc), self.fps, self.output_size)
         if not self.writer.isOpened():
             self._finish(keep=False)
             raise ToolkitError(f"{self.path}: OpenCV cannot write {fourcc} video to this file")

@@ -57,6 +57,8 @@ class Backend(Protocol):
 class BackendBase:
     """Shared conveniences (context manager, input checks); implementing classes need not use it."""
 
+    spec: ModelSpec
+    input_dtype: np.dtype
     name = "backend"
     pipeline = "cpu"
     fixed_batch: int | None = None

@@ -271,7 +271,7 @@ class TensorRTBackend(BackendBase):
         if getattr(self, "runner", None) is not None:
             self.stream.synchronize()
             self.runner.close()
-            self.runner = None
+            del self.runner  # the class default (None) shows it is closed
             self.stream.close()
 
 

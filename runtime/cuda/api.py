@@ -230,7 +230,8 @@ def synchronize_device() -> None:
 
 def memory_info() -> tuple[int, int]:
     """(free, total) bytes on the current device."""
-    return tuple(int(v) for v in check(cudart().cudaMemGetInfo(), "cudaMemGetInfo"))
+    free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    return int(free), int(total)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,8 +597,8 @@ class DeviceArray:
     def is_c_contiguous(self) -> bool:
         return self.strides is None or self.strides == DeviceArray(0, self.shape, self.dtype).byte_strides
 
-    def reshape(self, *shape) -> DeviceArray:
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    def reshape(self, *dims) -> DeviceArray:
+        shape = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
         if not self.is_c_contiguous:
             raise ValueError("reshape needs a C-contiguous array")
         n = int(np.prod([s for s in shape if s != -1])) if shape else 1

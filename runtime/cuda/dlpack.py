@@ -134,14 +134,10 @@ class ImportedTensor:
 
 
 def _call_deleter(address: int, versioned: bool) -> None:
-    if versioned:
-        managed = DLManagedTensorVersioned.from_address(address)
-        if managed.deleter:
-            managed.deleter(ctypes.cast(address, ctypes.POINTER(DLManagedTensorVersioned)))
-    else:
-        managed = DLManagedTensor.from_address(address)
-        if managed.deleter:
-            managed.deleter(ctypes.cast(address, ctypes.POINTER(DLManagedTensor)))
+    struct = DLManagedTensorVersioned if versioned else DLManagedTensor
+    managed = struct.from_address(address)
+    if managed.deleter:
+        managed.deleter(ctypes.cast(address, ctypes.POINTER(struct)))
 
 
 def import_capsule(capsule) -> ImportedTensor:
@@ -207,6 +203,11 @@ class _Export:
 
     __slots__ = ("managed", "shape", "strides", "owner")
 
+    managed: DLManagedTensor
+    shape: ctypes.Array
+    strides: ctypes.Array | None
+    owner: object
+
 
 _exports: dict[int, _Export] = {}
 _exports_lock = threading.Lock()
@@ -215,6 +216,8 @@ _exports_lock = threading.Lock()
 @_Deleter
 def _export_deleter(managed_ptr):
     address = ctypes.cast(managed_ptr, ctypes.c_void_p).value
+    if address is None:
+        return
     with _exports_lock:
         _exports.pop(address, None)
 

@@ -87,7 +87,7 @@ def pack_args(name: str, values) -> tuple[ctypes.Array, list]:
     sig = SIGNATURES[name]
     if len(values) != len(sig):
         raise TypeError(f"{name} takes {len(sig)} arguments, got {len(values)}")
-    storage = []
+    storage: list[Any] = []
     for code, value in zip(sig, values):
         if code == "p":
             value = pointer(value)
