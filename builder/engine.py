@@ -75,6 +75,8 @@ class BuildPlan:
     precision: str
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()  #: ``BuilderFlag`` member names to set
+    #: ``BuilderFlag`` member names to clear where the flavour has them (TF32 is on by default)
+    cleared_flags: tuple[str, ...] = ()
     onnx_pass: str | None = None  #: None | "fp16" (FP16 pass) | "qdq" (calibrate + Q/DQ)
     calibrator: bool = False  #: implicit INT8: hand an entropy calibrator to the builder
     int8_mode: str | None = None
@@ -83,6 +85,7 @@ class BuildPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["builder_flags"] = list(self.builder_flags)
+        d["cleared_flags"] = list(self.cleared_flags)
         return d
 
 
@@ -114,7 +117,10 @@ def plan_precision(
         raise ToolkitError("--int8-mode implicit applies to --precision int8 only")
 
     if precision == "fp32":
-        return BuildPlan("fp32", strongly_typed=not weak, summary="FP32 graph as exported")
+        # TF32 is on by default (Ampere and later): clear it so the FP32 reference really is FP32.
+        return BuildPlan(
+            "fp32", strongly_typed=not weak, cleared_flags=("TF32",), summary="FP32 graph as exported, TF32 off"
+        )
     if precision == "fp16":
         if onnx_is_fp16:
             return BuildPlan(
@@ -592,6 +598,10 @@ def build_engine(
         config = builder.create_builder_config()
         for name in plan.builder_flags:
             config.set_flag(getattr(trt.BuilderFlag, name))
+        for name in plan.cleared_flags:
+            if hasattr(trt.BuilderFlag, name):  # a flavour without the flag has nothing to clear
+                config.clear_flag(getattr(trt.BuilderFlag, name))
+        tf32 = config.get_flag(trt.BuilderFlag.TF32) if hasattr(trt.BuilderFlag, "TF32") else None
         if options.workspace_mib:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
         if hasattr(trt, "ProfilingVerbosity"):
@@ -652,6 +662,7 @@ def build_engine(
             "toolkit_version": __version__,
             "engine": {"file": output.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
             "precision": plan.precision,
+            "tf32": None if tf32 is None else bool(tf32),  # may FP32 layers use TF32 math (None: no such flag)
             "plan": plan.to_dict(),
             "tensorrt": {**flavour.describe(), "label": flavour.label},
             "compute_capabilities": targets,

@@ -144,6 +144,7 @@ def test_fp32_is_the_graph_as_is(key):
     plan = plan_precision(ALL_FAKES[key], "fp32")
     assert plan.onnx_pass is None and plan.builder_flags == () and not plan.calibrator
     assert plan.strongly_typed == (key != "trt10")
+    assert plan.cleared_flags == ("TF32",)  # issue 11 item 9: FP32 means FP32, not TF32
 
 
 def test_fp16_trt10_uses_the_builder_flag_on_the_fp32_graph():
