@@ -449,11 +449,37 @@ def _run_calibration(source: Path, output: Path, options: BuildOptions, *, stron
     return Path(result or output)
 
 
-def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
+def plan_calibration_batch(profile: tuple[Shape, Shape, Shape] | None, dims: list[int | None]) -> int:
+    """The batch TensorRT 10's implicit calibrator must hand over: TensorRT calibrates at the profile's
+    kOPT shape (or the static batch) and reads that many images from each ``get_batch`` pointer, so a
+    smaller batch makes it read past the buffer.
+
+    Args:
+        profile: :func:`plan_profile`'s (min, opt, max) shapes, or None for a static input.
+        dims: the ONNX input dims (:func:`onnx_input_dims`).
+    """
+    if profile is not None:
+        return int(profile[1][0])
+    return int(dims[0]) if dims and dims[0] is not None else 1
+
+
+def _make_calibrator(
+    trt: Any,
+    spec: ModelSpec,
+    options: BuildOptions,
+    *,
+    profile: tuple[Shape, Shape, Shape] | None,
+    dims: list[int | None],
+):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     return make_entropy_calibrator(
-        trt, data=list(options.data), spec=spec, cache_path=options.cache, batch_size=1, num=options.num
+        trt,
+        data=list(options.data),
+        spec=spec,
+        cache_path=options.cache,
+        batch_size=plan_calibration_batch(profile, dims),
+        num=options.num,
     )
 
 
@@ -623,7 +649,7 @@ def build_engine(
             config.add_optimization_profile(opt_profile)
         calibrator = None
         if plan.calibrator:
-            calibrator = _make_calibrator(trt, spec, options)
+            calibrator = _make_calibrator(trt, spec, options, profile=profile, dims=dims)
             config.int8_calibrator = calibrator
             if profile is not None and hasattr(config, "set_calibration_profile"):
                 config.set_calibration_profile(opt_profile)
