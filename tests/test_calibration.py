@@ -520,6 +520,10 @@ def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
     assert [u.shape for u in cal.device.uploads] == [(3, 3, 32, 64)] * 2
     static = _make_calibrator(FakeTensorRT, spec, options, profile=None, dims=[4, *dims[1:]])
     assert static.get_batch_size() == 4
+    with pytest.raises(ToolkitError, match="2 calibration frame.*at batch 3"):
+        _make_calibrator(
+            FakeTensorRT, spec, BuildOptions(data=[str(media["video"])], num=2), profile=profile, dims=dims
+        )
 
 
 def test_calibrator_refused_without_calibrator_api(media):
