@@ -75,6 +75,8 @@ class BuildPlan:
     precision: str
     strongly_typed: bool
     builder_flags: tuple[str, ...] = ()  #: ``BuilderFlag`` member names to set
+    #: ``BuilderFlag`` member names to clear where the flavour has them (TF32 is on by default)
+    cleared_flags: tuple[str, ...] = ()
     onnx_pass: str | None = None  #: None | "fp16" (FP16 pass) | "qdq" (calibrate + Q/DQ)
     calibrator: bool = False  #: implicit INT8: hand an entropy calibrator to the builder
     int8_mode: str | None = None
@@ -83,6 +85,7 @@ class BuildPlan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["builder_flags"] = list(self.builder_flags)
+        d["cleared_flags"] = list(self.cleared_flags)
         return d
 
 
@@ -114,7 +117,10 @@ def plan_precision(
         raise ToolkitError("--int8-mode implicit applies to --precision int8 only")
 
     if precision == "fp32":
-        return BuildPlan("fp32", strongly_typed=not weak, summary="FP32 graph as exported")
+        # TF32 is on by default (Ampere and later): clear it so the FP32 reference really is FP32.
+        return BuildPlan(
+            "fp32", strongly_typed=not weak, cleared_flags=("TF32",), summary="FP32 graph as exported, TF32 off"
+        )
     if precision == "fp16":
         if onnx_is_fp16:
             return BuildPlan(
@@ -443,11 +449,37 @@ def _run_calibration(source: Path, output: Path, options: BuildOptions, *, stron
     return Path(result or output)
 
 
-def _make_calibrator(trt: Any, spec: ModelSpec, options: BuildOptions):
+def plan_calibration_batch(profile: tuple[Shape, Shape, Shape] | None, dims: list[int | None]) -> int:
+    """The batch TensorRT 10's implicit calibrator must hand over: TensorRT calibrates at the profile's
+    kOPT shape (or the static batch) and reads that many images from each ``get_batch`` pointer, so a
+    smaller batch makes it read past the buffer.
+
+    Args:
+        profile: :func:`plan_profile`'s (min, opt, max) shapes, or None for a static input.
+        dims: the ONNX input dims (:func:`onnx_input_dims`).
+    """
+    if profile is not None:
+        return int(profile[1][0])
+    return int(dims[0]) if dims and dims[0] is not None else 1
+
+
+def _make_calibrator(
+    trt: Any,
+    spec: ModelSpec,
+    options: BuildOptions,
+    *,
+    profile: tuple[Shape, Shape, Shape] | None,
+    dims: list[int | None],
+):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     return make_entropy_calibrator(
-        trt, data=list(options.data), spec=spec, cache_path=options.cache, batch_size=1, num=options.num
+        trt,
+        data=list(options.data),
+        spec=spec,
+        cache_path=options.cache,
+        batch_size=plan_calibration_batch(profile, dims),
+        num=options.num,
     )
 
 
@@ -592,6 +624,10 @@ def build_engine(
         config = builder.create_builder_config()
         for name in plan.builder_flags:
             config.set_flag(getattr(trt.BuilderFlag, name))
+        for name in plan.cleared_flags:
+            if hasattr(trt.BuilderFlag, name):  # a flavour without the flag has nothing to clear
+                config.clear_flag(getattr(trt.BuilderFlag, name))
+        tf32 = config.get_flag(trt.BuilderFlag.TF32) if hasattr(trt.BuilderFlag, "TF32") else None
         if options.workspace_mib:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
         if hasattr(trt, "ProfilingVerbosity"):
@@ -613,7 +649,7 @@ def build_engine(
             config.add_optimization_profile(opt_profile)
         calibrator = None
         if plan.calibrator:
-            calibrator = _make_calibrator(trt, spec, options)
+            calibrator = _make_calibrator(trt, spec, options, profile=profile, dims=dims)
             config.int8_calibrator = calibrator
             if profile is not None and hasattr(config, "set_calibration_profile"):
                 config.set_calibration_profile(opt_profile)
@@ -652,6 +688,7 @@ def build_engine(
             "toolkit_version": __version__,
             "engine": {"file": output.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
             "precision": plan.precision,
+            "tf32": None if tf32 is None else bool(tf32),  # may FP32 layers use TF32 math (None: no such flag)
             "plan": plan.to_dict(),
             "tensorrt": {**flavour.describe(), "label": flavour.label},
             "compute_capabilities": targets,

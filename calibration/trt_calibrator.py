@@ -88,6 +88,11 @@ def make_entropy_calibrator(
     if not isinstance(data, CalibrationData):
         sources: Sequence = [data] if isinstance(data, (str, Path)) else list(data)
         data = CalibrationData(sources, spec, num=num, every=every, seed=seed, policy=policy)
+    if 0 < len(data) < batch_size:  # full batches only: TensorRT would get no batch at all
+        raise ToolkitError(
+            f"{len(data)} calibration frame(s), but TensorRT calibrates this model at batch {batch_size}: "
+            f"give at least {batch_size} (--data / --num)"
+        )
     cache_path = Path(cache_path) if cache_path is not None else None
 
     class EntropyCalibrator(base):

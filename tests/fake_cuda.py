@@ -51,6 +51,8 @@ class FakeCuda:
 
     def __init__(self, emulator_lib, device: FakeDevice | None = None):
         self.device = device or FakeDevice()
+        self.device_count = 1  # tests set 2 to exercise use_device(1); every ordinal is the same FakeDevice
+        self.current = threading.local()  # cudaSetDevice is per host thread, as in cudart
         self.emu = emulator_lib
         self.blocks: dict[int, ctypes.Array] = {}
         self.host_blocks: dict[int, ctypes.Array] = {}
@@ -117,14 +119,17 @@ class FakeCuda:
             return OK, {0: b"no error", 1: b"invalid argument", 2: b"out of memory"}.get(int(err), b"error")
 
         def cudaGetDeviceCount():
-            return OK, 1
+            return OK, fake.device_count
 
         def cudaGetDevice():
-            return OK, 0
+            return OK, getattr(fake.current, "index", 0)
 
         def cudaSetDevice(i):
             log("cudaSetDevice")
-            return (OK,) if i == 0 else (cudaError_t.cudaErrorInvalidValue,)
+            if not 0 <= i < fake.device_count:
+                return (cudaError_t.cudaErrorInvalidValue,)
+            fake.current.index = i
+            return (OK,)
 
         def cudaDeviceGetAttribute(attr, dev):
             d = fake.device

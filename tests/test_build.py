@@ -115,6 +115,13 @@ def test_fp32_fp16_int8_engines_build(engines):
     assert engines["int8"][1]["plan"]["strongly_typed"]
 
 
+def test_fp32_engine_is_built_without_tf32(engines):
+    """Issue 11 item 9: TF32 is on by default; an FP32 engine clears it and its sidecar says so."""
+    assert engines["fp32"][1]["tf32"] is False
+    assert engines["fp32"][1]["plan"]["cleared_flags"] == ["TF32"]
+    assert engines["fp16"][1]["tf32"] is True  # other precisions keep TensorRT's default
+
+
 def test_sidecar_content(engines, mobilenet):
     path, sidecar = engines["fp16"]
     assert read_sidecar(path) == sidecar

@@ -504,6 +504,28 @@ def test_entropy_calibrator_adapter(media, tiny_int8, tmp_path):
     assert cal.read_calibration_cache() == cache.read_bytes()
 
 
+def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
+    """Issue 11 item 1: the build's calibrator serves the kOPT batch TensorRT 10 calibrates at, not 1."""
+    from deeplab_trt.builder.engine import BuildOptions, _make_calibrator, plan_profile
+
+    spec = _spec()
+    options = BuildOptions(precision="int8", int8_mode="implicit", data=[str(media["video"])], num=6)
+    dims = [None, 3, spec.input_height, spec.input_width]
+    profile = plan_profile("input", dims, spec, (1, 3, 8))
+    cal = _make_calibrator(FakeTensorRT, spec, options, profile=profile, dims=dims)
+    cal.device = FakeDeviceBuffer()
+    assert cal.get_batch_size() == 3
+    while cal.get_batch(["input"]) is not None:
+        pass
+    assert [u.shape for u in cal.device.uploads] == [(3, 3, 32, 64)] * 2
+    static = _make_calibrator(FakeTensorRT, spec, options, profile=None, dims=[4, *dims[1:]])
+    assert static.get_batch_size() == 4
+    with pytest.raises(ToolkitError, match="2 calibration frame.*at batch 3"):
+        _make_calibrator(
+            FakeTensorRT, spec, BuildOptions(data=[str(media["video"])], num=2), profile=profile, dims=dims
+        )
+
+
 def test_calibrator_refused_without_calibrator_api(media):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 

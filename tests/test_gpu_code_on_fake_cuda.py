@@ -211,6 +211,22 @@ def test_api_objects_on_fake(fake):
         api.check(fake.runtime.cudaSetDevice(3), "cudaSetDevice")
 
 
+def test_device_arrays_report_their_device_ordinal(fake):
+    """Issue 11 item 8: buffers made after ``use_device(1)`` live on device 1 (DLPack must say so)."""
+    from deeplab_trt.runtime.cuda import api, dlpack
+
+    fake.device_count = 2
+    api.use_device(1)
+    buffer = api.DeviceBuffer(64)
+    assert buffer.array((16,), np.float32).__dlpack_device__() == (dlpack.kDLCUDA, 1)
+    one = api.empty((2, 3), np.int32)
+    assert one.__dlpack_device__() == (dlpack.kDLCUDA, 1)
+    assert one[1].device_id == 1 and one.reshape(-1).device_id == 1
+    api.use_device(0)
+    assert api.empty((4,), np.uint8).__dlpack_device__() == (dlpack.kDLCUDA, 0)
+    assert one.__dlpack_device__() == (dlpack.kDLCUDA, 1)  # an array keeps the device it was made on
+
+
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
 @pytest.mark.parametrize("integrated", [False, True])
 def test_cuda_stage_with_fake_tensorrt_engine(fake, clip, policy, integrated, opencv_without_ipp):

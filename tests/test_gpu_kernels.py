@@ -250,3 +250,20 @@ def test_segmenter_on_cupy_arrays(api):
     assert arr.ptr == x.data.ptr and arr.shape == (2, 2, 3)
     y = cupy.asarray(api.to_device(np.ones((2, 3), np.float32)))
     assert float(y.sum()) == 6.0
+
+
+def test_device_arrays_report_the_device_they_live_on(api):
+    """Issue 11 item 8 for real: every device's arrays say its ordinal, and torch agrees."""
+    from deeplab_trt.runtime.cuda import dlpack
+
+    torch = pytest.importorskip("torch")
+    try:
+        for index in range(api.device_count()):
+            api.use_device(index)
+            array = api.to_device(np.arange(8, dtype=np.float32))
+            assert array.__dlpack_device__() == (dlpack.kDLCUDA, index)
+            tensor = torch.from_dlpack(array)
+            assert tensor.device == torch.device("cuda", index) and tensor.data_ptr() == array.ptr
+            assert torch.equal(tensor.cpu(), torch.arange(8, dtype=torch.float32))
+    finally:
+        api.use_device(0)

@@ -15,6 +15,7 @@ import pytest
 from deeplab_trt.builder.engine import (
     DEFAULT_DYNAMIC_BATCH,
     RTX_DEFAULT_TARGETS,
+    plan_calibration_batch,
     plan_compute_capabilities,
     plan_precision,
     plan_profile,
@@ -144,6 +145,7 @@ def test_fp32_is_the_graph_as_is(key):
     plan = plan_precision(ALL_FAKES[key], "fp32")
     assert plan.onnx_pass is None and plan.builder_flags == () and not plan.calibrator
     assert plan.strongly_typed == (key != "trt10")
+    assert plan.cleared_flags == ("TF32",)  # issue 11 item 9: FP32 means FP32, not TF32
 
 
 def test_fp16_trt10_uses_the_builder_flag_on_the_fp32_graph():
@@ -277,3 +279,19 @@ def test_tensorrt_builds_for_its_own_gpu(key):
     assert plan_compute_capabilities(ALL_FAKES[key], None, (8, 7)) == (["SM87"], "build GPU")
     with pytest.raises(ToolkitError, match="applies to TensorRT-RTX"):
         plan_compute_capabilities(ALL_FAKES[key], ["SM87"], (8, 7))
+
+
+@pytest.mark.parametrize(
+    ("dims", "batch", "expected"),
+    [
+        ([4, 3, 64, 128], None, 4),  # exported with --batch 4: static batch, no profile
+        ([None, 3, 64, 128], (1, 4, 8), 4),  # --batch 1:4:8: TensorRT calibrates at kOPT
+        ([None, 3, 64, 128], None, DEFAULT_DYNAMIC_BATCH[1]),
+        ([2, 3, None, None], None, 2),  # static batch, dynamic H×W: a fixed profile
+        ([1, 3, 64, 128], None, 1),
+    ],
+)
+def test_implicit_calibrator_batch_is_the_batch_tensorrt_calibrates_at(dims, batch, expected):
+    """Issue 11 item 1: a calibrator batch below TensorRT's makes it read past the buffer."""
+    profile = plan_profile("input", dims, _spec(), batch)
+    assert plan_calibration_batch(profile, dims) == expected

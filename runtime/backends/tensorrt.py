@@ -162,9 +162,9 @@ class TensorRTRunner:
         in_shape = (self.batch, 3, self.spec.input_height, self.spec.input_width)
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
         in_buf = self._buffers[self.input_name]
-        self.input = DeviceArray(in_buf.ptr, in_shape, self.input_dtype, owner=in_buf)
+        self.input = DeviceArray(in_buf.ptr, in_shape, self.input_dtype, owner=in_buf, device_id=in_buf.device_id)
         out_buf = self._buffers[self.output_name]
-        self.output = DeviceArray(out_buf.ptr, out_shape, self.output_dtype, owner=out_buf)
+        self.output = DeviceArray(out_buf.ptr, out_shape, self.output_dtype, owner=out_buf, device_id=out_buf.device_id)
 
     def set_batch(self, n: int) -> None:
         """Use batch ``n`` from now on (dynamic engines: ``set_input_shape``; buffers stay bound,

@@ -224,6 +224,11 @@ def current_device() -> DeviceInfo:
     return device_info(index)
 
 
+def _runtime_device() -> int:
+    """The device cudart allocates on for this thread (``cudaGetDevice``), without side effects."""
+    return int(check(cudart().cudaGetDevice(), "cudaGetDevice"))
+
+
 def synchronize_device() -> None:
     check(cudart().cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
@@ -437,12 +442,15 @@ class DeviceBuffer(_Closable):
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
+        # cudaMalloc allocates on the calling thread's current device: remember which, so the views
+        # report the real ordinal in ``__dlpack_device__`` (not 0 after ``use_device(1)``).
+        self.device_id = _runtime_device()
         self.ptr = int(check(cudart().cudaMalloc(max(self.nbytes, 1)), "cudaMalloc"))
         self._finalizer = weakref.finalize(self, _free_device, self.ptr)
 
     def array(self, shape, dtype, offset: int = 0) -> DeviceArray:
         """A typed C-contiguous view (shares memory, keeps this buffer alive)."""
-        view = DeviceArray(self.ptr + offset, shape, dtype, owner=self)
+        view = DeviceArray(self.ptr + offset, shape, dtype, owner=self, device_id=self.device_id)
         if offset + view.nbytes > self.nbytes:
             raise ValueError(f"view of {view.nbytes} bytes at offset {offset} exceeds the {self.nbytes}-byte buffer")
         return view
