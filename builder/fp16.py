@@ -247,7 +247,8 @@ def convert_fp16(
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
             raise ToolkitError(
                 f"{src}: the FP16 graph does not load in ONNX Runtime ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); try other --fp16 block ops"
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); build this model with --precision fp32, or keep more op types in FP32 with "
+                "convert_fp16(block_ops=[...])"
             ) from exc
         in_name = session.get_inputs()[0].name
         agree, diff = [], 0.0
