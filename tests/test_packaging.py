@@ -66,3 +66,21 @@ def test_run_command_without_torch(onnx_factory, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3 frames" in proc.stdout
     assert out.exists()
+
+
+def test_front_door_names_resolve_lazily():
+    """Every name in ``deeplab_trt.__all__`` resolves, and importing the package loads none of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, deeplab_trt\n"
+        "heavy = [m for m in ('torch', 'tensorrt', 'tensorrt_rtx', 'onnxruntime', 'deeplab_trt.builder') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "missing = [n for n in deeplab_trt.__all__ if getattr(deeplab_trt, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "print(len(deeplab_trt.__all__))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 7
