@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.errors import require
 
 SCHEMA = "deeplab-trt-bench/1"
 STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99", "max")
@@ -232,8 +233,7 @@ def write_markdown(report: dict, path: str | Path) -> Path:
 def write_plot(report: dict, path: str | Path) -> Path:
     """PNG: latency per precision (bar = p50, whisker up to p99; inference and end-to-end) and,
     beside it, fidelity against fp32 (agreement, mIoU vs fp32, mIoU vs GT)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="plots", purpose="the benchmark plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

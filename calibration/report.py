@@ -18,7 +18,7 @@ import numpy as np
 from deeplab_trt.calibration.histogram import AbsHistogram
 from deeplab_trt.calibration.scales import QMAX, scale_from_amax
 from deeplab_trt.runtime.atomic import atomic_path, write_text_atomic
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, require
 
 PLOTS = 8
 
@@ -74,8 +74,7 @@ def _slug(name: str) -> str:
 
 
 def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err: float) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="plots", purpose="calibration histogram plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
