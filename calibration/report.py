@@ -73,10 +73,20 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80] or "tensor"
 
 
-def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err: float) -> None:
-    matplotlib = require("matplotlib", extra="plots", purpose="calibration histogram plots")
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or NotInstalledError naming the ``plots`` extra.
+
+    Called by ``quantize_onnx`` before calibrating, so a missing extra fails in seconds, not after the run.
+    """
+    matplotlib = require("matplotlib", extra="plots", purpose="--report (calibration histogram PNGs)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err: float) -> None:
+    plt = pyplot()
 
     counts, width = h.trimmed()
     edges = np.arange(counts.size + 1) * width

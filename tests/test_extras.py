@@ -139,3 +139,23 @@ def test_jetson_resolve_picks_cuda_python_12():
         pytest.skip(f"pip could not resolve (offline?): {proc.stderr.strip().splitlines()[-1:]}")
     picked = re.search(r"Would install .*?cuda-python-(\S+)", proc.stdout)
     assert picked and picked.group(1).startswith("12."), proc.stdout
+
+
+def test_missing_matplotlib_names_the_plots_extra(monkeypatch, tmp_path):
+    from deeplab_trt.benchmarks import report as bench_report
+    from deeplab_trt.calibration import quantize
+    from deeplab_trt.runtime.errors import NotInstalledError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
+    with pytest.raises(NotInstalledError, match=r"deeplab-trt\[plots\]"):
+        bench_report.write_plot({"results": {}}, tmp_path / "p.png")
+    with pytest.raises(NotInstalledError, match=r"deeplab-trt\[plots\]"):
+        quantize.quantize_onnx(tmp_path / "absent.onnx", report_dir=tmp_path / "rep")
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_cuda_messages_name_both_majors():
+    from deeplab_trt.runtime.cuda.api import INSTALL_HINT
+
+    assert "deeplab-trt[cuda12]" in INSTALL_HINT and "deeplab-trt[cuda13]" in INSTALL_HINT
+    assert "[cuda]" not in _source_text()
