@@ -73,12 +73,16 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80] or "tensor"
 
 
-def pyplot():
+def pyplot(*, purpose: str = "--report (calibration histogram PNGs)"):
     """``matplotlib.pyplot`` on the file-only Agg backend, or NotInstalledError naming the ``plots`` extra.
 
-    Called by ``quantize_onnx`` before calibrating, so a missing extra fails in seconds, not after the run.
+    The one matplotlib import (the benchmark plot uses it too). Commands call it before their long
+    work, so a missing extra fails in seconds, not after the run.
+
+    Args:
+        purpose: what needs the plot, for the one-line error.
     """
-    matplotlib = require("matplotlib", extra="plots", purpose="--report (calibration histogram PNGs)")
+    matplotlib = require("matplotlib", extra="plots", purpose=purpose)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

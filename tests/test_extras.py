@@ -159,3 +159,14 @@ def test_cuda_messages_name_both_majors():
 
     assert "deeplab-trt[cuda12]" in INSTALL_HINT and "deeplab-trt[cuda13]" in INSTALL_HINT
     assert "[cuda]" not in _source_text()
+
+
+def test_bench_plot_without_matplotlib_fails_before_benchmarking(monkeypatch, tmp_path):
+    from deeplab_trt.benchmarks import bench, bench_command
+    from deeplab_trt.runtime.errors import NotInstalledError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("benchmark ran before the plots check"))
+    args = bench_command.argparse.Namespace(json=None, markdown=None, plot=tmp_path / "p.png")
+    with pytest.raises(NotInstalledError, match=r"--plot .*deeplab-trt\[plots\]"):
+        bench_command.run(args)
