@@ -22,5 +22,5 @@ pip_quiet() {  # pip's output only when it fails (the editable build is chatty)
 pip_quiet --upgrade pip
 # These exact releases lie on this machine's disk (other versions download several GB).
 pip_quiet "torch==2.14.1" "torchvision==0.29.1"
-pip_quiet -e ".[export,cuda,rtx,dev]"
+pip_quiet -e ".[export,cuda13,rtx,plots,dev]"
 "$VENV/bin/python" -c "import torch, onnxruntime, deeplab_trt.runtime; print('deeplab-trt environment ready in $VENV')"

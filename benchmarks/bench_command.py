@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args.json, "--json", ".json")
     _check_output(args.plot, "--plot", ".png")
     _check_output(args.markdown, "--markdown", ".md")
+    if args.plot:
+        rep.pyplot(purpose=rep.PLOT_PURPOSE)  # fail before the benchmark, not after it
     cfg = BenchConfig(
         model=Path(args.model),
         precisions=args.precisions,

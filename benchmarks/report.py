@@ -50,6 +50,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from deeplab_trt.calibration.report import pyplot
 from deeplab_trt.runtime.atomic import atomic_path
 
 SCHEMA = "deeplab-trt-bench/1"
@@ -229,13 +230,14 @@ def write_markdown(report: dict, path: str | Path) -> Path:
     return path
 
 
+#: For the one-line error when matplotlib (the ``plots`` extra) is missing.
+PLOT_PURPOSE = "--plot (the benchmark PNG)"
+
+
 def write_plot(report: dict, path: str | Path) -> Path:
     """PNG: latency per precision (bar = p50, whisker up to p99; inference and end-to-end) and,
     beside it, fidelity against fp32 (agreement, mIoU vs fp32, mIoU vs GT)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(purpose=PLOT_PURPOSE)
 
     results = report["results"]
     names = list(results)

@@ -298,6 +298,10 @@ def quantize_onnx(
     """
     model_path = Path(model_path)
     check_method(method, percentile)
+    if report_dir is not None:
+        from deeplab_trt.calibration.report import pyplot
+
+        pyplot()  # the report's PNGs need the plots extra: say so before calibrating, not after
     if num is not None and num < 1:
         raise ToolkitError(f"--num {num}: must be at least 1")
     model, spec = load_model(model_path)

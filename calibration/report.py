@@ -18,7 +18,7 @@ import numpy as np
 from deeplab_trt.calibration.histogram import AbsHistogram
 from deeplab_trt.calibration.scales import QMAX, scale_from_amax
 from deeplab_trt.runtime.atomic import atomic_path, write_text_atomic
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, require
 
 PLOTS = 8
 
@@ -73,11 +73,24 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80] or "tensor"
 
 
-def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err: float) -> None:
-    import matplotlib
+def pyplot(*, purpose: str = "--report (calibration histogram PNGs)"):
+    """``matplotlib.pyplot`` on the file-only Agg backend, or NotInstalledError naming the ``plots`` extra.
 
+    The one matplotlib import (the benchmark plot uses it too). Commands call it before their long
+    work, so a missing extra fails in seconds, not after the run.
+
+    Args:
+        purpose: what needs the plot, for the one-line error.
+    """
+    matplotlib = require("matplotlib", extra="plots", purpose=purpose)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot(path: Path, name: str, h: AbsHistogram, amax: float, method: str, err: float) -> None:
+    plt = pyplot()
 
     counts, width = h.trimmed()
     edges = np.arange(counts.size + 1) * width

@@ -47,6 +47,12 @@ class CudaError(ToolkitError):
 
 # ----------------------------------------------------------------------------------------------
 # lazy imports
+#: Which extra to install: the bindings' CUDA major must match the driver's (12.x bindings on JetPack 6).
+INSTALL_HINT = (
+    "(pip install 'deeplab-trt[cuda12]' for a CUDA 12 driver such as JetPack 6, 'deeplab-trt[cuda13]' for CUDA 13)"
+)
+
+
 # ----------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def cudart():
@@ -54,10 +60,7 @@ def cudart():
     try:
         from cuda.bindings import runtime
     except ImportError as exc:
-        raise CudaError(
-            "cuda-python is not installed: the GPU path needs it "
-            "(pip install 'deeplab-trt[cuda]', or cuda-python matching your driver)"
-        ) from exc
+        raise CudaError(f"cuda-python is not installed: the GPU path needs it {INSTALL_HINT}") from exc
     return runtime
 
 
@@ -71,9 +74,7 @@ def driver():
     try:
         from cuda.bindings import driver as drv
     except ImportError as exc:
-        raise CudaError(
-            "cuda-python is not installed: the GPU path needs it (pip install 'deeplab-trt[cuda]')"
-        ) from exc
+        raise CudaError(f"cuda-python is not installed: the GPU path needs it {INSTALL_HINT}") from exc
     if not _driver_ready:
         with _driver_lock:
             if not _driver_ready:

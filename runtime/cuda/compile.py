@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplab_trt.runtime.atomic import write_bytes_atomic
+from deeplab_trt.runtime.cuda.api import INSTALL_HINT
 from deeplab_trt.runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _nvrtc():
         from cuda.bindings import nvrtc
     except ImportError as exc:
         raise ToolkitError(
-            "NVRTC is not available: install cuda-python (pip install 'deeplab-trt[cuda]') to compile the CUDA kernels"
+            f"NVRTC is not available: install cuda-python {INSTALL_HINT} to compile the CUDA kernels"
         ) from exc
     return nvrtc
 
