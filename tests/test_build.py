@@ -31,7 +31,7 @@ from deeplab_trt.runtime.engine_loader import (
 )
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import spec_from_onnx
-from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, detect, supported_compute_capabilities
+from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, supported_compute_capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "builder" / "assets" / "demo_model.pt"
@@ -40,7 +40,7 @@ TIMES: dict[str, float] = {}
 
 
 def _options(**kw) -> BuildOptions:
-    return BuildOptions(progress=False, **kw)
+    return BuildOptions(progress=False, **{"flavour": "tensorrt-rtx", **kw})
 
 
 def _build(onnx_path: Path, out: Path, **kw) -> dict:
@@ -85,7 +85,7 @@ def mobilenet(onnx_factory):
 
 
 @pytest.fixture(scope="module")
-def engines(mobilenet, tmp_path_factory):
+def engines(mobilenet, tmp_path_factory, rtx_flavour):
     """fp32, fp16 and int8 (Q/DQ model given) engines of the small mobilenet."""
     out = tmp_path_factory.mktemp("engines")
     built = {
@@ -115,7 +115,7 @@ def test_fp32_fp16_int8_engines_build(engines):
     assert engines["int8"][1]["plan"]["strongly_typed"]
 
 
-def test_sidecar_content(engines, mobilenet):
+def test_sidecar_content(engines, mobilenet, rtx_flavour):
     path, sidecar = engines["fp16"]
     assert read_sidecar(path) == sidecar
     spec = spec_from_onnx(mobilenet)
@@ -124,7 +124,7 @@ def test_sidecar_content(engines, mobilenet):
     expected = spec.to_dict()
     expected.pop("extra")
     assert recorded == expected  # classes, palette, mean/std, head, sizes, names
-    flavour = detect("tensorrt-rtx")
+    flavour = rtx_flavour
     assert sidecar["tensorrt"]["flavour"] == "tensorrt-rtx"
     assert sidecar["tensorrt"]["version"] == flavour.version_string
     assert sidecar["compute_capabilities"] == ["SM80", "SM86", "SM89", "SM120"] or current_gpu()[0] is not None
@@ -177,7 +177,7 @@ def test_fp16_agreement_bar_fails_trained_models_and_writes_nothing(mobilenet, t
 
 
 @pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="demo model weights not trained yet (builder/assets)")
-def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path):
+def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path, rtx_flavour):
     """The trained demo model: the FP16 pass must reach 99.5% label agreement (no random-weights excuse)."""
     out = tmp_path / "demo.fp16.engine"
     sidecar = _build(demo_onnx, out, precision="fp16")
@@ -190,8 +190,7 @@ def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path):
     assert sidecar["spec"]["classes"] == spec_from_onnx(demo_onnx).classes
 
 
-def test_int8_with_data_runs_calibration_first(mobilenet, tmp_path):
-    pytest.importorskip("deeplab_trt.calibration.quantize")
+def test_int8_with_data_runs_calibration_first(mobilenet, tmp_path, rtx_flavour):
     import cv2
 
     data = tmp_path / "frames"
@@ -204,7 +203,7 @@ def test_int8_with_data_runs_calibration_first(mobilenet, tmp_path):
     assert (tmp_path / "m.cache").exists()
 
 
-def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path):
+def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path, rtx_flavour):
     """Through the CLI: --batch profile, --compute-capability list, --verbose shows TensorRT's log and
     the build phases reported through IProgressMonitor."""
     dyn = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
@@ -223,6 +222,8 @@ def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path):
             "--compute-capability",
             "SM86,sm_120",
             "--verbose",
+            "--flavour",
+            "tensorrt-rtx",
             "-o",
             str(out),
         ],
@@ -242,7 +243,7 @@ def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path):
     assert _build(dyn, default, precision="fp32")["io"][0]["profile"]["max"][0] == 4  # range recorded at export
 
 
-def test_resnet50_small(onnx_factory, tmp_path):
+def test_resnet50_small(onnx_factory, tmp_path, rtx_flavour):
     # check=False: the export's ONNX Runtime parity check is test_export's job, and costs ~15 s here.
     model = onnx_factory(model="deeplabv3_resnet50", head="lowres", height=64, width=64, num_classes=5, check=False)
     out = tmp_path / "r50.fp32.engine"
@@ -252,13 +253,13 @@ def test_resnet50_small(onnx_factory, tmp_path):
     assert sidecar["build_options"]["workspace_mib"] == 256
 
 
-def test_timing_cache_code_path_with_real_bindings(tmp_path):
+def test_timing_cache_code_path_with_real_bindings(tmp_path, rtx_flavour):
     """TensorRT-RTX's timing cache calls are no-ops, but its API is TensorRT's: drive our load/save code
     through the real bindings with the capability switched on (what TensorRT 10/11 do for real)."""
     from deeplab_trt.builder.engine import _apply_timing_cache
     from deeplab_trt.runtime.tensorrt_log import make_logger
 
-    rtx = detect("tensorrt-rtx")
+    rtx = rtx_flavour
     pretend = dataclasses.replace(rtx, has_timing_cache=True)
     trt = rtx.module
     config = trt.Builder(make_logger(trt)).create_builder_config()
@@ -276,9 +277,9 @@ def test_timing_cache_code_path_with_real_bindings(tmp_path):
 
 
 # ----- loader: sidecar checks on CPU --------------------------------------------------------------
-def test_loader_checks_flavour_version_and_gpu(engines):
+def test_loader_checks_flavour_version_and_gpu(engines, rtx_flavour):
     path, sidecar = engines["fp32"]
-    rtx = detect("tensorrt-rtx")
+    rtx = rtx_flavour
     check_compatibility(sidecar, rtx, None)
     check_compatibility(sidecar, rtx, (8, 9))
     with pytest.raises(ToolkitError, match=r"built with TensorRT-RTX .*this machine runs TensorRT 10\.3\.0"):
@@ -332,7 +333,7 @@ def test_loader_without_gpu_says_so(engines):
 
 
 @pytest.mark.gpu
-def test_load_engine_on_gpu(mobilenet, tmp_path):
+def test_load_engine_on_gpu(mobilenet, tmp_path, rtx_flavour):
     """Build for the GPU present and deserialise; on a GPU TensorRT-RTX cannot target (e.g. SM90), the
     loader must refuse with the targets in the message instead."""
     from deeplab_trt.runtime.engine_loader import engine_io
@@ -340,7 +341,7 @@ def test_load_engine_on_gpu(mobilenet, tmp_path):
     gpu, name = current_gpu()
     out = tmp_path / "gpu.engine"
     sidecar = _build(mobilenet, out, precision="fp16")
-    if f"SM{gpu[0]}{gpu[1]}" not in supported_compute_capabilities(detect("tensorrt-rtx")):
+    if f"SM{gpu[0]}{gpu[1]}" not in supported_compute_capabilities(rtx_flavour):
         with pytest.raises(ToolkitError, match=f"this GPU .* is SM{gpu[0]}{gpu[1]}"):
             load_engine(out)
         return
