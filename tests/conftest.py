@@ -33,6 +33,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def rtx_flavour():
+    """TensorRT-RTX, pinned by name: the one gate for RTX-specific tests.
+
+    Never what ``auto`` finds (a Jetson or TensorRT desktop has real ``tensorrt``, and ``auto`` may
+    prefer it); skips, with the reason, where the TensorRT-RTX bindings are absent.
+    """
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.tensorrt_flavour import detect
+
+    try:
+        return detect("tensorrt-rtx")
+    except ToolkitError as exc:
+        pytest.skip(f"TensorRT-RTX bindings absent: {exc}")
+
+
+@pytest.fixture(scope="session")
 def onnx_factory(tmp_path_factory):
     """Export (once per distinct option set, cached for the session) a small ONNX model.
 

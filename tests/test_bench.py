@@ -276,7 +276,7 @@ def test_missing_model_names_the_file(tmp_path, capsys):
 
 
 @pytest.mark.skipif(environment.cuda_device_reason() is None, reason="a GPU is present: RTX engines can run here")
-def test_tensorrt_rtx_without_gpu_says_build_only(tiny, tmp_path, capsys):
+def test_tensorrt_rtx_without_gpu_says_build_only(tiny, tmp_path, capsys, rtx_flavour):
     rc = main(
         [
             "bench",

@@ -396,10 +396,6 @@ def test_cache_to_qdq_gives_the_same_model(tiny_onnx, tiny_int8, tmp_path):
         quantize_onnx(tiny_onnx, cache=tmp_path / "missing.cache", output=tmp_path / "x.onnx")
 
 
-def _rtx():
-    return pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed")
-
-
 def _rtx_build(trt, path) -> int:
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
@@ -413,8 +409,8 @@ def _rtx_build(trt, path) -> int:
 
 
 @pytest.mark.parametrize("weights", ["int8", "qdq"])
-def test_tensorrt_rtx_builds_tiny_qdq(tiny_onnx, tiny_int8, weights, tmp_path):
-    trt = _rtx()
+def test_tensorrt_rtx_builds_tiny_qdq(tiny_onnx, tiny_int8, weights, tmp_path, rtx_flavour):
+    trt = rtx_flavour.module
     path = tiny_int8["model"]
     if weights == "qdq":
         path = quantize_onnx(
@@ -423,8 +419,8 @@ def test_tensorrt_rtx_builds_tiny_qdq(tiny_onnx, tiny_int8, weights, tmp_path):
     assert _rtx_build(trt, path) > 0
 
 
-def test_tensorrt_rtx_builds_exported_deeplab(onnx_factory, media, tmp_path):
-    trt = _rtx()
+def test_tensorrt_rtx_builds_exported_deeplab(onnx_factory, media, tmp_path, rtx_flavour):
+    trt = rtx_flavour.module
     fp32 = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
     out = quantize_onnx(fp32, data=[media["video"]], output=tmp_path / "deeplab.int8.onnx", progress=False)
     model = onnx.load(str(out))
@@ -435,13 +431,13 @@ def test_tensorrt_rtx_builds_exported_deeplab(onnx_factory, media, tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorrt_rtx_census_of_mixed_deeplab(onnx_factory, media, tmp_path):
+def test_tensorrt_rtx_census_of_mixed_deeplab(onnx_factory, media, tmp_path, rtx_flavour):
     """The strongly typed RTX network of the mixed DeepLab graph: no FP32 compute layer outside the guard."""
     import json
 
     from deeplab_trt.builder.census import parsed_census
 
-    trt = _rtx()
+    trt = rtx_flavour.module
     fp32 = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
     out = quantize_onnx(fp32, data=[media["video"]], output=tmp_path / "mixed.onnx", rest="fp16", progress=False)
     census = parsed_census(trt, out)
@@ -526,10 +522,10 @@ def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
         )
 
 
-def test_calibrator_refused_without_calibrator_api(media):
+def test_calibrator_refused_without_calibrator_api(media, rtx_flavour):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
-    trt = _rtx()
+    trt = rtx_flavour.module
     with pytest.raises(ToolkitError, match="no calibrator API"):
         make_entropy_calibrator(trt, [media["folder"]], _spec(), None)
 
@@ -628,10 +624,10 @@ def test_mixed_graph_is_int8_plus_fp16_and_matches_fp32(tiny_onnx, tiny_int8, ti
     assert np.mean(agree) > 0.95
 
 
-def test_tensorrt_rtx_census_of_mixed_graph(tiny_mixed):
+def test_tensorrt_rtx_census_of_mixed_graph(tiny_mixed, rtx_flavour):
     from deeplab_trt.builder.census import parsed_census
 
-    trt = _rtx()
+    trt = rtx_flavour.module
     census = parsed_census(trt, tiny_mixed)
     assert census.int8 == 3 and census.fp32_layers == [], census
     assert _rtx_build(trt, tiny_mixed) > 0

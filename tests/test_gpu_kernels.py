@@ -172,7 +172,7 @@ def test_events_time_kernels(api, kernels):
     kernels.preprocess(frame, 1080, 1920, out, spec, geo, stream=stream.handle)
     end.record(stream)
     end.synchronize()
-    assert 0 < start.elapsed_ms(end) < 1000
+    assert start.elapsed_ms(end) > 0  # events work; no upper bound (timings belong in benchmarks/)
 
 
 # ---------------------------------------------------------------------------------------------

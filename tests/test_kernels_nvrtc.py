@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -88,10 +87,8 @@ def test_no_fused_multiply_add_and_no_fast_math(compiled, arch):
 def test_cache_hit_on_second_compile(compiled, cache_root):
     first = compiled["sm_90", "cubin"]
     assert first.path is not None and first.path.parent == cache_root and first.path.read_bytes() == first.image
-    start = time.perf_counter()
     again = kc.compile_kernels("sm_90", kind="cubin", cache_root=cache_root)
-    assert again.from_cache and again.image == first.image and again.key == first.key
-    assert time.perf_counter() - start < first.seconds
+    assert again.from_cache and again.image == first.image and again.key == first.key  # from_cache, not a timing
     assert not [p for p in cache_root.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 

@@ -6,9 +6,11 @@ runtime modules and runs ``deeplab-trt run`` through the real CLI dispatcher.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,3 +86,50 @@ def test_front_door_names_resolve_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 7
+
+
+# What a regular (non-editable) ``pip install .`` needs from the repository: the mapped package folders.
+INSTALL_SOURCES = ("pyproject.toml", "README.md", "deeplab_trt", "runtime", "builder", "calibration", "benchmarks")
+
+
+def test_regular_install_has_one_namespace(tmp_path):
+    """A non-editable install puts nothing under generic top-level names (runtime, builder, ...).
+
+    The project is copied first so setuptools' in-tree ``build/`` (which keeps deleted modules) and the
+    checkout's own folders cannot leak in; the check runs with ``-I -S`` and only the install on
+    ``sys.path``, so neither the repository nor the editable install can shadow it.
+    """
+    root = Path(__file__).resolve().parents[1]
+    src, site = tmp_path / "src", tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    src.mkdir()
+    for name in INSTALL_SOURCES:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, src / name, ignore=ignore)
+        else:
+            shutil.copy2(root / name, src / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile"]
+    proc = subprocess.run([*pip, "--target", str(site), str(src)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    # Dependencies (numpy, ...) come from their own folders, appended after the install; -S keeps
+    # .pth files (the editable install's finder) inactive.
+    deps = sorted({str(Path(np.__file__).parents[1]), str(Path(cv2.__file__).parents[1])})
+    check = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(site)!r})
+        names = ("runtime", "builder", "calibration", "benchmarks")
+        generic = [n for n in names if importlib.util.find_spec(n)]
+        assert not generic, f"generic top-level names installed: {{generic}}"
+        sys.path += {deps!r}
+        import deeplab_trt.runtime.spec
+        for n in names:
+            spec = importlib.util.find_spec("deeplab_trt." + n)
+            assert spec and spec.origin.startswith({str(site)!r}), (n, spec)
+        assert deeplab_trt.runtime.spec.__file__.startswith({str(site)!r})
+        print("ok")
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", check], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

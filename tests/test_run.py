@@ -193,8 +193,12 @@ def test_background_reader_lossless_for_files_drops_oldest_when_live(odd_clip, l
         got = []
         for frame, _decode_s in reader:
             got.append(frame)
-            if len(got) == 1:
-                time.sleep(0.5)  # a slow consumer: the queue fills
+            if len(got) == 1:  # a slow consumer: wait (not a fixed sleep) until the queue is full
+                deadline = time.monotonic() + 60  # and, when live, the decoder has dropped its way to the end
+                while time.monotonic() < deadline and not (
+                    reader.queue.full() and (not live or 1 + reader.dropped + reader.queue.qsize() >= 12)
+                ):
+                    time.sleep(0.01)
         reader.close()
     if live:
         assert reader.dropped > 0 and len(got) + reader.dropped == 12
