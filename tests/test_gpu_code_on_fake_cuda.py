@@ -408,3 +408,35 @@ def test_gpu_benchmark_without_gpu_says_so():
         [sys.executable, "-m", "deeplab_trt.benchmarks.gpu_kernels"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 2 and "no CUDA GPU on this machine" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bindings_newer_than_the_driver_name_the_extra(fake, monkeypatch):
+    """Issue 11 item 10: 13.x bindings on JetPack 6's 12.6 driver fail in one line naming [cuda12]."""
+    from deeplab_trt.runtime.cuda import api
+
+    monkeypatch.setattr(fake.runtime, "cudaDriverGetVersion", lambda: (0, 12060))
+    monkeypatch.setattr(fake.runtime, "cudaRuntimeGetVersion", lambda: (0, 13040))
+    fake.device_count = 0  # what cudaGetDeviceCount reports under a too-old driver
+    monkeypatch.setattr(api._current, "index", None, raising=False)
+    with pytest.raises(api.CudaError, match=r"driver is 12\.6 .* CUDA 13\.4: pip install 'deeplab-trt\[cuda12\]'"):
+        api.use_device(0)
+
+
+@pytest.mark.parametrize(
+    ("driver", "runtime", "extra"),
+    [
+        (12060, 13040, "cuda12"),
+        (13000, 13040, None),
+        (13000, 12090, None),
+        (0, 13040, None),
+        (11080, 12060, "CUDA 12 or 13 driver"),
+    ],
+)
+def test_driver_mismatch_rule(driver, runtime, extra):
+    """Same or newer driver major runs the bindings (minor-version compatibility); no driver is no mismatch."""
+    from deeplab_trt.runtime.cuda import api
+
+    message = api.driver_mismatch(driver, runtime)
+    assert (message is None) == (extra is None)
+    if extra:
+        assert (f"deeplab-trt[{extra}]" if extra.startswith("cuda") else extra) in message

@@ -199,6 +199,43 @@ def device_info(index: int = 0) -> DeviceInfo:
     )
 
 
+def driver_mismatch(driver_version: int, runtime_version: int) -> str | None:
+    """Why the bindings cannot run on this driver, naming the extra to install; None when they can.
+
+    Why: CUDA runs a runtime on any driver of the same or a newer major (minor-version compatibility),
+    so cuda-python 13 on JetPack 6's CUDA 12.6 driver fails every call with "driver version is
+    insufficient". ``driver_version`` 0 means no driver at all: not a mismatch.
+
+    Args:
+        driver_version: ``cudaDriverGetVersion`` (e.g. 12060).
+        runtime_version: ``cudaRuntimeGetVersion`` of the installed bindings (e.g. 13040).
+    """
+    if driver_version <= 0 or driver_version // 1000 >= runtime_version // 1000:
+        return None
+    if driver_version // 1000 < 12:  # there are no bindings extras below CUDA 12
+        return f"the CUDA driver is {_version(driver_version)}: deeplab-trt needs a CUDA 12 or 13 driver"
+    return (
+        f"the CUDA driver is {_version(driver_version)} but the installed cuda-python is built for CUDA "
+        f"{_version(runtime_version)}: pip install 'deeplab-trt[cuda{driver_version // 1000}]' "
+        f"(bindings for the driver's CUDA {driver_version // 1000}), or update the driver"
+    )
+
+
+def _version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def check_driver_matches_bindings() -> None:
+    """Raise the one-line mismatch message where the driver is older than the bindings' CUDA major."""
+    rt = cudart()
+    err, drv = rt.cudaDriverGetVersion()
+    err2, run = rt.cudaRuntimeGetVersion()
+    if int(err) == 0 and int(err2) == 0:
+        message = driver_mismatch(int(drv), int(run))
+        if message:
+            raise CudaError(message, "cudaDriverGetVersion")
+
+
 _current = threading.local()
 
 
@@ -208,6 +245,7 @@ def use_device(index: int = 0) -> DeviceInfo:
         rt = cudart()
         count = device_count()
         if index >= count:
+            check_driver_matches_bindings()  # the commonest reason on Jetson: 13.x bindings, 12.x driver
             # Ask for the real reason (no driver, no device) through a checked call.
             check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
             raise CudaError(f"CUDA device {index} does not exist ({count} device(s) found)", "cudaSetDevice")
