@@ -107,7 +107,7 @@ class ModelSpec:
         if self.head not in HEADS:
             raise ToolkitError(f"unknown head form {self.head!r} (expected one of {', '.join(HEADS)})")
         self.classes = [str(c) for c in self.classes]
-        self.palette = [(int(r), int(g), int(b)) for r, g, b in self.palette]
+        self.palette = [_rgb_ints(p) for p in self.palette]
         if len(self.palette) < len(self.classes):
             self.palette = self.palette + voc_palette(len(self.classes))[len(self.palette) :]
         self.mean = _rgb_floats(self.mean, "mean")
@@ -199,6 +199,14 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 def spec_from_onnx(path: str | Path) -> ModelSpec:
     """The spec stored in an ONNX file by ``deeplab-trt export``."""
     return ModelSpec.from_metadata(read_onnx_metadata(path), source=str(path))
+
+
+def _rgb_ints(colour) -> tuple[int, int, int]:
+    """One palette colour as an (R, G, B) triple; a clear error for any other length."""
+    values = tuple(int(v) for v in colour)
+    if len(values) != 3:
+        raise ToolkitError(f"model spec: palette colours need 3 values (R, G, B), got {list(values)}")
+    return values[0], values[1], values[2]
 
 
 def _rgb_floats(values, what: str) -> tuple[float, float, float]:

@@ -295,3 +295,15 @@ def test_spec_through_an_onnx_file(tmp_path):
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(ToolkitError, match="bare.onnx: no deeplab-trt metadata"):
         spec_from_onnx(tmp_path / "bare.onnx")
+
+
+@pytest.mark.parametrize(("field", "value"), [("palette", [(0, 0, 0, 255)]), ("mean", (0.5, 0.5)), ("std", (1.0,))])
+def test_spec_rejects_non_rgb_triples_in_one_line(field, value):
+    """Hand-edited metadata with a 4-value colour or a 2-value mean fails as a ToolkitError, not a traceback."""
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.spec import ModelSpec
+
+    kwargs = {"name": "m", "classes": ["a"], "palette": [(1, 2, 3)], "input_height": 8, "input_width": 8}
+    kwargs[field] = value
+    with pytest.raises(ToolkitError, match=f"model spec: {field}"):
+        ModelSpec(**kwargs)
