@@ -472,6 +472,7 @@ def _make_calibrator(
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
     cal = options.calibration
+    cal.check_implicit()
     return make_entropy_calibrator(
         trt,
         data=list(cal.data),

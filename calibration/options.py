@@ -20,6 +20,7 @@ from typing import Any
 from deeplab_trt.calibration.histogram import DEFAULT_BINS
 from deeplab_trt.calibration.scales import METHODS
 from deeplab_trt.runtime.cli_types import positive_int
+from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.preprocess import POLICIES
 
 
@@ -72,6 +73,32 @@ class CalibrationOptions:
             "quantize_head": self.quantize_head,
             "cache": self.cache,
         }
+
+    def check_implicit(self) -> None:
+        """Refuse the options TensorRT 10's implicit calibrator cannot honour.
+
+        Why: that calibrator chooses its scales itself (entropy, over the whole graph, at the batch
+        TensorRT asks for); a ``--method max`` or ``--exclude`` there would be silently ignored.
+        Only the data options (and the cache) reach it.
+        """
+        defaults = CalibrationOptions()
+        ignored = [
+            flag
+            for flag, attr in (
+                ("--method", "method"),
+                ("--percentile", "percentile"),
+                ("--bins", "bins"),
+                ("--exclude", "exclude"),
+                ("--quantize-head", "quantize_head"),
+                ("--calib-batch", "batch_size"),
+            )
+            if getattr(self, attr) != getattr(defaults, attr)
+        ]
+        if ignored:
+            raise ToolkitError(
+                f"{', '.join(ignored)}: explicit INT8 only; --int8-mode implicit hands TensorRT 10's own "
+                "entropy calibrator the frames (at the profile's OPT batch)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the engine sidecar records it)."""

@@ -527,6 +527,14 @@ def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
             profile=profile,
             dims=dims,
         )
+    # TensorRT's own calibrator takes the data options; scale options would be silently ignored there
+    every = BuildOptions(calibration=CalibrationOptions(data=[str(media["video"])], every=2, policy="letterbox"))
+    calibrator = _make_calibrator(FakeTensorRT, spec, every, profile=None, dims=[1, *dims[1:]])
+    assert len(calibrator.data) == 5 and calibrator.data.policy == "letterbox"
+    for ignored in ({"method": "max"}, {"exclude": ["*head*"]}, {"batch_size": 2}):
+        options = BuildOptions(calibration=CalibrationOptions(data=[str(media["video"])], **ignored))
+        with pytest.raises(ToolkitError, match="explicit INT8 only"):
+            _make_calibrator(FakeTensorRT, spec, options, profile=profile, dims=dims)
 
 
 def test_calibrator_refused_without_calibrator_api(media, rtx_flavour):
