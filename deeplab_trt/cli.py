@@ -28,6 +28,7 @@ COMMANDS = {
     "demo": "deeplab_trt.benchmarks.demo_command",
     "bench": "deeplab_trt.benchmarks.bench_command",
     "scenes": "deeplab_trt.benchmarks.scenes_command",
+    "deploy": "deeplab_trt.builder.deploy_command",
 }
 
 

@@ -75,3 +75,14 @@ def batch_range(text: str) -> tuple[int, int, int]:
         return parse_batch_range(text, flag="")  # type: ignore[return-value]
     except ToolkitError as exc:
         raise argparse.ArgumentTypeError(str(exc).strip()) from exc
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW`` (e.g. ``720x1280``) → (height, width), both >= 1."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 720x1280") from exc
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW with positive sizes")
+    return h, w

@@ -1,0 +1,75 @@
+"""``deeplab-trt deploy``: files for NVIDIA's serving stack (``deploy triton``: a Triton model repository).
+
+Why next to the builder: deploying packages what ``export`` and ``build`` produced; the writers
+(:mod:`deeplab_trt.builder.triton`) only read model files and sidecars, so this runs without
+TensorRT, torch or a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from deeplab_trt.runtime.cli_types import frame_size, positive_int
+from deeplab_trt.runtime.preprocess import POLICIES
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "deploy",
+        help="write serving files: a Triton model repository",
+        description="Write what NVIDIA's serving stack loads, from an exported ONNX model or a built engine.",
+    )
+    targets = p.add_subparsers(dest="target", metavar="TARGET")
+    targets.required = True
+    t = targets.add_parser(
+        "triton",
+        help="a Triton Inference Server model repository (python-backend segmenter + tensorrt_plan model)",
+        description="Write a Triton model repository: NAME, a python-backend model running deeplab-trt's runtime "
+        "(FRAMES uint8 N×H×W×3 BGR in; LABELS uint8 N×H×W and OVERLAY uint8 N×H×W×3 out; ONNX Runtime on a "
+        "CPU instance for .onnx, the TensorRT backend on a GPU instance for engines), and for a TensorRT "
+        "(not TensorRT-RTX) engine NAME_plan, Triton's own tensorrt_plan model. The server's python stub "
+        "finds deeplab-trt through DEEPLAB_TRT_TRITON_SITE (site directories, os.pathsep-separated).",
+    )
+    t.add_argument(
+        "model", type=Path, metavar="MODEL", help="ONNX model (deeplab-trt export) or engine with its sidecar"
+    )
+    t.add_argument("-o", "--output", type=Path, required=True, metavar="REPO", help="model repository directory")
+    t.add_argument("--name", default="segmenter", help="segmenter model name (default segmenter; plan: NAME_plan)")
+    t.add_argument(
+        "--max-batch",
+        type=positive_int,
+        metavar="B",
+        help="Triton max_batch_size (default: the engine profile's maximum, else the ONNX model's, else 8)",
+    )
+    t.add_argument("--instances", type=positive_int, default=1, metavar="K", help="instances per device (default 1)")
+    t.add_argument("--kind", choices=("cpu", "gpu"), help="instance kind (default: cpu for .onnx, gpu for engines)")
+    t.add_argument(
+        "--frame-size", type=frame_size, metavar="HxW", help="the size of every frame (default: any size, dims -1)"
+    )
+    t.add_argument(
+        "--policy", choices=POLICIES, default="stretch", help="fit frames to the model input (default stretch)"
+    )
+    t.set_defaults(func=run_triton)
+    return p
+
+
+def run_triton(args: argparse.Namespace) -> int:
+    from deeplab_trt.builder.triton import deploy_triton
+
+    written = deploy_triton(
+        args.model,
+        output=args.output,
+        name=args.name,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        kind=args.kind,
+        frame_size=args.frame_size,
+        policy=args.policy,
+    )
+    for model in written:
+        log.info("wrote %s model %s (%s)", model.kind, model.name, model.path)
+    return 0
