@@ -218,7 +218,7 @@ def test_segment_frames_equals_the_one_frame_loop(dynamic_onnx):
 # a real tritonserver
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server(dynamic_onnx, tmp_path_factory):
+def server(dynamic_onnx, demo_onnx, tmp_path_factory):
     from deeplab_trt.benchmarks.tritonserver import TritonServer, find_tritonserver
     from deeplab_trt.builder.triton import deploy_triton
 
@@ -229,15 +229,16 @@ def server(dynamic_onnx, tmp_path_factory):
         pytest.skip(why)
     repo = tmp_path_factory.mktemp("triton") / "repo"
     deploy_triton(dynamic_onnx, output=repo, max_batch=8)
+    deploy_triton(demo_onnx, output=repo, name="demo", frame_size=FRAME_HW)  # batch fixed at 1: chunked
     with TritonServer(repo, found=found, ready_timeout=90) as running:
         print(f"tritonserver ready in {running.startup_s:.2f} s")
         yield running
 
 
-def _infer(module, client, frames: np.ndarray, outputs=("LABELS",)) -> dict[str, np.ndarray]:
+def _infer(module, client, frames: np.ndarray, outputs=("LABELS",), model="segmenter") -> dict[str, np.ndarray]:
     inp = module.InferInput("FRAMES", list(frames.shape), "UINT8")
     inp.set_data_from_numpy(frames)
-    result = client.infer("segmenter", [inp], outputs=[module.InferRequestedOutput(n) for n in outputs])
+    result = client.infer(model, [inp], outputs=[module.InferRequestedOutput(n) for n in outputs])
     return {n: result.as_numpy(n) for n in outputs}
 
 
@@ -286,6 +287,23 @@ def test_served_labels_equal_in_process_labels(server, dynamic_onnx):
     executions = after["execution_count"] - before["execution_count"]
     print(f"4 clients: 12 frames in {wall:.2f} s, {executions} executions for {requests} frames")
     assert requests == 12 and executions <= requests
+
+
+def test_demo_model_served(server, demo_onnx):
+    """The committed demo model (fixed batch 1, fixed frame size): a 3-frame gRPC request, labels exact."""
+    import tritonclient.grpc as grpcclient
+
+    from deeplab_trt.benchmarks.scenes import render_video
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.triton_python import segment_frames
+
+    frames = [f for f, _ in render_video(9, 3, size=FRAME_HW)]
+    with open_backend(demo_onnx) as backend:
+        assert backend.fixed_batch == 1
+        expected = [segment_frames(backend, [f])[0] for f in frames]
+    got = _infer(grpcclient, grpcclient.InferenceServerClient(server.grpc_url), np.stack(frames), model="demo")
+    assert all(np.array_equal(got["LABELS"][k], expected[k]) for k in range(3))
+    assert len(np.unique(got["LABELS"])) > 1  # a trained model: not one class everywhere
 
 
 def test_server_startup_failure_is_one_line(tmp_path):
