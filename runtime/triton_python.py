@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.postprocess import labels_from_output, overlay, palette_bgr
 from deeplab_trt.runtime.preprocess import POLICIES, check_frame, preprocess
@@ -90,6 +91,8 @@ class TritonPythonModel:
         options: dict[str, Any] = {}
         if args.get("model_instance_kind") == "GPU":
             options["device"] = int(args.get("model_instance_device_id") or 0)
+        if model_file.suffix.lower() in ENGINE_SUFFIXES:
+            options["batch"] = self.max_batch  # device buffers for the largest gathered batch, allocated once
         threads = _parameter(config, "threads")
         self.backend = open_backend(model_file, threads=int(threads) if threads else None, **options)
         classes = _parameter(config, "classes")
