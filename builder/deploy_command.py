@@ -1,4 +1,4 @@
-"""``deeplab-trt deploy``: files for NVIDIA's serving stack (``deploy triton``: a Triton model repository).
+"""``deeplab-trt deploy``: files for NVIDIA's serving stack (``triton``: a model repository; ``deepstream``: nvinfer).
 
 Why next to the builder: deploying packages what ``export`` and ``build`` produced; the writers
 (:mod:`deeplab_trt.builder.triton`) only read model files and sidecars, so this runs without
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "deploy",
-        help="write serving files: a Triton model repository",
+        help="write serving files: a Triton model repository, a DeepStream nvinfer config",
         description="Write what NVIDIA's serving stack loads, from an exported ONNX model or a built engine.",
     )
     targets = p.add_subparsers(dest="target", metavar="TARGET")
@@ -54,7 +54,31 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--policy", choices=POLICIES, default="stretch", help="fit frames to the model input (default stretch)"
     )
     t.set_defaults(func=run_triton)
+    d = targets.add_parser(
+        "deepstream",
+        help="a DeepStream nvinfer config (semantic segmentation) + labels file + sample pipeline",
+        description="Write DIR/config_infer.txt (Gst-nvinfer [property] group, network-type=2), DIR/labels.txt, "
+        "a copy of the engine and its sidecar, and DIR/pipeline.sh (gst-launch-1.0: file -> nvinfer -> "
+        "nvsegvisual). nvinfer scales all channels by one net-scale-factor: a per-channel std is approximated "
+        "by its mean (a warning says how far off). The engine must be a TensorRT (not TensorRT-RTX) engine.",
+    )
+    d.add_argument("engine", type=Path, metavar="ENGINE", help="engine from 'deeplab-trt build' with its sidecar")
+    d.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write")
+    d.add_argument("--batch-size", type=positive_int, metavar="N", help="nvinfer batch-size (default: profile min)")
+    d.add_argument("--gpu-id", type=int, default=0, help="nvinfer gpu-id (default 0)")
+    d.add_argument("--policy", choices=POLICIES, default="stretch", help="stretch, or letterbox (keep aspect)")
+    d.set_defaults(func=run_deepstream)
     return p
+
+
+def run_deepstream(args: argparse.Namespace) -> int:
+    from deeplab_trt.builder.deepstream import deploy_deepstream
+
+    out = deploy_deepstream(
+        args.engine, output=args.output, batch_size=args.batch_size, gpu_id=args.gpu_id, policy=args.policy
+    )
+    log.info("wrote %s (nvinfer config), labels, engine and pipeline.sh", out)
+    return 0
 
 
 def run_triton(args: argparse.Namespace) -> int:

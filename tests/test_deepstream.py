@@ -1,0 +1,142 @@
+"""``deeplab-trt deploy deepstream``: an nvinfer config whose keys NVIDIA documents, labels, nothing half-written."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplab_trt.runtime.errors import ToolkitError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The ``[property]`` keys of the Gst-nvinfer configuration file specification (DeepStream's
+#: "Gst-nvinfer File Configuration Specifications" table, the same names as the CONFIG_GROUP_INFER_*
+#: macros of gstnvinfer_property_parser.h). A key outside this list would be ignored (or refused) by nvinfer.
+NVINFER_PROPERTY_KEYS = {
+    "gie-unique-id", "process-mode", "interval", "labelfile-path", "gpu-id", "secondary-reinfer-interval",
+    "output-tensor-meta", "enable-dla", "use-dla-core", "batch-size", "tensor-meta-pool-size", "network-mode",
+    "model-engine-file", "int8-calib-file", "workspace-size", "output-blob-names", "is-classifier",
+    "network-type", "force-implicit-batch-dim", "infer-dims", "output-io-formats", "layer-device-precision",
+    "model-color-format", "net-scale-factor", "offsets", "mean-file", "maintain-aspect-ratio",
+    "symmetric-padding", "scaling-filter", "scaling-compute-hw", "network-input-order", "custom-lib-path",
+    "parse-bbox-func-name", "engine-create-func-name", "parse-classifier-func-name", "custom-network-config",
+    "model-file", "proto-file", "uff-file", "uff-input-order", "uff-input-blob-name", "tlt-encoded-model",
+    "tlt-model-key", "onnx-file", "num-detected-classes", "cluster-mode", "classifier-threshold",
+    "segmentation-threshold", "segmentation-output-order", "input-object-min-width", "input-object-min-height",
+    "input-object-max-width", "input-object-max-height", "operate-on-gie-id", "operate-on-class-ids",
+    "filter-out-class-ids", "classifier-async-mode", "classifier-type", "output-instance-mask",
+}  # fmt: skip
+REQUIRED_BY_ISSUE = {
+    "network-type", "output-blob-names", "num-detected-classes", "infer-dims", "model-color-format",
+    "network-mode", "segmentation-threshold", "model-engine-file", "batch-size", "labelfile-path",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trt_engine(onnx_factory, tmp_path_factory, rtx_flavour):
+    """A real engine (built with TensorRT-RTX on CPU, 1:4:8 profile) whose sidecar says TensorRT 10.
+
+    nvinfer loads only TensorRT engines; none can be built here, and what the config needs from the
+    engine is all in the sidecar.
+    """
+    from deeplab_trt.builder.engine import BuildOptions, build_engine
+    from deeplab_trt.runtime.engine_loader import sidecar_path
+
+    onnx = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 4, 8))
+    root = tmp_path_factory.mktemp("ds")
+    built = root / "rtx.engine"
+    build_engine(onnx, built, BuildOptions(precision="fp16", flavour="tensorrt-rtx", progress=False))
+    engine = root / "seg.fp16.engine"
+    engine.write_bytes(built.read_bytes())
+    sidecar = json.loads(sidecar_path(built).read_text())
+    sidecar["tensorrt"].update(flavour="tensorrt", version="10.3.0")
+    sidecar_path(engine).write_text(json.dumps(sidecar))
+    return engine, built
+
+
+def _read(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(path.read_text())
+    assert parser.sections() == ["property"]
+    return dict(parser["property"])
+
+
+def test_config_keys_values_labels_and_files(trt_engine, tmp_path, caplog):
+    from deeplab_trt.builder.deepstream import deploy_deepstream
+    from deeplab_trt.runtime.engine_loader import read_sidecar, spec_from_sidecar
+
+    engine, _ = trt_engine
+    sidecar = read_sidecar(engine)
+    spec = spec_from_sidecar(sidecar)
+    with caplog.at_level(logging.WARNING):
+        out = deploy_deepstream(engine, output=tmp_path / "ds")
+    assert "one net-scale-factor" in caplog.text  # ImageNet std differs per channel
+    props = _read(out / "config_infer.txt")
+    assert set(props) <= NVINFER_PROPERTY_KEYS, set(props) - NVINFER_PROPERTY_KEYS
+    assert REQUIRED_BY_ISSUE <= set(props)
+    output = next(t["name"] for t in sidecar["io"] if t["mode"] == "output")
+    assert props["network-type"] == "2" and props["network-mode"] == "2"  # fp16
+    assert props["output-blob-names"] == output and props["num-detected-classes"] == "5"
+    assert props["infer-dims"] == "3;64;128" and props["model-color-format"] == "0"  # RGB
+    assert props["batch-size"] == "1" and props["model-engine-file"] == engine.name
+    assert float(props["segmentation-threshold"]) < -1e20
+    # y = s * (x - offset) agrees with (x/255 - mean)/std up to the per-channel std spread (< 2%).
+    scale, offsets = float(props["net-scale-factor"]), [float(v) for v in props["offsets"].split(";")]
+    x = np.arange(256, dtype=np.float64)
+    for c in range(3):
+        want = (x / 255 - spec.mean[c]) / spec.std[c]
+        got = scale * (x - offsets[c])
+        assert np.allclose(got, want, rtol=0.02, atol=0.02 * np.abs(want).max())
+    assert (out / "labels.txt").read_text().splitlines() == spec.classes
+    assert (out / engine.name).read_bytes() == engine.read_bytes()
+    assert (out / (engine.name + ".json")).exists()
+    script = (out / "pipeline.sh").read_text()
+    assert "nvinfer config-file-path=config_infer.txt" in script and "nvsegvisual" in script
+    subprocess.run(["sh", "-n", str(out / "pipeline.sh")], check=True)
+
+
+def test_equal_std_is_exact_and_letterbox_batch(trt_engine):
+    from deeplab_trt.builder.deepstream import nvinfer_config
+    from deeplab_trt.runtime.engine_loader import read_sidecar
+
+    sidecar = read_sidecar(trt_engine[0])
+    sidecar["spec"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], channel_order="BGR")
+    path = trt_engine[0].with_name("exact.txt")
+    path.write_text(nvinfer_config(sidecar, engine_file="e.engine", batch_size=4, policy="letterbox"))
+    props = _read(path)
+    assert float(props["net-scale-factor"]) == 1 / (255 * 0.25) and props["offsets"] == "127.5;127.5;127.5"
+    assert props["model-color-format"] == "1" and props["batch-size"] == "4"
+    assert props["maintain-aspect-ratio"] == "1" and props["symmetric-padding"] == "1"
+    with pytest.raises(ToolkitError, match="outside the engine profile's batch range 1..8"):
+        nvinfer_config(sidecar, engine_file="e.engine", batch_size=9)
+    sidecar["spec"]["head"] = "labels"
+    with pytest.raises(ToolkitError, match="'labels' head"):
+        nvinfer_config(sidecar, engine_file="e.engine")
+
+
+@pytest.mark.parametrize("case", ["rtx_engine", "no_sidecar", "onnx"])
+def test_bad_input_is_one_line_and_writes_nothing(case, trt_engine, onnx_factory, tmp_path):
+    if case == "rtx_engine":
+        model, expect = trt_engine[1], "TensorRT-RTX"
+    elif case == "no_sidecar":
+        model, expect = tmp_path / "x.engine", "no sidecar"
+        model.write_bytes(b"engine")
+    else:
+        model, expect = onnx_factory(), "not a TensorRT engine"
+    proc = subprocess.run(
+        [sys.executable, "-m", "deeplab_trt", "deploy", "deepstream", str(model), "-o", str(tmp_path / "out" / "ds")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(ROOT),
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
