@@ -82,7 +82,9 @@ def run_deepstream(args: argparse.Namespace) -> int:
 
 
 def run_triton(args: argparse.Namespace) -> int:
-    from deeplab_trt.builder.triton import deploy_triton
+    import sysconfig
+
+    from deeplab_trt.builder.triton import SITE_ENV, deploy_triton
 
     written = deploy_triton(
         args.model,
@@ -95,5 +97,13 @@ def run_triton(args: argparse.Namespace) -> int:
         policy=args.policy,
     )
     for model in written:
-        log.info("wrote %s model %s (%s)", model.kind, model.name, model.path)
+        log.info(
+            "wrote %s (%s)", model.path, "python-backend segmenter" if model.kind == "segmenter" else "tensorrt_plan"
+        )
+    log.info(
+        "serve: %s=%s tritonserver --model-repository %s",
+        SITE_ENV,
+        sysconfig.get_paths()["purelib"],
+        args.output,
+    )
     return 0
