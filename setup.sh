@@ -23,7 +23,7 @@ pip_quiet() {  # pip's output only when it fails (the editable build is chatty)
 pip_quiet --upgrade pip
 # These exact releases lie on this machine's disk (other versions download several GB).
 pip_quiet "torch==2.14.1" "torchvision==0.29.1"
-pip_quiet -e ".[export,cuda13,rtx,plots,dev]"
+pip_quiet -e ".[export,cuda13,rtx,plots,triton,dev]"
 # Triton Inference Server for the serving tests: only the server parts of the nvidia-pytriton wheel
 # (binary, libraries, python backend; its Python API pins numpy<2 and is not installed), unzipped into
 # a git-ignored tools directory. x86-64 Linux only: elsewhere the tests that need it skip.

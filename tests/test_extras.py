@@ -34,6 +34,7 @@ DIST_USE = {
     "tensorrt": "tensorrt",
     "tensorrt-rtx-cu13-bindings": "tensorrt_rtx_bindings",
     "matplotlib": "matplotlib",
+    "tritonclient": "tritonclient",
     # Imported by torch.onnx.export(dynamo=True) in builder/export.py, not by our code.
     "onnxscript": "dynamo=True",
     # Shared libraries the bindings load; no Python import of their own.

@@ -306,6 +306,59 @@ def test_demo_model_served(server, demo_onnx):
     assert len(np.unique(got["LABELS"])) > 1  # a trained model: not one class everywhere
 
 
+def test_client_mode_run_equals_a_local_run(server, dynamic_onnx, tmp_path):
+    """``deeplab-trt run --triton URL`` (gRPC and HTTP): the same lossless label video as a local run, same stats keys."""
+    import cv2
+
+    from deeplab_trt.benchmarks.scenes import render_video
+
+    video = tmp_path / "street.mkv"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 10.0, FRAME_HW[::-1])
+    for frame, _ in render_video(11, 10, size=FRAME_HW):
+        writer.write(frame)
+    writer.release()
+
+    def run(out: Path, *model) -> dict:
+        stats = out.with_suffix(".json")
+        proc = subprocess.run(
+            [sys.executable, "-m", "deeplab_trt", "run", *model, "--source", str(video), "-o", str(out)]
+            + ["--mode", "labels", "--no-progress", "--json", str(stats)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(ROOT),
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(stats.read_text())
+
+    def frames(path: Path) -> list[np.ndarray]:
+        cap, out = cv2.VideoCapture(str(path)), []
+        while (got := cap.read())[0]:
+            out.append(got[1])
+        cap.release()
+        return out
+
+    local = run(tmp_path / "local.mkv", str(dynamic_onnx))
+    for url in (f"grpc://{server.grpc_url}", f"http://{server.http_url}"):
+        remote = run(tmp_path / "remote.mkv", "--triton", url)
+        assert remote["frames"] == local["frames"] == 10 and set(remote["ms_per_frame"]) >= {"infer", "encode"}
+        assert "triton" in remote["backend"]
+        got, want = frames(tmp_path / "remote.mkv"), frames(tmp_path / "local.mkv")
+        assert len(got) == len(want) == 10 and all(np.array_equal(a, b) for a, b in zip(got, want)), url
+
+
+def test_client_mode_errors_are_one_line(server, tmp_path):
+    from deeplab_trt.runtime.triton_client import TritonSegmenter, parse_url
+
+    with pytest.raises(ToolkitError, match="expected grpc://HOST:PORT or http://HOST:PORT"):
+        parse_url("ftp://x")
+    with pytest.raises(ToolkitError, match="model 'nope' is not available"):
+        TritonSegmenter(f"grpc://{server.grpc_url}", model_name="nope", timeout=0.5)
+    seg = TritonSegmenter(f"http://{server.http_url}")
+    with pytest.raises(ToolkitError, match="inference failed"):
+        seg.segment(np.zeros((1, 8, 8, 4), np.uint8))  # 4 channels: the config says 3
+
+
 def test_server_startup_failure_is_one_line(tmp_path):
     """A repository whose model cannot load: start() says so (with the log's error line) and leaves no process."""
     from deeplab_trt.benchmarks.tritonserver import TritonServer, find_tritonserver
