@@ -359,6 +359,21 @@ def test_client_mode_errors_are_one_line(server, tmp_path):
         seg.segment(np.zeros((1, 8, 8, 4), np.uint8))  # 4 channels: the config says 3
 
 
+def test_served_benchmark_one_run(dynamic_onnx, tmp_path):
+    """benchmarks/served.py end to end on a tiny model: both throughputs, their ratio, labels equal (no speed bar: 2 shared cores)."""
+    from deeplab_trt.benchmarks.served import main
+    from deeplab_trt.benchmarks.tritonserver import find_tritonserver
+
+    pytest.importorskip("tritonclient.grpc")
+    if find_tritonserver()[0] is None:
+        pytest.skip(find_tritonserver()[1])
+    out = tmp_path / "served.json"
+    assert main([str(dynamic_onnx), "--frames", "8", "--size", "72x136", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["labels_equal"] and report["clients"] == 4 and report["in_process_fps"] > 0
+    assert report["ratio"] == pytest.approx(report["served_fps"] / report["in_process_fps"], rel=0.01)
+
+
 def test_server_startup_failure_is_one_line(tmp_path):
     """A repository whose model cannot load: start() says so (with the log's error line) and leaves no process."""
     from deeplab_trt.benchmarks.tritonserver import TritonServer, find_tritonserver
