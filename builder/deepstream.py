@@ -16,7 +16,8 @@ that states what the engine is. :func:`deploy_deepstream` writes, into one direc
 Normalisation: nvinfer computes ``y = net-scale-factor * (x - offsets[c])`` on 0-255 pixels, one
 scale for all channels. torchvision's ``(x/255 - mean) / std`` has a per-channel std, so it is exact
 only when the three stds are equal; otherwise the mean std is used and a warning says how far off
-the scale is (fold the normalisation into the graph to make it exact).
+the scale is. ``deeplab-trt export --fold-normalization`` puts the normalisation into the graph
+(input 0-255): then ``net-scale-factor=1`` and ``offsets=0;0;0`` are exact.
 
 Heads: nvinfer's segmentation parser takes per-class scores (C×H×W) and takes the argmax at the
 output's resolution, so the ``logits`` and ``lowres`` heads work (``lowres`` gives a low-resolution
@@ -58,8 +59,8 @@ def _normalisation(mean, std, source: str) -> tuple[float, list[float]]:
     if worst > STD_TOLERANCE:
         log.warning(
             "%s: nvinfer applies one net-scale-factor to all channels; the model's std %s differs per channel, "
-            "so the mean std %.6f is used (up to %.2f%% off per channel): fold the normalisation into the "
-            "graph for exact preprocessing",
+            "so the mean std %.6f is used (up to %.2f%% off per channel); for exact preprocessing export with "
+            "'deeplab-trt export --fold-normalization' and build from that",
             source,
             list(std),
             scale_std,

@@ -72,6 +72,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="ONNX opset (default 17; <=20 TorchScript exporter, above that torch.export)",
     )
     p.add_argument(
+        "--fold-normalization",
+        action="store_true",
+        help="put (x/255 - mean)/std into the graph: the input is 0-255 RGB (what DeepStream's nvinfer "
+        "feeds, which has no per-channel std); parity-checked against the unfolded model",
+    )
+    p.add_argument(
         "--no-check",
         dest="check",
         action="store_false",
@@ -102,5 +108,6 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         opset=args.opset,
         check=args.check,
+        fold_normalization=args.fold_normalization,
     )
     return 0

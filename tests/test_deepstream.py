@@ -140,3 +140,45 @@ def test_bad_input_is_one_line_and_writes_nothing(case, trt_engine, onnx_factory
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and expect in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fold_normalization_matches_the_unfolded_model_and_makes_nvinfer_exact(onnx_factory, tmp_path, caplog):
+    """export --fold-normalization: 0-255 input, same outputs as the unfolded model; nvinfer scale 1, offsets 0."""
+    from deeplab_trt.benchmarks.scenes import render_video
+    from deeplab_trt.builder.deepstream import nvinfer_config
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.preprocess import preprocess
+    from deeplab_trt.runtime.spec import spec_from_onnx
+
+    plain = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
+    folded = onnx_factory(head="lowres", height=64, width=128, num_classes=5, fold_normalization=True)
+    spec = spec_from_onnx(folded)
+    assert spec.mean == (0.0, 0.0, 0.0) and spec.std == (1 / 255, 1 / 255, 1 / 255)
+    assert spec.extra["folded_normalization"] == {
+        "mean": list(spec_from_onnx(plain).mean),
+        "std": list(spec_from_onnx(plain).std),
+    }
+    frames = [f for f, _ in render_video(2, 3, size=(72, 136))]
+    with open_backend(plain) as a, open_backend(folded) as b:
+        exact = render_video(2, 1, size=(64, 128))[0][0]  # at the model size: no resize
+        rgb = exact[..., ::-1].transpose(2, 0, 1).astype(np.float32)
+        assert np.array_equal(preprocess(exact, b.spec)[0][0], rgb)  # the runtime hands over the pixels unchanged
+        for frame in frames:
+            want = a.infer(preprocess(frame, a.spec)[0])
+            got = b.infer(preprocess(frame, b.spec)[0])
+            assert np.max(np.abs(got - want)) <= 1e-3 * max(1.0, float(np.max(np.abs(want))))
+            assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.999
+    sidecar = {
+        "spec": spec.to_dict(),
+        "precision": "fp32",
+        "io": [
+            {"name": "input", "mode": "input", "shape": [1, 3, 64, 128], "dtype": "float32"},
+            {"name": "output", "mode": "output", "shape": [1, 5, 8, 16], "dtype": "float32"},
+        ],
+    }
+    path = tmp_path / "folded.txt"
+    with caplog.at_level(logging.WARNING):
+        path.write_text(nvinfer_config(sidecar, engine_file="folded.engine"))
+    props = _read(path)
+    assert float(props["net-scale-factor"]) == 1.0 and props["offsets"] == "0.0;0.0;0.0"
+    assert "net-scale-factor" not in caplog.text
