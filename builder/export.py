@@ -179,6 +179,7 @@ def export_onnx(
     check: bool = True,
     progress: bool = True,
     fold_normalization: bool = False,
+    multi_grid=None,
 ) -> ModelSpec:
     """Export ``model`` to ``output`` (ONNX) and return the :class:`ModelSpec` written into it.
 
@@ -191,6 +192,9 @@ def export_onnx(
     cannot apply a per-channel std); the spec then says mean 0, std 1/255 (so the runtime's
     preprocessing hands the pixels over unchanged, exactly) and keeps the folded mean/std in
     ``extra["folded_normalization"]``; the parity check compares against the *unfolded* model.
+
+    ``multi_grid=(1, 2, 4)``: ResNet block 4's units get dilation base rate × these (DeepLab v3's
+    Multi_Grid; recorded as ``extra["multi_grid"]`` and ``extra["block4_rates"]``).
     """
     from deeplab_trt.builder.models import build_model
 
@@ -218,6 +222,7 @@ def export_onnx(
         output_stride=output_stride,
         progress=progress,
         size=(height, width) if height else None,
+        multi_grid=multi_grid,
     )
     if height is None:
         height, width = built.input_size or DEFAULT_SIZE
@@ -250,6 +255,9 @@ def export_onnx(
             **({"dynamic_batch": list(dyn)} if dyn else {"batch": batch}),
         },
     )
+    if built.multi_grid is not None:
+        spec.extra["multi_grid"] = list(built.multi_grid)
+        spec.extra["block4_rates"] = list(built.block4_rates or ())
     if fold_normalization:
         spec.extra["folded_normalization"] = {"mean": list(built.mean), "std": list(built.std)}
     if built.info:  # the demo checkpoint's training notes, made JSON-safe for the metadata
