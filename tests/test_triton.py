@@ -82,12 +82,12 @@ def test_segmenter_repository_for_onnx(dynamic_onnx, tmp_path):
     compile((model / "1" / "model.py").read_text(), "model.py", "exec")
 
 
-def test_fixed_frame_size_and_quoted_class_names(onnx_factory, tmp_path):
+def test_fixed_frame_size_and_quoted_class_names(dynamic_onnx, tmp_path):
     """Class names with quotes, backslashes and non-ASCII survive the text format; --frame-size fixes dims."""
     from deeplab_trt.builder.triton import segmenter_config
     from deeplab_trt.runtime.spec import spec_from_onnx
 
-    spec = spec_from_onnx(onnx_factory())
+    spec = spec_from_onnx(dynamic_onnx)
     spec.classes = ['say "hi"', "back\\slash", "café", "tab\there", "x"]
     path = tmp_path / "config.pbtxt"
     path.write_text(segmenter_config(spec, name="seg", model_file="model.onnx", kind="gpu", frame_size=(720, 1280)))
@@ -230,7 +230,7 @@ def server(dynamic_onnx, demo_onnx, tmp_path_factory):
     repo = tmp_path_factory.mktemp("triton") / "repo"
     deploy_triton(dynamic_onnx, output=repo, max_batch=8)
     deploy_triton(demo_onnx, output=repo, name="demo", frame_size=FRAME_HW)  # batch fixed at 1: chunked
-    with TritonServer(repo, found=found, ready_timeout=90) as running:
+    with TritonServer(repo, found=found, ready_timeout=90, log_path=repo.parent / "tritonserver.log") as running:
         print(f"tritonserver ready in {running.startup_s:.2f} s")
         yield running
 
@@ -383,7 +383,7 @@ def test_server_startup_failure_is_one_line(tmp_path):
         pytest.skip(why)
     (tmp_path / "repo" / "broken" / "1").mkdir(parents=True)
     (tmp_path / "repo" / "broken" / "config.pbtxt").write_text('backend: "no_such_backend"\n')
-    server = TritonServer(tmp_path / "repo", found=found, ready_timeout=60)
+    server = TritonServer(tmp_path / "repo", found=found, ready_timeout=60, log_path=tmp_path / "server.log")
     with pytest.raises(ToolkitError, match="tritonserver exited while starting"):
         server.start()
     assert server.process is None
