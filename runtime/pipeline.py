@@ -73,6 +73,8 @@ class Stats:
     source_fps: float | None = None
     source_frames: int | None = None
     outputs: list[dict] = field(default_factory=list)  # {"path", "size", "fps", "frames"}
+    # A live source's drops: {"reconnects", "gap_s", "end_reason"} (runtime/reconnect.py); None otherwise.
+    source_status: dict | None = None
 
     @property
     def fps(self) -> float:
@@ -102,6 +104,11 @@ class Stats:
         for out in self.outputs:
             ow, oh = out["size"]
             lines.append(f"wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
+        if self.source_status is not None:
+            st = self.source_status
+            lines.append(
+                f"source: {st['reconnects']} reconnect(s), {st['gap_s']:.1f} s without frames; ended: {st['end_reason']}"
+            )
         if self.interrupted:
             lines.append("interrupted (Ctrl-C): stopped early; what was written is finalised")
         return lines

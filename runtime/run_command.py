@@ -63,6 +63,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
     p.add_argument("--json", type=Path, metavar="STATS.json", help="also write the run statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    live = p.add_argument_group("live sources (camera, RTSP/HTTP, live GStreamer): reopened when they drop")
+    live.add_argument(
+        "--reconnect",
+        type=int,
+        default=10,
+        metavar="N",
+        help="reopen attempts per drop, with backoff (default 10; 0: a drop ends the run); files never reconnect",
+    )
+    live.add_argument(
+        "--reconnect-delay",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="wait before the first attempt, doubled per attempt up to 8 s (default 0.5)",
+    )
     remote = p.add_argument_group("client mode (the model runs on a Triton server: 'deeplab-trt deploy triton')")
     remote.add_argument(
         "--triton",
@@ -112,10 +127,23 @@ def _remote(args, options):
     return segmenter.model, TritonStage(segmenter, options, slots=args.in_flight)
 
 
+def _open_with_reconnect(args, open_source):
+    """The source, reopened with backoff when a live one drops (``--reconnect``); files as they are."""
+    from deeplab_trt.runtime.reconnect import Backoff, ReconnectingSource
+
+    if args.reconnect < 0 or args.reconnect_delay < 0:
+        raise ToolkitError(
+            f"--reconnect {args.reconnect} / --reconnect-delay {args.reconnect_delay}: must not be negative"
+        )
+    backoff = Backoff(attempts=args.reconnect, delay=args.reconnect_delay, max_delay=max(8.0, args.reconnect_delay))
+    return ReconnectingSource(lambda: open_source(args.source), backoff=backoff)
+
+
 def main(args) -> int:
     from deeplab_trt.runtime.atomic import write_text_atomic
     from deeplab_trt.runtime.backends import open_backend
     from deeplab_trt.runtime.pipeline import RunOptions, runner_for
+    from deeplab_trt.runtime.reconnect import ReconnectingSource
     from deeplab_trt.runtime.video import NullSink, VideoFileSink, WindowSink, open_source
 
     options = RunOptions(
@@ -132,7 +160,7 @@ def main(args) -> int:
         else:
             backend = open_backend(args.model, args.backend, threads=args.threads)
             stack.callback(backend.close)
-        source = stack.enter_context(open_source(args.source))
+        source = stack.enter_context(_open_with_reconnect(args, open_source))
         log.info(
             "%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)",
             source.description,
@@ -172,6 +200,8 @@ def main(args) -> int:
             stats.outputs.append(
                 {"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps, "frames": sink.frames}
             )
+    if isinstance(source, ReconnectingSource) and source.is_live:
+        stats.source_status = source.summary()
     for line in stats.report_lines():
         print(line)
     if args.json is not None:
