@@ -128,6 +128,7 @@ def test_without_cuda_every_gpu_check_is_skipped_with_the_reason(tmp_path, capsy
     assert [r["name"] for r in records] == [c.name for c in gpu_check.CHECKS]
     assert all(r["status"] == "skipped" and r["ok"] is None for r in records)
     assert all(needs["cuda"] in r["reason"] for r in records)
+    assert [r["optional"] for r in records] == [c.optional for c in gpu_check.CHECKS] and records[-1]["optional"]
     assert (tmp_path / "gpu_check.md").read_text().count("| skipped |") == len(records)
     assert data["environment"]["gpu"] is None and "wrote" in capsys.readouterr().out
 
