@@ -856,4 +856,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module, not this __main__ copy: spawned check processes unpickle each check
+    # function by its module's name, which must be the importable one.
+    from deeplab_trt.benchmarks.gpu_check import main as _main
+
+    raise SystemExit(_main())
