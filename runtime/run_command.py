@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from deeplab_trt.runtime.backends.base import BACKENDS
+    from deeplab_trt.runtime.cli_types import frame_size, positive_int
+    from deeplab_trt.runtime.gst_pipelines import CODECS, DECODERS, FLIP_METHODS
     from deeplab_trt.runtime.postprocess import MODES
     from deeplab_trt.runtime.preprocess import POLICIES
 
@@ -39,8 +41,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--source",
         "-s",
         required=True,
-        help="video file, image sequence (dir/%%04d.png), camera index (0), rtsp://... or "
-        "http://... URL, or a GStreamer pipeline ending in appsink",
+        help="video file, image sequence (dir/%%04d.png), camera index (0) or /dev/videoN, rtsp://... or "
+        "http://... URL, a GStreamer pipeline ending in appsink, or (GStreamer, e.g. Jetson) csi://N "
+        "(nvarguscamerasrc sensor N) or v4l2:///dev/videoN (v4l2src)",
+    )
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="cpu",
+        help="cpu: OpenCV's own decoder (FFmpeg) for files and URLs (default); nvv4l2: Jetson hardware "
+        "decode (nvv4l2decoder) of a video file or rtsp:// stream through GStreamer, h264/h265 only",
+    )
+    p.add_argument(
+        "--codec",
+        choices=CODECS,
+        default="auto",
+        help="for --decoder nvv4l2: the stream's codec (auto: by file name (.h264/.h265), else as FFmpeg "
+        "probes it; RTSP streams FFmpeg cannot probe need it)",
+    )
+    p.add_argument(
+        "--source-size",
+        type=frame_size,
+        metavar="HxW",
+        help="csi:// and v4l2:// capture size (csi default 720x1280); with --decoder nvv4l2, the size nvvidconv scales to",
+    )
+    p.add_argument(
+        "--source-fps",
+        type=positive_int,
+        metavar="N",
+        help="csi:// and v4l2:// capture rate (csi default 30); with --decoder nvv4l2, drop frames down to N fps",
+    )
+    p.add_argument(
+        "--flip",
+        choices=FLIP_METHODS,
+        default="none",
+        help="rotate/flip csi://, v4l2:// and --decoder nvv4l2 frames (many CSI modules need rotate-180)",
     )
     p.add_argument("--output", "-o", type=Path, help="output video (.mp4, .avi, .mkv; .mkv is lossless FFV1)")
     p.add_argument("--show", action="store_true", help="show the result in a window (q/Esc stops)")
@@ -127,6 +162,19 @@ def _remote(args, options):
     return segmenter.model, TritonStage(segmenter, options, slots=args.in_flight)
 
 
+def source_options(args) -> dict:
+    """``open_source`` keyword options from the parsed ``--decoder/--codec/--source-size/--source-fps/--flip``."""
+    height, width = args.source_size if args.source_size else (None, None)
+    return {
+        "decoder": args.decoder,
+        "codec": args.codec,
+        "width": width,
+        "height": height,
+        "framerate": args.source_fps,
+        "flip": args.flip,
+    }
+
+
 def _open_with_reconnect(args, open_source):
     """The source, reopened with backoff when a live one drops (``--reconnect``); files as they are."""
     from deeplab_trt.runtime.reconnect import Backoff, ReconnectingSource
@@ -136,7 +184,7 @@ def _open_with_reconnect(args, open_source):
             f"--reconnect {args.reconnect} / --reconnect-delay {args.reconnect_delay}: must not be negative"
         )
     backoff = Backoff(attempts=args.reconnect, delay=args.reconnect_delay, max_delay=max(8.0, args.reconnect_delay))
-    return ReconnectingSource(lambda: open_source(args.source), backoff=backoff)
+    return ReconnectingSource(lambda: open_source(args.source, **source_options(args)), backoff=backoff)
 
 
 def main(args) -> int:

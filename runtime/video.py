@@ -3,8 +3,11 @@
 Sources (:func:`open_source`): a video file, an image sequence (``frames/%04d.png``), a
 camera index (``"0"``) or device (``/dev/video0``), an RTSP/HTTP/... URL, or a GStreamer
 pipeline string (anything containing ``!``; needs an OpenCV built with GStreamer, as on
-JetPack). Opening reads the first frame, so a source that opens but decodes nothing is
-reported before any output file exists.
+JetPack). Jetson sources are GStreamer pipelines built for you (runtime/gst_pipelines.py):
+``csi://N`` (a MIPI CSI camera through nvarguscamerasrc), ``v4l2:///dev/videoN`` (v4l2src), and
+``decoder="nvv4l2"`` for files and ``rtsp://`` streams (hardware decode by nvv4l2decoder).
+Opening reads the first frame, so a source that opens but decodes nothing is reported before
+any output file exists.
 
 Sinks: :class:`VideoFileSink` (a video file, written under a temporary name and renamed
 when closed), :class:`WindowSink` (``cv2.imshow``), :class:`NullSink` (count only).
@@ -38,6 +41,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deeplab_trt.runtime import gst_pipelines as gst  # noqa: E402
 from deeplab_trt.runtime.atomic import atomic_path  # noqa: E402
 from deeplab_trt.runtime.errors import ToolkitError  # noqa: E402
 
@@ -54,12 +58,15 @@ _SEQUENCE = re.compile(r"%0?\d*d")
 
 
 def classify_source(src: str | int) -> str:
-    """``camera`` | ``gstreamer`` | ``url`` | ``sequence`` | ``file``."""
+    """``camera`` | ``gstreamer`` | ``csi`` | ``v4l2`` | ``url`` | ``sequence`` | ``file``."""
     if isinstance(src, int) or str(src).strip().isdigit():
         return "camera"
     src = str(src)
     if "!" in src:
         return "gstreamer"
+    for scheme in ("csi", "v4l2"):
+        if src.lower().startswith(f"{scheme}://"):
+            return scheme
     if _URL.match(src):
         return "url"
     if _SEQUENCE.search(src):
@@ -173,6 +180,23 @@ def _has_gstreamer() -> bool:
     )
 
 
+def require_gstreamer(source: str) -> None:
+    """Raise the one error for a GStreamer source on an OpenCV without GStreamer.
+
+    Why this wording: the usual cause on a Jetson is pip's ``opencv-python-headless`` (never built
+    with GStreamer) shadowing JetPack's own GStreamer-enabled OpenCV in a venv; the fix is to use
+    the system one, so the message says how.
+    """
+    if _has_gstreamer():
+        return
+    raise ToolkitError(
+        f"{source}: needs an OpenCV built with GStreamer, and the cv2 in use ({cv2.__version__}, "
+        f"{Path(cv2.__file__).parent}) has none (pip's opencv-python-headless never does); on JetPack use the "
+        "system OpenCV: sudo apt install python3-opencv, a venv that sees it (python3 -m venv, option system-site-packages), and "
+        "pip uninstall opencv-python-headless in it (it shadows the system cv2)"
+    )
+
+
 @contextlib.contextmanager
 def _quiet_opencv():
     """OpenCV logs "[ WARN ] can't open camera by index" and the like; the toolkit's own
@@ -189,10 +213,120 @@ def _quiet_opencv():
         logging_mod.setLogLevel(previous)
 
 
-def open_source(src: str | int) -> VideoSource:
-    """Open a video file, image sequence, camera, URL or GStreamer pipeline (see module doc)."""
+def open_source(
+    src: str | int,
+    *,
+    decoder: str = "cpu",
+    codec: str = "auto",
+    width: int | None = None,
+    height: int | None = None,
+    framerate: int | None = None,
+    flip: str = "none",
+) -> VideoSource:
+    """Open a video file, image sequence, camera, URL, Jetson source or GStreamer pipeline (module doc).
+
+    Args:
+        src: what to read (see the module doc for the forms).
+        decoder: ``cpu`` (OpenCV's FFmpeg decode, default) or ``nvv4l2`` (Jetson hardware decode of a
+            file or ``rtsp://`` stream through GStreamer).
+        codec: for ``nvv4l2``: ``h264``, ``h265`` or ``auto`` (by file name, else as FFmpeg probes it).
+        width: capture size (csi, v4l2) or the size nvvidconv scales to (nvv4l2); with ``height``.
+        height: see ``width``.
+        framerate: capture rate (csi, v4l2) or the rate nvv4l2 frames are dropped down to.
+        flip: a :data:`~deeplab_trt.runtime.gst_pipelines.FLIP_METHODS` name (csi, v4l2, nvv4l2).
+    """
     with _quiet_opencv():
+        pipeline = gstreamer_pipeline_for(
+            src, decoder=decoder, codec=codec, width=width, height=height, framerate=framerate, flip=flip
+        )
+        if pipeline is not None:
+            kind = classify_source(src)
+            live = kind in ("csi", "v4l2") or kind == "url"
+            log.info("%s: GStreamer pipeline: %s", src, pipeline)
+            return _open_gstreamer(pipeline, str(src).strip(), kind, live=live)
         return _open_source(src)
+
+
+def gstreamer_pipeline_for(
+    src: str | int,
+    *,
+    decoder: str = "cpu",
+    codec: str = "auto",
+    width: int | None = None,
+    height: int | None = None,
+    framerate: int | None = None,
+    flip: str = "none",
+) -> str | None:
+    """The pipeline :func:`open_source` builds for a Jetson source, or None where OpenCV opens ``src`` itself.
+
+    Checks that the options fit the source (a capture option on a plain file is an error, not
+    ignored) and, for ``nvv4l2`` with ``codec="auto"``, finds the codec. Arguments as :func:`open_source`.
+    """
+    if decoder not in gst.DECODERS:
+        raise ToolkitError(f"--decoder {decoder}: unknown decoder (use {' or '.join(gst.DECODERS)})")
+    if codec not in gst.CODECS:
+        raise ToolkitError(f"--codec {codec}: unknown codec (use {', '.join(gst.CODECS)})")
+    kind, text = classify_source(src), str(src).strip()
+    options = {"width": width, "height": height, "framerate": framerate, "flip": flip}
+    if kind == "csi":
+        sensor = text.split("://", 1)[1].strip("/")
+        if not sensor.isdigit():
+            raise ToolkitError(f"{text}: expected csi://N with N the sensor id (csi://0)")
+        return gst.csi_pipeline(int(sensor), **options)
+    if kind == "v4l2":
+        device = text.split("://", 1)[1]
+        device = f"/dev/video{device}" if device.isdigit() else device
+        if not device.startswith("/dev/"):
+            raise ToolkitError(f"{text}: expected v4l2:///dev/videoN")
+        return gst.v4l2_pipeline(device, **options)
+    nvv4l2_input = kind == "file" or (kind == "url" and text.lower().startswith(("rtsp://", "rtsps://")))
+    if decoder == "nvv4l2":
+        if not nvv4l2_input:
+            raise ToolkitError(f"{text}: --decoder nvv4l2 decodes video files and rtsp:// streams, not a {kind} source")
+        if kind == "file" and not Path(text).is_file():
+            raise ToolkitError(f"{text}: no such file")
+        return gst.nvv4l2_decode_pipeline(text, codec=_nvv4l2_codec(text, codec), **options)
+    given = [name for name, value in options.items() if value not in (None, "none")]
+    if given or codec != "auto":
+        raise ToolkitError(
+            f"{text}: {', '.join(given) or 'codec'} applies to csi://, v4l2:// and --decoder nvv4l2 sources only"
+        )
+    return None
+
+
+def _nvv4l2_codec(location: str, codec: str) -> str:
+    """``codec`` unless ``auto``: then the file name's, else the FOURCC FFmpeg reports (the stream's caps)."""
+    if codec != "auto":
+        return codec
+    named = gst.codec_from_name(location)
+    if named is not None:
+        return named
+    fourcc = ""
+    cap = cv2.VideoCapture(location, cv2.CAP_FFMPEG)
+    try:
+        if cap.isOpened():
+            fourcc = gst.fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))
+    finally:
+        cap.release()
+    found = gst.codec_from_fourcc(fourcc)
+    if found is None:
+        what = f"its codec is {fourcc!r}" if fourcc else "FFmpeg could not tell its codec"
+        raise ToolkitError(
+            f"{location}: {what}; --decoder nvv4l2 decodes h264 and h265 (pass --codec h264 or --codec h265 "
+            "if it is one, else use --decoder cpu)"
+        )
+    return found
+
+
+def _open_gstreamer(pipeline: str, description: str, kind: str, *, live: bool) -> VideoSource:
+    require_gstreamer(description)
+    cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    if not cap.isOpened():
+        raise ToolkitError(
+            f"{description}: GStreamer could not start the pipeline '{pipeline}' "
+            "(try it with gst-launch-1.0; a raw pipeline must end in 'appsink' and deliver BGR)"
+        )
+    return VideoSource(cap, description, kind, is_live=live)
 
 
 def _open_source(src: str | int) -> VideoSource:
@@ -206,17 +340,8 @@ def _open_source(src: str | int) -> VideoSource:
             raise ToolkitError(f"{name}: cannot open camera")
         return VideoSource(cap, name, kind, is_live=True)
     if kind == "gstreamer":
-        if not _has_gstreamer():
-            raise ToolkitError(
-                f"{text}: GStreamer pipelines need an OpenCV built with GStreamer (this one is not; JetPack's is)"
-            )
-        cap = cv2.VideoCapture(text, cv2.CAP_GSTREAMER)
-        if not cap.isOpened():
-            raise ToolkitError(
-                f"{text}: GStreamer could not start this pipeline (it must end in 'appsink' and deliver BGR)"
-            )
         live = not re.search(r"\b(multi)?filesrc\b", text)
-        return VideoSource(cap, text, kind, is_live=live)
+        return _open_gstreamer(text, text, kind, live=live)
     if kind == "url":
         cap = cv2.VideoCapture(text, cv2.CAP_FFMPEG)
         if not cap.isOpened():
