@@ -140,7 +140,7 @@ def fold_weights(model) -> None:
 
 
 def template_onnx(model, state_dict: dict[str, np.ndarray]):
-    """Replace each initializer of the compact ``model`` (in place) that is a checkpoint tensor by a placeholder.
+    """Replace each FP16 initializer of the compact ``model`` (in place) that is a checkpoint tensor by a placeholder.
 
     A placeholder keeps name, type and shape, no data, and names its state-dict key in its
     ``doc_string``; :func:`fill_weights` undoes this.
@@ -153,7 +153,8 @@ def template_onnx(model, state_dict: dict[str, np.ndarray]):
 
     keys: dict[tuple, str] = {}
     for key, value in state_dict.items():
-        keys.setdefault((value.dtype.str, value.shape, value.tobytes()), key)
+        if value.dtype == np.float16:  # the weights; not e.g. an int64 counter equal to a shape constant
+            keys.setdefault((value.dtype.str, value.shape, value.tobytes()), key)
     for tensor in model.graph.initializer:
         a = numpy_helper.to_array(tensor)
         key = keys.get((a.dtype.str, a.shape, a.tobytes()))
