@@ -1,7 +1,7 @@
 """``deeplab-trt demo``: the whole toolkit on any machine, offline, in well under a minute.
 
 What it does: renders a synthetic street video (:mod:`deeplab_trt.benchmarks.scenes`, moving cars and
-people, ground truth per frame), exports the committed demo model to ONNX once (cached under
+people, ground truth per frame), rebuilds the committed demo model's ONNX once (no torch needed; cached under
 ``~/.cache/deeplab-trt/demo/``, keyed by the weights' SHA-256 and the toolkit version),
 picks the best backend available (a TensorRT engine, built once and cached, when a CUDA GPU
 and TensorRT are present; ONNX Runtime otherwise), segments the video on the runtime's
@@ -124,14 +124,26 @@ def cached_onnx_name(cache: Path) -> Path:
 
 
 def demo_onnx_path(cache: Path, progress: bool = True) -> Path:
-    """The demo model as ONNX (low-res head), exported on first use and cached."""
+    """The demo model as ONNX (low-res head), made on first use and cached.
+
+    Made from the shipped ONNX template and the checkpoint's weights
+    (:mod:`deeplab_trt.builder.demo_asset`: numpy only, no torch, the export's graph and weights
+    byte for byte) when the template was derived from this checkpoint; exported with torch
+    otherwise (a retrained checkpoint whose template was not regenerated).
+    """
+    from deeplab_trt.builder import demo_asset
+    from deeplab_trt.builder.models import DEMO_PATH
+
     path = cached_onnx_name(cache)
     if not path.exists():
-        from deeplab_trt.builder.export import export_onnx
+        if demo_asset.source_sha256() == sha256_file(DEMO_PATH):
+            demo_asset.expand_onnx(demo_asset.DEMO_ONNX_PATH, path, checkpoint=DEMO_PATH)
+        else:
+            from deeplab_trt.builder.export import export_onnx
 
-        if progress:
-            print(f"exporting the demo model to {path} (once)", file=sys.stderr)
-        export_onnx(path, model="demo", head="lowres", progress=False)
+            if progress:
+                print(f"exporting the demo model to {path} (once)", file=sys.stderr)
+            export_onnx(path, model="demo", head="lowres", progress=False)
     return path
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from deeplab_trt.runtime import __version__
 from deeplab_trt.runtime.atomic import atomic_path
 from deeplab_trt.runtime.cli_types import parse_batch_range
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, require
 from deeplab_trt.runtime.spec import HEADS, ModelSpec
 
 DEFAULT_SIZE = (520, 520)  # torchvision's evaluation size for these models
@@ -211,6 +211,8 @@ def export_onnx(
         raise ToolkitError("--height and --width go together: give both or neither")
     if output.is_dir():
         raise ToolkitError(f"{output}: is a directory, expected an .onnx file path")
+    if opset > TORCHSCRIPT_MAX_OPSET:  # torch.onnx.export(dynamo=True) imports it
+        require("onnxscript", extra="export", purpose=f"--opset {opset} (the torch.export exporter)")
 
     _status(progress, f"building {model} (weights: {weights or 'none'})")
     if height is None and model != "demo":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, require
 from deeplab_trt.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, voc_palette
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,7 @@ def fetch_torchvision_weights(weights, progress: bool = True, timeout_s: float =
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) as a dict; one-line error otherwise."""
+    require_torch()
     import torch
 
     if not path.exists():
@@ -341,6 +342,17 @@ def _check_num_classes(num_classes: int | None, found: int, source: str) -> None
 
 
 # ----- the one entry point -------------------------------------------------------------------
+def require_torch() -> None:
+    """torch and torchvision are importable, or the one-line error naming the ``export`` extra.
+
+    Checked once at the entry points (:func:`build_model`, :func:`load_checkpoint`), so the
+    functions below import torch plainly.
+    """
+    purpose = "building a PyTorch DeepLab (export, training)"
+    require("torch", extra="export", purpose=purpose)
+    require("torchvision", extra="export", purpose=purpose)
+
+
 def build_model(
     model: str = "deeplabv3_mobilenet_v3_large",
     weights: str | None = "none",
@@ -360,6 +372,7 @@ def build_model(
         raise ToolkitError(f"unknown model {model!r} (expected one of {', '.join(MODELS)})")
     if num_classes is not None and num_classes < 1:
         raise ToolkitError(f"--num-classes {num_classes}: must be at least 1")
+    require_torch()
     if model == "demo":
         return _with_grid(_build_demo(weights, num_classes, output_stride, multi_grid), multi_grid)
     arch = model

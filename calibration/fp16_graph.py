@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, require
 
 FP16_MAX = 65504.0
 #: A node whose FP32 output exceeds this (on the probe frames) is kept in FP32.
@@ -25,9 +25,12 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 def default_block_ops() -> list[str]:
     """onnxconverter-common's FP16 block list minus Resize/Upsample."""
-    from onnxconverter_common import float16
+    return sorted(set(_float16().DEFAULT_OP_BLOCK_LIST) - ALLOW_FP16_OPS)
 
-    return sorted(set(float16.DEFAULT_OP_BLOCK_LIST) - ALLOW_FP16_OPS)
+
+def _float16():
+    """onnxconverter-common's FP16 converter: every engine-building extra brings it, ``fp16`` alone too."""
+    return require("onnxconverter_common.float16", extra="fp16", purpose="the FP16 pass")
 
 
 def ort_session(model_bytes_or_path, threads: int = 2):
@@ -93,8 +96,7 @@ def convert_graph_fp16(model, *, block_ops: list[str], block_nodes: list[str], l
     Returns (converted model, number of constants clamped to the FP16 range). ``label`` names
     the source in the one-line error. Constants are clamped to ±65504, not the converter's ±1e4.
     """
-    from onnxconverter_common import float16
-
+    float16 = _float16()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import NotInstalledError, ToolkitError
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 #: Import names tried per flavour, in order. ``tensorrt_rtx`` is what NVIDIA's docs import;
@@ -238,7 +238,8 @@ def detect(preferred: str | None = "auto") -> Flavour:
     """The TensorRT to use. ``auto``: ``tensorrt``, else ``tensorrt_rtx`` / ``tensorrt_rtx_bindings``.
 
     An explicitly asked flavour that is not installed, or no TensorRT at all, is a
-    :class:`ToolkitError` saying how to install one.
+    :class:`NotInstalledError` saying how to install one (several routes: pip, the extras,
+    JetPack's apt packages, hence not :func:`~deeplab_trt.runtime.errors.require`'s one extra).
     """
     name = normalise_name(preferred)
     candidates = AUTO_ORDER if name == "auto" else (name,)
@@ -251,10 +252,10 @@ def detect(preferred: str | None = "auto") -> Flavour:
             problems.append(found)
     broken = f" ({'; '.join(problems)})" if problems else ""
     if name == "auto":
-        raise ToolkitError(
+        raise NotInstalledError(
             f"no TensorRT found{broken}: {INSTALL_HINTS['tensorrt-rtx']}; or {INSTALL_HINTS['tensorrt']}"
         )
-    raise ToolkitError(f"--flavour {name}: not installed{broken}; {INSTALL_HINTS[name]}")
+    raise NotInstalledError(f"--flavour {name}: not installed{broken}; {INSTALL_HINTS[name]}")
 
 
 #: Forget what was found (tests that hide modules call this).

@@ -250,3 +250,14 @@ def test_opencv_built_for_numpy1_under_numpy2_names_the_fix():
     hint = opencv_import_hint(ImportError("numpy.core.multiarray failed to import"))
     assert hint is not None and "numpy<2" in hint and "jetpack6" in hint
     assert opencv_import_hint(ImportError("No module named 'torch'")) is None
+
+
+def test_every_require_names_an_extra_that_brings_the_module():
+    """``require("m", extra="x", ...)`` tells users ``pip install 'deeplab-trt[x]'``: x must declare m."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    calls = re.findall(r'require\(\s*"([\w.]+)",\s*extra="([\w-]+)"', _source_text())
+    assert {m.split(".")[0] for m, _ in calls} >= {"torch", "torchvision", "onnxscript", "onnxconverter_common"}
+    for module, extra in calls:
+        assert extra in extras, f"require({module!r}): no extra {extra!r}"
+        brings = {DIST_USE.get(_dist(r)) for r in extras[extra]}
+        assert module.split(".")[0] in brings or (module == "onnxscript" and "dynamo=True" in brings), (module, extra)

@@ -70,6 +70,21 @@ def test_run_command_without_torch(onnx_factory, tmp_path):
     assert out.exists()
 
 
+def test_demo_command_without_torch(tmp_path):
+    """``deeplab-trt demo`` on a Jetson-like install: the shipped demo ONNX, never torch (issue 10 item 8)."""
+    cache, out = tmp_path / "cache", tmp_path / "demo.avi"
+    proc = run_without_torch(f"""
+        from deeplab_trt.cli import main
+        argv = ["demo", "--frames", "3", "--backend", "onnxruntime", "--no-progress"]
+        rc = main(argv + ["--cache-dir", {str(cache)!r}, "--output", {str(out)!r}])
+        assert not any(m.split(".")[0] in ("torch", "torchvision") for m in sys.modules)
+        raise SystemExit(rc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "mIoU vs ground truth" in proc.stdout and "3 frames" in proc.stdout
+    assert len(list((cache / "demo").glob("*.onnx"))) == 1 and out.exists()
+
+
 def test_front_door_names_resolve_lazily():
     """Every name in ``deeplab_trt.__all__`` resolves, and importing the package loads none of them."""
     import subprocess
