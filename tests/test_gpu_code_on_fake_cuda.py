@@ -364,6 +364,74 @@ def test_segmenter_on_cuda_array_interface_images(fake, opencv_without_ipp):
     seg.close()
 
 
+def test_segmenter_over_a_host_backend_starts_the_gpu_path_on_the_first_device_frame(fake, clip, opencv_without_ipp):
+    """numpy frames → host path (no CUDA call at all); a device frame → kernels + host inference; same numbers."""
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.interop import Segmenter as OldName
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    assert OldName is Segmenter  # the README's old import path still works
+    seg = Segmenter(NumpyBackend(), policy="letterbox")
+    with open_source(clip) as src:
+        frames = list(src)
+    host = [seg.process(frame) for frame in frames]
+    assert fake.calls == [], "the host path must not touch CUDA"
+    for frame, (labels, picture) in zip(frames, host):
+        x, geo = preprocess(frame, SPEC, "letterbox")
+        assert isinstance(labels, np.ndarray) and np.array_equal(
+            labels, labels_from_output(model_function(x)[0], SPEC, geo)
+        )
+        dev = api.to_device(frame)
+        dev_labels = seg.segment(dev)
+        assert isinstance(dev_labels, api.DeviceArray) and np.array_equal(dev_labels.copy_to_host(), labels)
+        assert np.array_equal(seg.render(dev, dev_labels).copy_to_host(), picture)
+    assert seg.inference.name == "numpy model (host inference)" and "cudaSetDevice" in fake.calls
+    seg.close()
+
+
+def test_segmenter_over_an_engine_serves_host_and_device_frames(fake, clip, opencv_without_ipp):
+    """A TensorRT backend: host frames through its host I/O (pinned staging), device frames through its runner."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+    backend = TensorRTBackend(loaded)
+    seg = Segmenter(backend)
+    context = loaded.engine.contexts[0]
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    labels = seg.segment(frame)
+    assert isinstance(labels, np.ndarray) and np.array_equal(labels, expected) and context.executions == 1
+    assert fake.launches == [], "host frames: the numpy references, no kernels"
+    dev_labels = seg.segment(api.to_device(frame))
+    assert np.array_equal(dev_labels.copy_to_host(), expected) and context.executions == 2
+    assert seg.inference is backend.runner and "upsample_argmax_f32_u8" in fake.launches
+    seg.close()
+    assert backend.runner is not None, "a Backend passed in stays open: its owner closes it"
+    backend.close()
+
+
+def test_segmenter_over_a_device_inference_rejects_host_frames(fake, clip):
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt))
+    with open_source(clip) as src:
+        frame = src.read()
+    with pytest.raises(ToolkitError, match=r"takes CUDA arrays only, got a host \(numpy\) frame"):
+        seg.segment(frame)
+    seg.close()
+
+
 def test_gpu_benchmark_script_runs(fake, tmp_path, capsys):
     """``benchmarks/gpu_kernels.py`` end to end on the fake (numbers meaningless; the code path is not)."""
     import json
