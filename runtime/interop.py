@@ -138,6 +138,15 @@ class DeviceSegmenter:
         self._api = api
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _bind(self) -> None:
+        """Make this Segmenter's device current on the calling thread (issue 11 item 4).
+
+        Why in every entry point: ``cuLaunchKernel`` runs in the thread's current context, and a
+        thread that never bound one (a worker, a web server's pool) or bound another device would
+        launch nowhere or on the wrong GPU. ``use_device`` is a thread-local check when already bound.
+        """
+        self._api.use_device(self.device_index)
+
     def _image(self, image):
         arr = as_device_array(image, self.stream)
         return arr, image_layout(arr)
@@ -155,10 +164,20 @@ class DeviceSegmenter:
 
     # ---- API --------------------------------------------------------------------------------
     def preprocess(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
-        """The model input (1×3×H×W, the model's dtype) for ``image``; by default the engine's own buffer."""
+        """The model input (1×3×H×W, the model's dtype) for ``image``; by default the engine's own buffer.
+
+        ``sync=False``: the result advertises this Segmenter's stream (CAI ``stream``, ``__dlpack__``
+        ordering), also when it is the engine's buffer, so a consumer waits for the kernel."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
-        target = as_device_array(out, self.stream) if out is not None else self.inference.input
+        if out is not None:
+            target = as_device_array(out, self.stream)
+        else:  # a view of the engine's buffer, so advertising our stream (sync=False) leaves the buffer's own record alone
+            own = self.inference.input
+            target = self._api.DeviceArray(
+                own.ptr, own.shape, own.dtype, own.strides, owner=own, device_id=own.device_id
+            )
         self.kernels.preprocess(
             arr.ptr,
             h,
@@ -172,14 +191,11 @@ class DeviceSegmenter:
             bgr=self.bgr if bgr is None else bgr,
             stream=self.stream.handle,
         )
-        if out is not None:
-            return self._finish(target, sync)
-        if sync:
-            self.stream.synchronize()
-        return target
+        return self._finish(target, sync)
 
     def segment(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
         """H×W labels at the image's resolution (uint8 up to 256 classes, else int32)."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
         inf = self.inference
@@ -227,6 +243,7 @@ class DeviceSegmenter:
         sync: bool = True,
     ):
         """Overlay / colour mask / grey labels for ``image``; a new H×W×3 array unless ``out``/``in_place``."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         lab = as_device_array(labels, self.stream)
         if lab.shape[:2] != (h, w):
@@ -269,6 +286,7 @@ class DeviceSegmenter:
         sync: bool = True,
     ):
         """``(labels, picture)`` in one call (segNet's Process + Overlay)."""
+        self._bind()
         labels = self.segment(image, policy=policy, bgr=bgr, sync=False)
         picture = self.render(image, labels, mode=mode, alpha=alpha, bgr=bgr, sync=sync)
         if sync:
@@ -276,6 +294,7 @@ class DeviceSegmenter:
         return labels, picture
 
     def close(self) -> None:
+        self._bind()
         self.stream.synchronize()
         self.stream.close()
         if self.owns_inference and hasattr(self.inference, "close"):

@@ -432,6 +432,67 @@ def test_segmenter_over_a_device_inference_rejects_host_frames(fake, clip):
     seg.close()
 
 
+def test_segmenter_binds_its_device_in_every_entry_point(fake, clip, opencv_without_ipp):
+    """Issue 11 item 4: calls from another thread, or after the caller switched devices, launch in
+    the Segmenter's context (the fake refuses launches in none or another device's context)."""
+    import threading
+
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    fake.device_count = 2
+    api.use_device(1)
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt, device_index=1), device=1)
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    image = api.to_device(frame)
+    api.use_device(0)  # the caller works on device 0 now
+    labels = seg.segment(image)
+    assert np.array_equal(labels.copy_to_host(), expected)
+    results: dict[str, object] = {}
+
+    def worker():
+        try:
+            results["labels"], results["picture"] = seg.process(image)
+            seg.preprocess(image)
+            seg.render(image, labels, mode="labels")
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "error" not in results, results.get("error")
+    assert np.array_equal(results["labels"].copy_to_host(), expected)
+    seg.close()
+
+
+def test_preprocess_without_out_advertises_the_pending_stream(fake, clip, monkeypatch):
+    """Issue 11 item 7: ``preprocess(sync=False)`` into the engine's own buffer says which stream
+    still writes it, through ``__cuda_array_interface__`` and ``__dlpack__``."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt))
+    with open_source(clip) as src:
+        image = api.to_device(src.read())
+    pending = seg.preprocess(image, sync=False)
+    assert pending.ptr == seg.inference.input.ptr
+    assert pending.__cuda_array_interface__["stream"] == seg.stream.handle
+    ordered = []
+    monkeypatch.setattr(api, "_order_streams", lambda producer, consumer: ordered.append((producer, consumer)))
+    capsule = pending.__dlpack__(stream=7)
+    assert ordered == [(seg.stream.handle, 7)] and capsule is not None
+    done = seg.preprocess(image)
+    assert "stream" not in done.__cuda_array_interface__
+    assert seg.inference.input.stream is None, "the engine's own buffer is not re-labelled"
+    seg.close()
+
+
 def test_gpu_benchmark_script_runs(fake, tmp_path, capsys):
     """``benchmarks/gpu_kernels.py`` end to end on the fake (numbers meaningless; the code path is not)."""
     import json
