@@ -143,9 +143,10 @@ class DeviceSegmenter:
 
         Why in every entry point: ``cuLaunchKernel`` runs in the thread's current context, and a
         thread that never bound one (a worker, a web server's pool) or bound another device would
-        launch nowhere or on the wrong GPU. ``use_device`` is a thread-local check when already bound.
+        launch nowhere or on the wrong GPU; ``recheck`` also catches a framework (torch, CuPy) that
+        switched the thread's device behind our back. A thread-local check plus ``cudaGetDevice``.
         """
-        self._api.use_device(self.device_index)
+        self._api.use_device(self.device_index, recheck=True)
 
     def _image(self, image):
         arr = as_device_array(image, self.stream)

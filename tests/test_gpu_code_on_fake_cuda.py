@@ -467,6 +467,9 @@ def test_segmenter_binds_its_device_in_every_entry_point(fake, clip, opencv_with
     thread.join()
     assert "error" not in results, results.get("error")
     assert np.array_equal(results["labels"].copy_to_host(), expected)
+    api.use_device(1)
+    fake.runtime.cudaSetDevice(0)  # what torch.cuda.set_device(0) does: cudart moves, our cache does not know
+    assert np.array_equal(seg.segment(image).copy_to_host(), expected)
     seg.close()
 
 
