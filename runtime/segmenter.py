@@ -155,7 +155,8 @@ class Segmenter:
             policy: ``stretch`` or ``letterbox`` (per call: ``policy=``).
             bgr: frames are BGR (OpenCV's order); ``False`` for RGB (per call: ``bgr=``).
             alpha: overlay opacity in [0, 1] (per call: ``alpha=``).
-            device: the CUDA device of the GPU path (and of a TensorRT engine).
+            device: the CUDA device of the GPU path and of a TensorRT engine (with an open GPU
+                backend: the device it was opened on).
             threads: ONNX Runtime intra-op threads (default: ONNX Runtime's own).
         """
         if policy not in POLICIES:

@@ -89,6 +89,7 @@ class FakeTrt:
 class FakeContext:
     def __init__(self, engine):
         self.engine = engine
+        self.device = engine.fake.context()  # a TensorRT context lives in the CUDA context current at creation
         self.addresses = {}
         self.batch = None
         self.executions = 0
@@ -109,6 +110,8 @@ class FakeContext:
         return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
 
     def execute_async_v3(self, stream):
+        if self.engine.fake.context() != self.device:
+            return False  # TensorRT: enqueue from a thread whose current CUDA context is another one fails
         n = self.batch if self.engine.dynamic else 1
         src, dst = self.addresses["input"], self.addresses["logits"]
         self.executions += 1
@@ -471,6 +474,45 @@ def test_segmenter_binds_its_device_in_every_entry_point(fake, clip, opencv_with
     fake.runtime.cudaSetDevice(0)  # what torch.cuda.set_device(0) does: cudart moves, our cache does not know
     assert np.array_equal(seg.segment(image).copy_to_host(), expected)
     seg.close()
+
+
+def test_engine_host_frames_from_another_thread_run_on_the_engines_device(fake, clip, opencv_without_ipp):
+    """Issue 11 item 4 for the host path over an engine: TensorRTBackend.infer binds its device."""
+    import threading
+
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    fake.device_count = 2
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+    backend = TensorRTBackend(loaded, device_index=1)
+    seg = Segmenter(backend, device=1)
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    api.use_device(0)
+    results: dict[str, object] = {}
+
+    def worker():
+        try:
+            results["labels"] = seg.segment(frame)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "error" not in results, results.get("error")
+    assert np.array_equal(results["labels"], expected) and np.array_equal(seg.segment(frame), expected)
+    seg.close()
+    backend.close()
 
 
 def test_preprocess_without_out_advertises_the_pending_stream(fake, clip, monkeypatch):
