@@ -4,9 +4,11 @@ The public front door. Names load lazily (PEP 562) so ``import deeplab_trt`` cos
 never pulls torch, TensorRT or CUDA in: each name imports its module on first use, and the
 modules themselves defer their optional dependencies. Typical use::
 
-    from deeplab_trt import open_backend, open_source
-    backend = open_backend("model.onnx")          # ONNX Runtime, or a TensorRT engine
-    with open_source("street.mp4") as source: ...
+    from deeplab_trt import Segmenter, open_source
+    seg = Segmenter("model.onnx")                 # ONNX Runtime on the host, or "model.engine"
+    with open_source("street.mp4") as source:     # numpy frames; CUDA arrays take the GPU path
+        for frame in source:
+            picture = seg.render(frame, seg.segment(frame))
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _EXPORTS = {
     "load_engine": "deeplab_trt.runtime.engine_loader",
     "open_source": "deeplab_trt.runtime.video",
     "run_video": "deeplab_trt.runtime.pipeline",
-    "Segmenter": "deeplab_trt.runtime.interop",
+    "Segmenter": "deeplab_trt.runtime.segmenter",
     "export_onnx": "deeplab_trt.builder.export",
     "build_engine": "deeplab_trt.builder.engine",
     "BuildOptions": "deeplab_trt.builder.engine",

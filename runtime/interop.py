@@ -2,10 +2,11 @@
 
 Why: an application that already has frames on the GPU (a torch tensor from a decoder, a CuPy
 array, a pycuda ``GPUArray``, a DeepStream/VPI buffer exposed through DLPack) should not pay
-for a round trip through host memory. :class:`Segmenter` (in the spirit of jetson-inference's
-``segNet``) takes any object speaking ``__cuda_array_interface__`` (v3) or DLPack, reads it in
-place, and returns :class:`~deeplab_trt.runtime.cuda.api.DeviceArray` results that those frameworks take
-back the same way::
+for a round trip through host memory. :class:`~deeplab_trt.runtime.segmenter.Segmenter` (in the
+spirit of jetson-inference's ``segNet``; numpy frames go to its host path) hands device frames to
+:class:`DeviceSegmenter`, defined here: it takes any object speaking ``__cuda_array_interface__``
+(v3) or DLPack, reads it in place, and returns :class:`~deeplab_trt.runtime.cuda.api.DeviceArray`
+results that those frameworks take back the same way::
 
     seg = Segmenter("model.engine")               # or Segmenter(inference=..., ...)
     labels = seg.segment(frame_tensor)            # H×W uint8 labels on the GPU
@@ -24,7 +25,6 @@ The runtime never imports torch/CuPy/pycuda: the interfaces are read by hand.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,23 +98,25 @@ def image_layout(image) -> tuple[int, int, int, int]:
     return image.shape[0], image.shape[1], row, pixel
 
 
-class Segmenter:
-    """Device-array segmentation over an engine (or any DeviceInference).
+class DeviceSegmenter:
+    """The GPU path of :class:`~deeplab_trt.runtime.segmenter.Segmenter`: kernels around a DeviceInference.
 
-    ``model``: a TensorRT engine path (``.engine``/``.plan`` with its sidecar), or pass
-    ``inference=`` an object with the :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` contract
-    (e.g. ``HostBackendInference(open_backend("model.onnx"))``, or a torch module adapter).
+    Use :class:`~deeplab_trt.runtime.segmenter.Segmenter` (it opens model files and also takes host
+    frames); this class is what it runs for device frames. ``inference``: an object with the
+    :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` contract (a TensorRT runner,
+    ``HostBackendInference(backend)``, a torch adapter). ``owns_inference``: whether :meth:`close`
+    closes it too.
     """
 
     def __init__(
         self,
-        model: str | Path | None = None,
+        inference,
         *,
-        inference=None,
         policy: str = "stretch",
         bgr: bool = True,
         alpha: float = 0.5,
         device: int = 0,
+        owns_inference: bool = True,
     ):
         from deeplab_trt.runtime.cuda import api
         from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
@@ -122,22 +124,9 @@ class Segmenter:
         if policy not in POLICIES:
             raise ToolkitError(f"unknown resize policy {policy!r} (expected one of {', '.join(POLICIES)})")
         self.device = api.use_device(device)
-        if inference is None:
-            if model is None:
-                raise ToolkitError("Segmenter needs an engine path or an inference= object")
-            from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
-            from deeplab_trt.runtime.engine_loader import load_engine
-
-            self._loaded = load_engine(model)
-            inference = TensorRTRunner(
-                self._loaded.engine,
-                self._loaded.spec,
-                self._loaded.flavour.module,
-                device_index=device,
-                name=self._loaded.flavour.label,
-                source=str(model),
-            )
+        self.device_index = device
         self.inference = inference
+        self.owns_inference = owns_inference
         self.spec = inference.spec
         self.name = inference.name
         self.policy = policy
@@ -149,6 +138,16 @@ class Segmenter:
         self._api = api
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _bind(self) -> None:
+        """Make this Segmenter's device current on the calling thread (issue 11 item 4).
+
+        Why in every entry point: ``cuLaunchKernel`` runs in the thread's current context, and a
+        thread that never bound one (a worker, a web server's pool) or bound another device would
+        launch nowhere or on the wrong GPU; ``recheck`` also catches a framework (torch, CuPy) that
+        switched the thread's device behind our back. A thread-local check plus ``cudaGetDevice``.
+        """
+        self._api.use_device(self.device_index, recheck=True)
+
     def _image(self, image):
         arr = as_device_array(image, self.stream)
         return arr, image_layout(arr)
@@ -166,10 +165,20 @@ class Segmenter:
 
     # ---- API --------------------------------------------------------------------------------
     def preprocess(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
-        """The model input (1×3×H×W, the model's dtype) for ``image``; by default the engine's own buffer."""
+        """The model input (1×3×H×W, the model's dtype) for ``image``; by default the engine's own buffer.
+
+        ``sync=False``: the result advertises this Segmenter's stream (CAI ``stream``, ``__dlpack__``
+        ordering), also when it is the engine's buffer, so a consumer waits for the kernel."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
-        target = as_device_array(out, self.stream) if out is not None else self.inference.input
+        if out is not None:
+            target = as_device_array(out, self.stream)
+        else:  # a view of the engine's buffer, so advertising our stream (sync=False) leaves the buffer's own record alone
+            own = self.inference.input
+            target = self._api.DeviceArray(
+                own.ptr, own.shape, own.dtype, own.strides, owner=own, device_id=own.device_id
+            )
         self.kernels.preprocess(
             arr.ptr,
             h,
@@ -183,14 +192,11 @@ class Segmenter:
             bgr=self.bgr if bgr is None else bgr,
             stream=self.stream.handle,
         )
-        if out is not None:
-            return self._finish(target, sync)
-        if sync:
-            self.stream.synchronize()
-        return target
+        return self._finish(target, sync)
 
     def segment(self, image, *, out=None, policy: str | None = None, bgr: bool | None = None, sync: bool = True):
         """H×W labels at the image's resolution (uint8 up to 256 classes, else int32)."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         geo = self.geometry(h, w, policy)
         inf = self.inference
@@ -232,11 +238,13 @@ class Segmenter:
         *,
         mode: str = "overlay",
         alpha: float | None = None,
+        bgr: bool | None = None,
         out=None,
         in_place: bool = False,
         sync: bool = True,
     ):
         """Overlay / colour mask / grey labels for ``image``; a new H×W×3 array unless ``out``/``in_place``."""
+        self._bind()
         arr, (h, w, pitch, stride) = self._image(image)
         lab = as_device_array(labels, self.stream)
         if lab.shape[:2] != (h, w):
@@ -248,7 +256,7 @@ class Segmenter:
             _, _, out_pitch, out_stride = image_layout(target)
             if out_stride != stride:
                 raise ToolkitError(f"out has {out_stride} bytes per pixel, the image {stride}")
-        channel_order = "BGR" if self.bgr else "RGB"
+        channel_order = "BGR" if (self.bgr if bgr is None else bgr) else "RGB"
         self.kernels.render(
             arr.ptr,
             h,
@@ -268,22 +276,36 @@ class Segmenter:
         )
         return self._finish(target, sync)
 
-    def process(self, image, *, mode: str = "overlay", alpha: float | None = None, sync: bool = True):
+    def process(
+        self,
+        image,
+        *,
+        mode: str = "overlay",
+        alpha: float | None = None,
+        policy: str | None = None,
+        bgr: bool | None = None,
+        sync: bool = True,
+    ):
         """``(labels, picture)`` in one call (segNet's Process + Overlay)."""
-        labels = self.segment(image, sync=False)
-        picture = self.render(image, labels, mode=mode, alpha=alpha, sync=sync)
+        self._bind()
+        labels = self.segment(image, policy=policy, bgr=bgr, sync=False)
+        picture = self.render(image, labels, mode=mode, alpha=alpha, bgr=bgr, sync=sync)
         if sync:
             labels.stream = None
         return labels, picture
 
     def close(self) -> None:
+        self._bind()
         self.stream.synchronize()
         self.stream.close()
-        if hasattr(self.inference, "close"):
+        if self.owns_inference and hasattr(self.inference, "close"):
             self.inference.close()
 
-    def __enter__(self) -> Segmenter:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+def __getattr__(name: str):
+    """``interop.Segmenter``: the old import path of :class:`deeplab_trt.runtime.segmenter.Segmenter`."""
+    if name == "Segmenter":
+        from deeplab_trt.runtime.segmenter import Segmenter
+
+        return Segmenter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

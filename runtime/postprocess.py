@@ -163,6 +163,11 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     return out
 
 
+def label_dtype_for(spec: ModelSpec) -> np.dtype:
+    """uint8 labels up to 256 classes, int32 beyond: the label type of every path (host and GPU)."""
+    return np.dtype(np.uint8 if spec.num_classes <= 256 else np.int32)
+
+
 def labels_from_output(output: np.ndarray, spec: ModelSpec, geo: Geometry) -> np.ndarray:
     """One image's model output (no batch dim) → H×W labels at the frame's resolution."""
     output = np.asarray(output)
@@ -177,8 +182,7 @@ def labels_from_output(output: np.ndarray, spec: ModelSpec, geo: Geometry) -> np
     else:
         labels = output.reshape(output.shape[-2:]) if output.ndim > 2 else output
     ys, xs = _taps(geo, labels.shape[0], labels.shape[1], nearest_taps)
-    dtype = np.uint8 if spec.num_classes <= 256 else np.int32
-    return labels[ys[:, None], xs[None, :]].astype(dtype)
+    return labels[ys[:, None], xs[None, :]].astype(label_dtype_for(spec))
 
 
 def palette_bgr(spec: ModelSpec) -> np.ndarray:

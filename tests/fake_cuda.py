@@ -8,6 +8,12 @@ at launch/capture time, stream capture records work instead of running it and a 
 replays it, events carry timestamps. Kernels are NOT faked: ``cuLaunchKernel`` runs the real
 ``kernels.cu`` through the CPU grid emulator, and modules are real NVRTC cubins.
 
+Contexts follow cudart's rules too: a host thread has no current context until it calls
+``cudaSetDevice`` (or a runtime call that needs one, which binds the primary context of the
+thread's current device, 0 by default); a module belongs to the device current when it was
+loaded, and ``cuLaunchKernel`` of its functions from a thread whose current context is another
+device's (or none) fails, as it does on a GPU.
+
 Everything runs synchronously in launch order, so it cannot find races; it finds wrong calls,
 wrong arguments, wrong buffer sizes and wrong control flow.
 """
@@ -35,7 +41,29 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
 class CUresult(enum.IntEnum):  # noqa: N801
     CUDA_SUCCESS = 0
     CUDA_ERROR_INVALID_VALUE = 1
+    CUDA_ERROR_INVALID_CONTEXT = 201
+    CUDA_ERROR_INVALID_HANDLE = 400
     CUDA_ERROR_NOT_FOUND = 500
+
+
+class _Function(str):
+    """A kernel handle: its name (what the emulator runs) plus the device its module was loaded on."""
+
+    device: int
+
+
+# cudart calls that need no context (all others bind the primary context of the thread's device)
+_CONTEXT_FREE = {
+    "cudaGetErrorName",
+    "cudaGetErrorString",
+    "cudaGetDeviceCount",
+    "cudaGetDevice",
+    "cudaSetDevice",
+    "cudaDeviceGetAttribute",
+    "cudaGetDeviceProperties",
+    "cudaDriverGetVersion",
+    "cudaRuntimeGetVersion",
+}
 
 
 OK = cudaError_t.cudaSuccess
@@ -129,6 +157,7 @@ class FakeCuda:
             if not 0 <= i < fake.device_count:
                 return (cudaError_t.cudaErrorInvalidValue,)
             fake.current.index = i
+            fake.current.context = i  # CUDA 12+: cudaSetDevice makes the primary context current
             return (OK,)
 
         def cudaDeviceGetAttribute(attr, dev):
@@ -266,10 +295,22 @@ class FakeCuda:
         def cudaMemGetInfo():
             return OK, 4 << 30, 8 << 30
 
+        def binding_context(call):
+            def bound(*args):
+                if getattr(fake.current, "context", None) is None:
+                    fake.current.context = getattr(fake.current, "index", 0)
+                return call(*args)
+
+            return bound
+
         for name, value in list(locals().items()):
             if name.startswith("cuda") and callable(value):
-                setattr(rt, name, value)
+                setattr(rt, name, value if name in _CONTEXT_FREE else binding_context(value))
         return rt
+
+    def context(self) -> int | None:
+        """The device whose primary context is current on this host thread (None: no context)."""
+        return getattr(self.current, "context", None)
 
     # ---- driver ----------------------------------------------------------------------------
     def _driver_module(self):
@@ -280,18 +321,26 @@ class FakeCuda:
             return (CUresult.CUDA_SUCCESS,)
 
         def cuModuleLoadData(image):
-            return CUresult.CUDA_SUCCESS, ("module", int(image))
+            if fake.context() is None:
+                return CUresult.CUDA_ERROR_INVALID_CONTEXT, None
+            return CUresult.CUDA_SUCCESS, ("module", int(image), fake.context())
 
         def cuModuleGetFunction(module, name):
             name = name.decode()
             if name not in SIGNATURES:
                 return CUresult.CUDA_ERROR_NOT_FOUND, None
-            return CUresult.CUDA_SUCCESS, name
+            function = _Function(name)
+            function.device = module[2]
+            return CUresult.CUDA_SUCCESS, function
 
         def CUstream(handle):
             return int(handle)
 
         def cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shm, stream, params, extra):
+            if fake.context() is None:
+                return (CUresult.CUDA_ERROR_INVALID_CONTEXT,)  # a thread that never bound a device
+            if fake.context() != f.device:
+                return (CUresult.CUDA_ERROR_INVALID_HANDLE,)  # the function belongs to another context
             # Copy the argument values now, as the driver does: the caller's storage may go away.
             pointers = (ctypes.c_void_p * len(SIGNATURES[f])).from_address(int(params))
             storage = [

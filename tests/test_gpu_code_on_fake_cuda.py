@@ -89,6 +89,7 @@ class FakeTrt:
 class FakeContext:
     def __init__(self, engine):
         self.engine = engine
+        self.device = engine.fake.context()  # a TensorRT context lives in the CUDA context current at creation
         self.addresses = {}
         self.batch = None
         self.executions = 0
@@ -109,6 +110,8 @@ class FakeContext:
         return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
 
     def execute_async_v3(self, stream):
+        if self.engine.fake.context() != self.device:
+            return False  # TensorRT: enqueue from a thread whose current CUDA context is another one fails
         n = self.batch if self.engine.dynamic else 1
         src, dst = self.addresses["input"], self.addresses["logits"]
         self.executions += 1
@@ -361,6 +364,177 @@ def test_segmenter_on_cuda_array_interface_images(fake, opencv_without_ipp):
     rendered = buffer.copy_to_host()[:, :225].reshape(45, 75, 3)
     assert np.array_equal(rendered, np.repeat(expected_labels[:, :, None], 3, axis=2))
     assert (buffer.copy_to_host()[:, 225:] == 0).all(), "row padding untouched"
+    seg.close()
+
+
+def test_segmenter_over_a_host_backend_starts_the_gpu_path_on_the_first_device_frame(fake, clip, opencv_without_ipp):
+    """numpy frames → host path (no CUDA call at all); a device frame → kernels + host inference; same numbers."""
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.interop import Segmenter as OldName
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    assert OldName is Segmenter  # the README's old import path still works
+    seg = Segmenter(NumpyBackend(), policy="letterbox")
+    with open_source(clip) as src:
+        frames = list(src)
+    host = [seg.process(frame) for frame in frames]
+    assert fake.calls == [], "the host path must not touch CUDA"
+    for frame, (labels, picture) in zip(frames, host):
+        x, geo = preprocess(frame, SPEC, "letterbox")
+        assert isinstance(labels, np.ndarray) and np.array_equal(
+            labels, labels_from_output(model_function(x)[0], SPEC, geo)
+        )
+        dev = api.to_device(frame)
+        dev_labels = seg.segment(dev)
+        assert isinstance(dev_labels, api.DeviceArray) and np.array_equal(dev_labels.copy_to_host(), labels)
+        assert np.array_equal(seg.render(dev, dev_labels).copy_to_host(), picture)
+    assert seg.inference.name == "numpy model (host inference)" and "cudaSetDevice" in fake.calls
+    seg.close()
+
+
+def test_segmenter_over_an_engine_serves_host_and_device_frames(fake, clip, opencv_without_ipp):
+    """A TensorRT backend: host frames through its host I/O (pinned staging), device frames through its runner."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+    backend = TensorRTBackend(loaded)
+    seg = Segmenter(backend)
+    context = loaded.engine.contexts[0]
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    labels = seg.segment(frame)
+    assert isinstance(labels, np.ndarray) and np.array_equal(labels, expected) and context.executions == 1
+    assert fake.launches == [], "host frames: the numpy references, no kernels"
+    dev_labels = seg.segment(api.to_device(frame))
+    assert np.array_equal(dev_labels.copy_to_host(), expected) and context.executions == 2
+    assert seg.inference is backend.runner and "upsample_argmax_f32_u8" in fake.launches
+    seg.close()
+    assert backend.runner is not None, "a Backend passed in stays open: its owner closes it"
+    backend.close()
+
+
+def test_segmenter_over_a_device_inference_rejects_host_frames(fake, clip):
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.errors import ToolkitError
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt))
+    with open_source(clip) as src:
+        frame = src.read()
+    with pytest.raises(ToolkitError, match=r"takes CUDA arrays only, got a host \(numpy\) frame"):
+        seg.segment(frame)
+    seg.close()
+
+
+def test_segmenter_binds_its_device_in_every_entry_point(fake, clip, opencv_without_ipp):
+    """Issue 11 item 4: calls from another thread, or after the caller switched devices, launch in
+    the Segmenter's context (the fake refuses launches in none or another device's context)."""
+    import threading
+
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    fake.device_count = 2
+    api.use_device(1)
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt, device_index=1), device=1)
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    image = api.to_device(frame)
+    api.use_device(0)  # the caller works on device 0 now
+    labels = seg.segment(image)
+    assert np.array_equal(labels.copy_to_host(), expected)
+    results: dict[str, object] = {}
+
+    def worker():
+        try:
+            results["labels"], results["picture"] = seg.process(image)
+            seg.preprocess(image)
+            seg.render(image, labels, mode="labels")
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "error" not in results, results.get("error")
+    assert np.array_equal(results["labels"].copy_to_host(), expected)
+    api.use_device(1)
+    fake.runtime.cudaSetDevice(0)  # what torch.cuda.set_device(0) does: cudart moves, our cache does not know
+    assert np.array_equal(seg.segment(image).copy_to_host(), expected)
+    seg.close()
+
+
+def test_engine_host_frames_from_another_thread_run_on_the_engines_device(fake, clip, opencv_without_ipp):
+    """Issue 11 item 4 for the host path over an engine: TensorRTBackend.infer binds its device."""
+    import threading
+
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    fake.device_count = 2
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+    backend = TensorRTBackend(loaded, device_index=1)
+    seg = Segmenter(backend, device=1)
+    with open_source(clip) as src:
+        frame = src.read()
+    x, geo = preprocess(frame, SPEC)
+    expected = labels_from_output(model_function(x)[0], SPEC, geo)
+    api.use_device(0)
+    results: dict[str, object] = {}
+
+    def worker():
+        try:
+            results["labels"] = seg.segment(frame)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "error" not in results, results.get("error")
+    assert np.array_equal(results["labels"], expected) and np.array_equal(seg.segment(frame), expected)
+    seg.close()
+    backend.close()
+
+
+def test_preprocess_without_out_advertises_the_pending_stream(fake, clip, monkeypatch):
+    """Issue 11 item 7: ``preprocess(sync=False)`` into the engine's own buffer says which stream
+    still writes it, through ``__cuda_array_interface__`` and ``__dlpack__``."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt))
+    with open_source(clip) as src:
+        image = api.to_device(src.read())
+    pending = seg.preprocess(image, sync=False)
+    assert pending.ptr == seg.inference.input.ptr
+    assert pending.__cuda_array_interface__["stream"] == seg.stream.handle
+    ordered = []
+    monkeypatch.setattr(api, "_order_streams", lambda producer, consumer: ordered.append((producer, consumer)))
+    capsule = pending.__dlpack__(stream=7)
+    assert ordered == [(seg.stream.handle, 7)] and capsule is not None
+    done = seg.preprocess(image)
+    assert "stream" not in done.__cuda_array_interface__
+    assert seg.inference.input.stream is None, "the engine's own buffer is not re-labelled"
     seg.close()
 
 

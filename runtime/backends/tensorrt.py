@@ -227,6 +227,7 @@ class TensorRTBackend(BackendBase):
         self.path = Path(loaded.path)
         self.spec = loaded.spec
         info = api.use_device(device_index)
+        self.device_index = device_index
         self.name = f"{loaded.flavour.label} ({info.name})"
         self.runner = TensorRTRunner(
             loaded.engine,
@@ -256,6 +257,7 @@ class TensorRTBackend(BackendBase):
         from deeplab_trt.runtime.cuda import api
 
         batch = self.check_batch(batch)
+        api.use_device(self.device_index, recheck=True)  # callers may be on any thread (Segmenter, servers)
         self.runner.set_batch(batch.shape[0])
         host_in = self._pinned("in", batch.shape, batch.dtype)
         np.copyto(host_in, batch)

@@ -239,9 +239,15 @@ def check_driver_matches_bindings() -> None:
 _current = threading.local()
 
 
-def use_device(index: int = 0) -> DeviceInfo:
-    """Make device ``index``'s primary context current for this thread (idempotent, cheap)."""
-    if getattr(_current, "index", None) != index:
+def use_device(index: int = 0, *, recheck: bool = False) -> DeviceInfo:
+    """Make device ``index``'s primary context current for this thread (idempotent, cheap).
+
+    Args:
+        index: the CUDA device ordinal.
+        recheck: also ask cudart (``cudaGetDevice``, ~1 µs) whether code outside this module
+            (``torch.cuda.set_device``, CuPy's ``Device.use``) switched this thread's device since.
+    """
+    if getattr(_current, "index", None) != index or (recheck and _runtime_device() != index):
         rt = cudart()
         count = device_count()
         if index >= count:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.postprocess import label_dtype_for
 from deeplab_trt.runtime.preprocess import Geometry
 from deeplab_trt.runtime.spec import ModelSpec
 
@@ -533,11 +534,6 @@ class Kernels:
             ),
             stream,
         )
-
-
-def label_dtype_for(spec: ModelSpec) -> np.dtype:
-    """uint8 labels up to 256 classes, int32 beyond (as the references)."""
-    return np.dtype(np.uint8 if spec.num_classes <= 256 else np.int32)
 
 
 # ----------------------------------------------------------------------------------------------
