@@ -1,4 +1,4 @@
-"""ONNX → TensorRT engine for each flavour, plus its record (the JSON sidecar, :mod:`~deeplab_trt.runtime.engine_record`).
+"""ONNX → TensorRT engine for each flavour, plus its record (the JSON sidecar, runtime.engine_record).
 
 Why the decisions are pure functions: how precision is asked for differs per flavour
 (DESIGN.md, "TensorRT flavours"), and only TensorRT-RTX can run here. :func:`plan_precision`,

@@ -23,7 +23,7 @@ import pytest
 from deeplab_trt.builder.engine import BuildOptions, build_engine
 from deeplab_trt.builder.fp16 import convert_fp16, probe_frames
 from deeplab_trt.runtime.engine_loader import load_engine
-from deeplab_trt.runtime.engine_record import EngineRecord, sha256_file, sidecar_path
+from deeplab_trt.runtime.engine_record import EngineFile, EngineRecord, sha256_file, sidecar_path
 from deeplab_trt.runtime.errors import IncompatibleEngineError, InvalidModelError, ToolkitError
 from deeplab_trt.runtime.spec import spec_from_onnx
 from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, supported_compute_capabilities
@@ -360,7 +360,7 @@ def test_load_engine_on_gpu(mobilenet, tmp_path, rtx_flavour):
     blob = bytearray(out.read_bytes())
     blob[len(blob) // 2 : len(blob) // 2 + 4096] = bytes(4096)
     corrupt.write_bytes(bytes(blob))
-    sidecar_path(corrupt).write_text(json.dumps(dict(sidecar, engine={"file": corrupt.name})))
+    dataclasses.replace(EngineRecord.from_dict(sidecar), engine=EngineFile(corrupt.name)).write(corrupt)
     with pytest.raises(ToolkitError):
         load_engine(corrupt)
 
