@@ -278,6 +278,43 @@ def plan_compute_capabilities(
     return defaults, f"default ({why})"
 
 
+@dataclass(frozen=True)
+class DlaPlan:
+    """Run the engine on DLA core ``core`` (``--dla-core``); layers DLA cannot run go to the GPU
+    only with ``gpu_fallback`` (without it such a layer fails the build)."""
+
+    core: int
+    gpu_fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_dla(flavour: Flavour, dla_core: int | None, gpu_fallback: bool, precision: str) -> DlaPlan | None:
+    """The DLA part of a build, or None for a GPU engine; impossible requests are a :class:`ToolkitError`.
+
+    Args:
+        flavour: the TensorRT that builds.
+        dla_core: ``--dla-core N`` (None: GPU only).
+        gpu_fallback: ``--gpu-fallback``: layers DLA cannot run go to the GPU.
+        precision: the plan's precision: DLA runs FP16 and INT8 layers only.
+    """
+    if dla_core is None:
+        if gpu_fallback:
+            raise ToolkitError("--gpu-fallback applies with --dla-core N only")
+        return None
+    if not flavour.has_dla:
+        raise ToolkitError(
+            f"--dla-core {dla_core}: {flavour.label} has no DLA (DLA engines need TensorRT 10 up to "
+            "10.7, as on JetPack 6, on a Jetson with DLA cores); build without --dla-core"
+        )
+    if dla_core < 0:
+        raise ToolkitError(f"--dla-core {dla_core}: expected a DLA core number (0, 1, ...)")
+    if precision == "fp32":
+        raise ToolkitError(f"--dla-core {dla_core}: DLA runs FP16 and INT8 layers only; use --precision fp16 or int8")
+    return DlaPlan(core=dla_core, gpu_fallback=gpu_fallback)
+
+
 # ----- options and results ----------------------------------------------------------------------
 @dataclass
 class BuildOptions:
@@ -294,6 +331,8 @@ class BuildOptions:
     timing_cache: str | None = None
     compute_capabilities: list[str] | None = None
     fp16_output: str = "float16"
+    dla_core: int | None = None  #: run on this DLA core (TensorRT 10 on a Jetson with DLA)
+    gpu_fallback: bool = False  #: with ``dla_core``: layers DLA cannot run go to the GPU
     verbose: bool = False
     progress: bool = True
 
@@ -532,6 +571,7 @@ class _Decisions:
     gpu_reason: str
     targets: list[str]
     target_source: str
+    dla: DlaPlan | None = None
 
 
 @dataclass
@@ -630,6 +670,9 @@ def _decide(source: Path, output: Path, options: BuildOptions) -> _Decisions:
     profile = plan_profile(input_name, dims, spec, options.batch, str(source))
     gpu, gpu_reason = current_gpu()
     targets, target_source = plan_compute_capabilities(flavour, options.compute_capabilities, gpu, gpu_reason)
+    dla = plan_dla(flavour, options.dla_core, options.gpu_fallback, plan.precision)
+    if dla is not None:
+        _check_dla_cores(flavour, dla)
     # Only debug lines until the build succeeded: a failure must print one line, the error.
     log.debug(
         "building %s: %s on %s (%s); targets %s (%s)",
@@ -641,8 +684,19 @@ def _decide(source: Path, output: Path, options: BuildOptions) -> _Decisions:
         target_source,
     )
     return _Decisions(
-        source, output, spec, flavour, plan, input_name, dims, profile, gpu, gpu_reason, targets, target_source
+        source, output, spec, flavour, plan, input_name, dims, profile, gpu, gpu_reason, targets, target_source, dla
     )
+
+
+def _check_dla_cores(flavour: Flavour, dla: DlaPlan) -> None:
+    """The machine has DLA core ``dla.core`` (asked before calibration, so a wrong core costs nothing)."""
+    trt = flavour.module
+    cores = int(getattr(trt.Builder(_make_logger(trt, False)), "num_DLA_cores", 0) or 0)
+    if dla.core >= cores:
+        raise ToolkitError(
+            f"--dla-core {dla.core}: this machine has {cores} DLA core{'s' if cores != 1 else ''}"
+            f"{f' (0..{cores - 1})' if cores else ''}"
+        )
 
 
 def _prepare_graph(decided: _Decisions, options: BuildOptions, workdir: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -719,6 +773,8 @@ def _configure(decided: _Decisions, parsed: _Parsed, options: BuildOptions) -> _
         for index, name in enumerate(decided.targets):
             if not config.set_compute_capability(getattr(trt.ComputeCapability, name), index):
                 raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
+    if decided.dla is not None:
+        _apply_dla(trt, config, decided.dla)
     configured.timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, configured.notes)
     opt_profile = None
     if decided.profile is not None:
@@ -736,6 +792,14 @@ def _configure(decided: _Decisions, parsed: _Parsed, options: BuildOptions) -> _
     else:
         log.info("building (this TensorRT reports no progress) ...")
     return configured
+
+
+def _apply_dla(trt: Any, config: Any, dla: DlaPlan) -> None:
+    """Every layer to DLA core ``dla.core``; with ``gpu_fallback``, layers DLA cannot run to the GPU."""
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla.core
+    if dla.gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
 def _serialize(decided: _Decisions, parsed: _Parsed, configured: _Configured) -> tuple[memoryview, float]:
@@ -784,6 +848,7 @@ def _make_record(
         tensorrt={**flavour.describe(), "label": flavour.label},
         compute_capabilities=decided.targets,
         compute_capability_source=decided.target_source,
+        dla=None if decided.dla is None else decided.dla.to_dict(),
         build_gpu={"compute_capability": sm_name(gpu), "name": decided.gpu_reason} if gpu else None,
         build_options=options.to_dict(),
         io=io,
@@ -827,6 +892,8 @@ def _report(decided: _Decisions, parsed: _Parsed, configured: _Configured, recor
     note = ""
     if flavour.has_compute_capability_targets and decided.target_source.startswith("default"):
         note = f" ({decided.target_source}: TensorRT-RTX's portable set; --compute-capability picks others)"
+    if decided.dla is not None:
+        note += f", DLA core {decided.dla.core}{' with GPU fallback' if decided.dla.gpu_fallback else ''}"
     log.info(
         "wrote %s (%.1f MB) + %s in %.1f s (engine build %.1f s): %s on %s (%s), targets %s%s",
         decided.output,

@@ -72,6 +72,9 @@ def load_engine(path: str | Path, *, flavour: Flavour | None = None, verbose: bo
     trt = flavour.module
     logger = make_logger(trt, verbose)
     runtime = trt.Runtime(logger)
+    if record.dla is not None:  # the engine runs on the DLA core it was built for
+        record.check_dla_cores(int(getattr(runtime, "num_DLA_cores", 0) or 0), str(path))
+        runtime.DLA_core = int(record.dla["core"])
     if flavour.has_engine_validity:
         try:
             validity, diagnostics = runtime.get_engine_validity(data)

@@ -116,6 +116,9 @@ class EngineRecord:
     tensorrt: dict[str, Any]  #: ``Flavour.describe()`` plus ``label``
     compute_capabilities: list[str] = field(default_factory=list)
     compute_capability_source: str | None = None
+    #: ``{"core": N, "gpu_fallback": bool}`` for a DLA engine; absent (not null) for GPU engines,
+    #: so that records from before DLA read and write back unchanged
+    dla: dict[str, Any] | None = field(default=None, metadata={"omit_if_none": True})
     build_gpu: dict[str, Any] | None = None
     build_options: dict[str, Any] = field(default_factory=dict)
     io: list[dict[str, Any]]  #: name, mode, shape, dtype (and the input's ``profile``)
@@ -136,8 +139,8 @@ class EngineRecord:
         """The JSON object as stored (keys in field order, unknown keys last)."""
         d: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
         for f in dataclasses.fields(self):
-            if f.name != "unknown":
-                value = getattr(self, f.name)
+            value = getattr(self, f.name)
+            if f.name != "unknown" and not (value is None and f.metadata.get("omit_if_none")):
                 d[f.name] = dataclasses.asdict(value) if isinstance(value, EngineFile) else value
         return {**d, **self.unknown}
 
@@ -180,6 +183,11 @@ class EngineRecord:
         for index, tensor in enumerate(kwargs["io"]):
             if not isinstance(tensor, dict) or not {"name", "mode", "shape", "dtype"} <= tensor.keys():
                 raise InvalidModelError(f"{source}: io[{index}] is not a tensor (name, mode, shape, dtype)")
+        dla = kwargs.get("dla")
+        if dla is not None and not (
+            isinstance(dla.get("core"), int) and isinstance(dla.get("gpu_fallback", False), bool)
+        ):
+            raise InvalidModelError(f"{source}: dla is {json.dumps(dla)[:40]}, expected a core number and gpu_fallback")
         known = {"format", "format_version", *names}
         return cls(**kwargs, unknown={k: v for k, v in data.items() if k not in known})
 
@@ -255,6 +263,11 @@ class EngineRecord:
             f"{self.precision or '?'}, built with {self.built_label} for {targets} ({self.compute_capability_source or '?'})",
             f"plan: {self.plan.get('summary', '?')}",
         ]
+        if self.dla is not None:
+            fallback = (
+                "layers DLA cannot run fall back to the GPU" if self.dla.get("gpu_fallback") else "no GPU fallback"
+            )
+            lines.append(f"DLA core {self.dla['core']} ({fallback})")
         for io in self.io:
             prof = io.get("profile")
             extra = f"  profile {prof['min'][0]}:{prof['opt'][0]}:{prof['max'][0]}" if prof else ""
@@ -293,6 +306,11 @@ class EngineRecord:
                 f"{source}: built with {built_with}, but this machine runs {flavour.label}; engines load "
                 "only in the TensorRT version that built them: rebuild it here with 'deeplab-trt build'"
             )
+        if self.dla is not None and not flavour.has_dla:
+            raise IncompatibleEngineError(
+                f"{source}: built for DLA core {self.dla['core']}, but {flavour.label} has no DLA: "
+                "rebuild it without --dla-core"
+            )
         if gpu is None:
             return
         targets = [str(t) for t in self.compute_capabilities]
@@ -306,6 +324,22 @@ class EngineRecord:
             )
             raise IncompatibleEngineError(
                 f"{source}: built for {', '.join(targets)} with {built_with}; this GPU{where} is {here}: {fix}"
+            )
+
+    def check_dla_cores(self, cores: int, source: str = "engine") -> None:
+        """Raise :class:`IncompatibleEngineError` if the engine's DLA core is not among this machine's ``cores``.
+
+        Args:
+            cores: the runtime's ``num_DLA_cores``.
+            source: the engine's name, for messages.
+        """
+        if self.dla is not None and not 0 <= int(self.dla["core"]) < cores:
+            raise IncompatibleEngineError(
+                f"{source}: built for DLA core {self.dla['core']}, this machine has {cores} DLA "
+                f"core{'s' if cores != 1 else ''}: rebuild it with --dla-core 0..{cores - 1}"
+                if cores
+                else f"{source}: built for DLA core {self.dla['core']}, this machine has no DLA: "
+                "rebuild it without --dla-core"
             )
 
     def check_engine_bytes(self, data: bytes, source: str = "engine") -> None:

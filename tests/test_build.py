@@ -281,6 +281,20 @@ def test_timing_cache_code_path_with_real_bindings(tmp_path, rtx_flavour):
     assert "no working timing cache" in notes[-1]
 
 
+def test_dla_code_path_with_real_bindings(rtx_flavour):
+    """TensorRT-RTX has no DLA, but its builder API is TensorRT 10's: drive the DLA configuration and the
+    core-count check through the real bindings with the capability switched on (no DLA cores here)."""
+    from deeplab_trt.builder.engine import DlaPlan, _apply_dla, _check_dla_cores
+    from deeplab_trt.runtime.tensorrt_log import make_logger
+
+    trt = rtx_flavour.module
+    config = trt.Builder(make_logger(trt)).create_builder_config()
+    _apply_dla(trt, config, DlaPlan(core=0, gpu_fallback=True))
+    assert config.default_device_type == trt.DeviceType.DLA and config.get_flag(trt.BuilderFlag.GPU_FALLBACK)
+    with pytest.raises(ToolkitError, match="--dla-core 0: this machine has 0 DLA cores"):
+        _check_dla_cores(dataclasses.replace(rtx_flavour, has_dla=True), DlaPlan(core=0))
+
+
 # ----- loader: sidecar checks on CPU --------------------------------------------------------------
 def test_loader_checks_flavour_version_and_gpu(engines, rtx_flavour):
     path, sidecar = engines["fp32"]
@@ -430,6 +444,7 @@ BAD = {
         ["--precision", "int8", "--int8-mode", "implicit", "--data", "{tmp}"],
         "implicit needs TensorRT 10's calibrator API",
     ),
+    "dla_on_rtx": ("{model}", ["--precision", "fp16", "--dla-core", "0"], "TensorRT-RTX 1."),
     "unknown_target": ("{model}", ["--precision", "fp32", "--compute-capability", "SM90"], "not SM90"),
     "missing_file": ("{tmp}/missing.onnx", ["--precision", "fp32"], "no such file"),
 }

@@ -7,6 +7,7 @@ back byte for byte. Real builds that go through the record are in test_build.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -139,3 +140,33 @@ def test_info_describes_an_old_engine_without_a_gpu(old_engine):
     assert "TensorRT engine, 0.0 MB, fp16, built with TensorRT-RTX 1.7.1 for SM80, SM86, SM89, SM120" in text
     assert "  input   input: 1×3×64×128 float16" in text and "bytes but its sidecar records 24918964" in text
     assert "model: " in text and "plan: strongly typed network from the FP16 ONNX pass" in text
+
+
+def test_dla_record_round_trips_and_is_checked(old_engine, tmp_path):
+    """A DLA engine's record says which core; GPU records (the old builder's) have no ``dla`` key at all."""
+    assert "dla" not in EngineRecord.read(old_engine).to_dict()
+    trt10 = Flavour.documented("tensorrt", (10, 3, 0))
+    record = EngineRecord(
+        engine=EngineFile("d.engine"),
+        tensorrt=trt10.describe(),
+        io=[],
+        spec={},
+        precision="fp16",
+        dla={"core": 1, "gpu_fallback": True},
+    )
+    record.write(tmp_path / "d.engine")
+    (tmp_path / "d.engine").write_bytes(b"")
+    again = EngineRecord.read(tmp_path / "d.engine")
+    assert again == record and "DLA core 1 (layers DLA cannot run fall back to the GPU)" in again.describe()
+    again.check_compatibility(trt10, (8, 7))
+    again.check_dla_cores(2)
+    with pytest.raises(IncompatibleEngineError, match="built for DLA core 1, this machine has 1 DLA core: rebuild"):
+        again.check_dla_cores(1, "d.engine")
+    with pytest.raises(IncompatibleEngineError, match="this machine has no DLA"):
+        again.check_dla_cores(0, "d.engine")
+    no_dla = dataclasses.replace(trt10, has_dla=False)  # e.g. bindings built without DeviceType.DLA
+    with pytest.raises(IncompatibleEngineError, match="built for DLA core 1, but TensorRT 10.3.0 has no DLA"):
+        again.check_compatibility(no_dla, None, "d.engine")
+    data = {**record.to_dict(), "dla": {"core": "1"}}
+    with pytest.raises(InvalidModelError, match="dla is"):
+        EngineRecord.from_dict(data, "d.engine.json")
