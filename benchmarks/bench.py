@@ -343,7 +343,9 @@ def _engine(
     (BuilderFlag on TensorRT 10, FP16 pass / Q/DQ graph on strongly typed flavours)."""
     from deeplab_trt.builder.engine import BuildOptions, build_engine
 
-    build_engine(src_onnx, dst, BuildOptions(precision=precision, flavour=flavour, batch=batch, progress=progress))
+    build_engine(
+        src_onnx, dst, BuildOptions(precision=precision, flavour=flavour, profile_batch=batch, progress=progress)
+    )
 
 
 class Preparer:

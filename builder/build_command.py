@@ -11,10 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from deeplab_trt.builder.engine import INT8_MODES, PRECISIONS
-from deeplab_trt.runtime.cli_types import parse_batch_range, positive_int
+from deeplab_trt.builder.engine import INT8_MODES, PRECISIONS, BuildOptions
+from deeplab_trt.calibration.options import add_calibration_arguments, calibration_options
+from deeplab_trt.runtime.cli_types import BATCH_IS_MODEL_BATCH, batch_range, positive_int, renamed_flag
 
-METHODS = ("entropy", "percentile", "max")
 FLAVOUR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")
 
 
@@ -53,34 +53,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
         default="auto",
         help="TensorRT to build with (auto: tensorrt, else TensorRT-RTX)",
     )
-    cal = p.add_argument_group("INT8 calibration")
-    cal.add_argument(
-        "--data",
-        nargs="+",
-        default=[],
-        metavar="PATH",
-        help="calibration images/videos/folders/globs (runs the calibration first); "
-        "not needed when MODEL already has Q/DQ nodes",
-    )
-    cal.add_argument("--num", type=positive_int, metavar="N", help="calibrate on N samples (seeded choice)")
-    cal.add_argument("--method", choices=METHODS, default="entropy", help="scale choice (default entropy)")
-    cal.add_argument("--percentile", type=float, default=99.99, metavar="P", help="for --method percentile")
-    cal.add_argument(
-        "--cache",
-        metavar="FILE",
-        help="TensorRT calibration cache (text): written by calibration, reused by implicit INT8",
-    )
-    cal.add_argument(
+    add_calibration_arguments(p)  # the same flags, types and defaults as 'deeplab-trt calibrate'
+    p.add_argument(
         "--int8-mode",
         choices=INT8_MODES,
         default="explicit",
-        help="explicit = Q/DQ graph (every flavour, default); implicit = legacy entropy calibrator (TensorRT 10 only)",
+        help="explicit = Q/DQ graph (every flavour, default); implicit = legacy entropy calibrator (TensorRT 10 "
+        "only; it calibrates at the profile's OPT batch)",
     )
     p.add_argument(
-        "--batch",
+        "--profile-batch",
+        type=batch_range,
         metavar="MIN:OPT:MAX",
-        help="optimization profile for a dynamic-batch model (default: the range recorded at export)",
+        help="optimization profile for a dynamic-batch model, or N for N:N:N (default: the range recorded at export)",
     )
+    renamed_flag(p, "--batch", "--profile-batch", why=BATCH_IS_MODEL_BATCH)
     p.add_argument("--workspace", type=positive_int, metavar="MIB", help="builder workspace limit in MiB")
     p.add_argument(
         "--timing-cache",
@@ -113,31 +100,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from deeplab_trt.builder.engine import BuildOptions, build_engine
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The :class:`BuildOptions` the parsed ``build`` flags stand for (calibration flags included).
 
-    verbose = bool(getattr(args, "verbose", False) or args.build_verbose)
-    if verbose:
-        logging.getLogger().setLevel(logging.DEBUG)
-    output = args.output or default_output(args.model, args.precision)
-    options = BuildOptions(
+    Args:
+        args: the namespace :func:`add_parser`'s parser produced.
+    """
+    return BuildOptions(
         precision=args.precision,
         flavour=args.flavour,
         int8_mode=args.int8_mode,
-        data=list(args.data),
-        num=args.num,
-        method=args.method,
-        percentile=args.percentile,
-        cache=args.cache,
-        batch=parse_batch_range(args.batch),
+        calibration=calibration_options(args),
+        profile_batch=args.profile_batch,
         workspace_mib=args.workspace,
         timing_cache=args.timing_cache,
         compute_capabilities=args.compute_capability,
         fp16_output=args.fp16_output,
         dla_core=args.dla_core,
         gpu_fallback=args.gpu_fallback,
-        verbose=verbose,
+        verbose=bool(getattr(args, "verbose", False) or args.build_verbose),
         progress=not args.no_progress,
     )
-    build_engine(args.model, output, options)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deeplab_trt.builder.engine import build_engine
+
+    options = build_options(args)
+    if options.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    build_engine(args.model, args.output or default_output(args.model, args.precision), options)
     return 0

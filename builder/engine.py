@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deeplab_trt.calibration.options import CalibrationOptions
 from deeplab_trt.runtime import __version__
 from deeplab_trt.runtime.atomic import write_bytes_atomic
 from deeplab_trt.runtime.cli_types import parse_batch_range
@@ -61,7 +62,7 @@ INT8_MODES = ("explicit", "implicit")
 #: TensorRT-RTX's documented default targets (engines portable across Ampere and later
 #: RTX GPUs), written out explicitly so the sidecar states exactly what was targeted.
 RTX_DEFAULT_TARGETS = ("SM80", "SM86", "SM89", "SM120")
-#: Profile for a dynamic batch when neither ``--batch`` nor the export recorded one.
+#: Profile for a dynamic batch when neither ``--profile-batch`` nor the export recorded one.
 DEFAULT_DYNAMIC_BATCH = (1, 1, 8)
 
 
@@ -193,7 +194,7 @@ def plan_profile(
     """The optimization profile (min, opt, max shapes) for the image input, or None if static.
 
     ``dims``: the ONNX input dims (None where dynamic). A static batch admits only
-    ``--batch N`` equal to it; a dynamic batch takes ``--batch``, else the export's
+    ``--profile-batch N`` equal to it; a dynamic batch takes ``--profile-batch``, else the export's
     ``spec.extra["dynamic_batch"]``, else :data:`DEFAULT_DYNAMIC_BATCH`. Other dynamic dims
     come from the spec (N×3×H×W).
     """
@@ -201,7 +202,7 @@ def plan_profile(
         if any(d is None for d in dims):
             raise ToolkitError(f"{source}: input {input_name!r} has dynamic dims {dims} and is not N×3×H×W")
         if batch is not None:
-            raise ToolkitError(f"{source}: input {input_name!r} is {dims}, not N×3×H×W: --batch does not apply")
+            raise ToolkitError(f"{source}: input {input_name!r} is {dims}, not N×3×H×W: --profile-batch does not apply")
         return None
     fixed = {1: 3, 2: spec.input_height, 3: spec.input_width}
     for axis, expected in fixed.items():
@@ -220,7 +221,7 @@ def plan_profile(
         excludes = not lo <= static_batch <= hi
         raise ToolkitError(
             f"{source}: input {input_name!r} has a static batch of {static_batch}"
-            f"{', which --batch ' + ':'.join(map(str, batch)) + ' excludes' if excludes else ''}; "
+            f"{', which --profile-batch ' + ':'.join(map(str, batch)) + ' excludes' if excludes else ''}; "
             f"a batch range needs a model exported with a dynamic batch "
             f"('deeplab-trt export --dynamic-batch MIN:OPT:MAX')"
         )
@@ -318,15 +319,17 @@ def plan_dla(flavour: Flavour, dla_core: int | None, gpu_fallback: bool, precisi
 # ----- options and results ----------------------------------------------------------------------
 @dataclass
 class BuildOptions:
+    """How to build: precision, flavour, profile, targets, and the INT8 calibration.
+
+    ``calibration``: the same options ``deeplab-trt calibrate`` takes (data, method, ...).
+    ``profile_batch``: (MIN, OPT, MAX) of a dynamic batch (None: the range recorded at export).
+    """
+
     precision: str = "fp32"
     flavour: str = "auto"
     int8_mode: str = "explicit"
-    data: list[str] = field(default_factory=list)
-    num: int | None = None
-    method: str = "entropy"
-    percentile: float = 99.99
-    cache: str | None = None  #: TensorRT text calibration cache (read/written)
-    batch: tuple[int, int, int] | None = None
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    profile_batch: tuple[int, int, int] | None = None
     workspace_mib: int | None = None
     timing_cache: str | None = None
     compute_capabilities: list[str] | None = None
@@ -338,8 +341,8 @@ class BuildOptions:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["batch"] = list(self.batch) if self.batch else None
-        d["data"] = [str(p) for p in self.data]
+        d["profile_batch"] = list(self.profile_batch) if self.profile_batch else None
+        d["calibration"] = self.calibration.to_dict()
         return d
 
 
@@ -473,15 +476,10 @@ def _run_calibration(source: Path, output: Path, options: BuildOptions, *, stron
 
     result = quantize_onnx(
         source,
-        data=list(options.data),
         output=output,
-        num=options.num,
-        method=options.method,
-        percentile=options.percentile,
-        cache=options.cache,
-        seed=0,
         rest="fp16" if strongly_typed else "fp32",  # strongly typed: the ONNX types are the precisions
         progress=options.progress,
+        **options.calibration.quantize_kwargs(),
     )
     return Path(result or output)
 
@@ -510,13 +508,18 @@ def _make_calibrator(
 ):
     from deeplab_trt.calibration.trt_calibrator import make_entropy_calibrator
 
+    cal = options.calibration
+    cal.check_implicit()
     return make_entropy_calibrator(
         trt,
-        data=list(options.data),
+        data=list(cal.data),
         spec=spec,
-        cache_path=options.cache,
+        cache_path=cal.cache,
         batch_size=plan_calibration_batch(profile, dims),
-        num=options.num,
+        num=cal.num,
+        every=cal.every,
+        seed=cal.seed,
+        policy=cal.policy,
     )
 
 
@@ -638,9 +641,10 @@ def _check_request(source: Path, output: Path, options: BuildOptions) -> None:
         raise ToolkitError(f"{output}: would overwrite the source model")
     if options.workspace_mib is not None and options.workspace_mib <= 0:
         raise ToolkitError(f"--workspace {options.workspace_mib}: must be a positive number of MiB")
-    if options.data and options.precision != "int8":
+    calibration = options.calibration
+    if calibration.data and options.precision != "int8":
         raise ToolkitError("--data is calibration data: it applies to --precision int8 only")
-    for item in options.data:
+    for item in calibration.data:
         if not any(ch in str(item) for ch in "*?[") and not Path(item).exists():
             raise ToolkitError(f"{item}: no such file or directory (--data)")
 
@@ -655,7 +659,8 @@ def _decide(source: Path, output: Path, options: BuildOptions) -> _Decisions:
     del model
     flavour = detect(options.flavour)
     # An existing calibration cache stands in for data (both calibration paths read it).
-    has_data = bool(options.data) or bool(options.cache and Path(options.cache).is_file())
+    calibration = options.calibration
+    has_data = bool(calibration.data) or bool(calibration.cache and Path(calibration.cache).is_file())
     try:
         plan = plan_precision(
             flavour,
@@ -667,7 +672,7 @@ def _decide(source: Path, output: Path, options: BuildOptions) -> _Decisions:
         )
     except ToolkitError as exc:
         raise ToolkitError(f"{source}: {exc}") from exc
-    profile = plan_profile(input_name, dims, spec, options.batch, str(source))
+    profile = plan_profile(input_name, dims, spec, options.profile_batch, str(source))
     gpu, gpu_reason = current_gpu()
     targets, target_source = plan_compute_capabilities(flavour, options.compute_capabilities, gpu, gpu_reason)
     dla = plan_dla(flavour, options.dla_core, options.gpu_fallback, plan.precision)
@@ -701,7 +706,7 @@ def _check_dla_cores(flavour: Flavour, dla: DlaPlan) -> None:
 
 def _prepare_graph(decided: _Decisions, options: BuildOptions, workdir: Path) -> tuple[Path, dict[str, Any] | None]:
     """Step 2: the graph TensorRT parses (the model, or the FP16 / Q/DQ pass's output) and what the pass did."""
-    source, plan = decided.source, decided.plan
+    source, plan, calibration = decided.source, decided.plan, options.calibration
     if plan.onnx_pass == "fp16":
         from deeplab_trt.builder.fp16 import convert_fp16
 
@@ -717,11 +722,11 @@ def _prepare_graph(decided: _Decisions, options: BuildOptions, workdir: Path) ->
             raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")
         return graph, {
             "pass": "qdq",
-            "scales_from": "data" if options.data else f"cache {options.cache}",
-            "method": options.method,
-            "num": options.num,
+            "scales_from": "data" if calibration.data else f"cache {calibration.cache}",
+            "method": calibration.method,
+            "num": calibration.num,
             "qdq_nodes": qdq_nodes,
-            "data": [str(d) for d in options.data],
+            "data": [str(d) for d in calibration.data],
         }
     return source, None
 

@@ -37,13 +37,17 @@ def _status(progress: bool, message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
 
-def make_export_module(net, head: str, size: tuple[int, int]):
+def make_export_module(net, head: str, size: tuple[int, int], normalization=None):
     """Wrap a torchvision DeepLabV3 so its single output is the requested head form.
 
     ``logits`` is torchvision's ``out`` (bilinear, align_corners=False, to the input size);
     ``lowres`` stops before that upsample; ``labels`` adds an ArgMax over channels. The
     upsample target is the fixed export size (H, W are static), so the graph holds a
     constant Resize size rather than a Shape→Slice chain.
+
+    ``normalization=(mean, std)`` folds the preprocessing into the graph (the input is then 0-255):
+    ``(x - 255·mean) · (1 / (255·std))`` per channel, the reference preprocessing's own float32
+    formula (:func:`deeplab_trt.runtime.preprocess.preprocess`), as one Sub and one Mul.
     """
     import torch
     import torch.nn.functional as F
@@ -53,8 +57,15 @@ def make_export_module(net, head: str, size: tuple[int, int]):
             super().__init__()
             self.backbone = net.backbone
             self.classifier = net.classifier
+            self.fold = normalization is not None
+            if self.fold:
+                mean, std = (torch.tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1) for v in normalization)
+                self.register_buffer("shift", mean * 255.0)
+                self.register_buffer("scale", 1.0 / (std * 255.0))
 
         def forward(self, x):
+            if self.fold:
+                x = (x - self.shift) * self.scale
             y = self.classifier(self.backbone(x)["out"])
             if head == "lowres":
                 return y
@@ -117,20 +128,28 @@ def _write_metadata(path: Path, spec: ModelSpec) -> int:
     return path.stat().st_size
 
 
-def check_parity(path: Path, module, batch: int, height: int, width: int, head: str, seed: int = 0):
+def check_parity(
+    path: Path, module, batch: int, height: int, width: int, head: str, seed: int = 0, reference=None, pixels=False
+):
     """ONNX Runtime CPU vs PyTorch on a seeded random input: (max abs diff, label agreement, tol).
 
     For ``labels`` the graph outputs labels only, so the max abs diff is reported as 0 and
-    the check rests on label agreement.
+    the check rests on label agreement. ``pixels``: the input is 0-255 (a folded normalisation);
+    ``reference(x)``: the PyTorch output to compare with (default ``module(x)``), e.g. the
+    unfolded model on the normalised input.
     """
     import numpy as np
     import onnxruntime as ort
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, height, width, generator=gen)
+    x = (
+        torch.rand(batch, 3, height, width, generator=gen) * 255.0
+        if pixels
+        else torch.randn(batch, 3, height, width, generator=gen)
+    )
     with torch.no_grad():
-        ref = module(x).numpy()
+        ref = (reference or module)(x).numpy()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -159,6 +178,8 @@ def export_onnx(
     opset: int = 17,
     check: bool = True,
     progress: bool = True,
+    fold_normalization: bool = False,
+    multi_grid=None,
 ) -> ModelSpec:
     """Export ``model`` to ``output`` (ONNX) and return the :class:`ModelSpec` written into it.
 
@@ -166,6 +187,14 @@ def export_onnx(
     in ``spec.extra["dynamic_batch"]`` for the engine builder's optimization profile;
     otherwise the batch is fixed to ``batch`` (``spec.extra["batch"]``). ``onnx.checker``
     always runs; ``check`` adds the ONNX Runtime parity check (a failure is a :class:`ToolkitError`).
+
+    ``fold_normalization``: the graph takes 0-255 RGB and normalises itself (DeepStream's nvinfer
+    cannot apply a per-channel std); the spec then says mean 0, std 1/255 (so the runtime's
+    preprocessing hands the pixels over unchanged, exactly) and keeps the folded mean/std in
+    ``extra["folded_normalization"]``; the parity check compares against the *unfolded* model.
+
+    ``multi_grid=(1, 2, 4)``: ResNet block 4's units get dilation base rate × these (DeepLab v3's
+    Multi_Grid; recorded as ``extra["multi_grid"]`` and ``extra["block4_rates"]``).
     """
     from deeplab_trt.builder.models import build_model
 
@@ -193,6 +222,7 @@ def export_onnx(
         output_stride=output_stride,
         progress=progress,
         size=(height, width) if height else None,
+        multi_grid=multi_grid,
     )
     if height is None:
         height, width = built.input_size or DEFAULT_SIZE
@@ -200,7 +230,8 @@ def export_onnx(
         raise ToolkitError(f"--height {height} --width {width}: the input must be at least 16x16")
     import torch
 
-    module = make_export_module(built.net, head, (height, width))
+    normalization = (built.mean, built.std) if fold_normalization else None
+    module = make_export_module(built.net, head, (height, width), normalization)
     example_batch = dyn[0] if dyn else batch
     example = torch.zeros(example_batch, 3, height, width)
 
@@ -211,8 +242,8 @@ def export_onnx(
         input_height=height,
         input_width=width,
         head=head,
-        mean=built.mean,
-        std=built.std,
+        mean=(0.0, 0.0, 0.0) if fold_normalization else built.mean,
+        std=(1 / 255, 1 / 255, 1 / 255) if fold_normalization else built.std,
         output_stride=built.output_stride,
         toolkit_version=__version__,
         exporter=f"torch {torch.__version__} / onnx opset {opset}",
@@ -224,6 +255,11 @@ def export_onnx(
             **({"dynamic_batch": list(dyn)} if dyn else {"batch": batch}),
         },
     )
+    if built.multi_grid is not None:
+        spec.extra["multi_grid"] = list(built.multi_grid)
+        spec.extra["block4_rates"] = list(built.block4_rates or ())
+    if fold_normalization:
+        spec.extra["folded_normalization"] = {"mean": list(built.mean), "std": list(built.std)}
     if built.info:  # the demo checkpoint's training notes, made JSON-safe for the metadata
         spec.extra["train"] = json.loads(json.dumps(built.info, default=str))
 
@@ -243,9 +279,20 @@ def export_onnx(
             ) from exc
         size = _write_metadata(tmp, spec)
         if check:
-            _status(progress, "onnx.checker ok; parity: ONNX Runtime CPU vs PyTorch on a seeded random input")
+            against = "the unfolded PyTorch model" if fold_normalization else "PyTorch"
+            _status(progress, f"onnx.checker ok; parity: ONNX Runtime CPU vs {against} on a seeded random input")
             parity_batch = max(dyn[0], min(2, dyn[2])) if dyn else batch
-            diff, agreement, tol = check_parity(tmp, module, parity_batch, height, width, head)
+            reference = None
+            if fold_normalization:  # the unfolded model on torchvision's normalisation of the same pixels
+                unfolded = make_export_module(built.net, head, (height, width))
+                mean, std = (torch.tensor(v).reshape(1, 3, 1, 1) for v in (built.mean, built.std))
+
+                def reference(x):
+                    return unfolded((x / 255.0 - mean) / std)
+
+            diff, agreement, tol = check_parity(
+                tmp, module, parity_batch, height, width, head, reference=reference, pixels=fold_normalization
+            )
             diff_text = "labels output only" if head == "labels" else f"max abs diff {diff:.2e} (tolerance {tol:.1e})"
             _status(progress, f"parity: {diff_text}, label agreement {agreement * 100:.3f}% (batch {parity_batch})")
             if diff > tol or agreement < PARITY_MIN_AGREEMENT:

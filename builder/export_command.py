@@ -13,6 +13,17 @@ from deeplab_trt.runtime.cli_types import batch_range, positive_int
 from deeplab_trt.runtime.spec import HEADS
 
 
+def _grid(text: str) -> tuple[int, ...]:
+    """argparse type for ``--multi-grid 1,2,4``."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,2,4") from exc
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers, e.g. 1,2,4")
+    return values
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
@@ -72,6 +83,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="ONNX opset (default 17; <=20 TorchScript exporter, above that torch.export)",
     )
     p.add_argument(
+        "--multi-grid",
+        type=_grid,
+        metavar="R1,R2,R3",
+        help="ResNet block 4 unit rates (DeepLab v3 Multi_Grid, e.g. 1,2,4: dilations = base rate x these; "
+        "torchvision's pretrained weights were trained without it, so their accuracy changes)",
+    )
+    p.add_argument(
+        "--fold-normalization",
+        action="store_true",
+        help="put (x/255 - mean)/std into the graph: the input is 0-255 RGB (what DeepStream's nvinfer "
+        "feeds, which has no per-channel std); parity-checked against the unfolded model",
+    )
+    p.add_argument(
         "--no-check",
         dest="check",
         action="store_false",
@@ -102,5 +126,7 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         opset=args.opset,
         check=args.check,
+        fold_normalization=args.fold_normalization,
+        multi_grid=args.multi_grid,
     )
     return 0

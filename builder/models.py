@@ -65,6 +65,8 @@ class BuiltModel:
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: tuple[int, int] | None = None  # the model's preferred (H, W), if it has one
     info: dict[str, Any] = field(default_factory=dict)
+    multi_grid: tuple[int, int, int] | None = None  # block 4's unit rates, if multi-grid
+    block4_rates: tuple[int, int, int] | None = None  # the dilations they give
 
 
 # ----- networks ------------------------------------------------------------------------------
@@ -82,8 +84,42 @@ def resolve_output_stride(arch: str, output_stride: int | None) -> tuple[int, tu
     return output_stride, options[output_stride]
 
 
-def build_network(arch: str, num_classes: int, output_stride: int | None = None):
-    """An untrained DeepLab v3 (random init, no aux head) at the requested output stride."""
+#: ResNet block 4 has three units; multi-grid gives each its own unit rate.
+MULTI_GRID_UNITS = 3
+
+
+def multi_grid_rates(arch: str, output_stride: int, grid) -> tuple[int, int, int]:
+    """Block 4's atrous rates for ``grid`` (DeepLab v3's Multi_Grid): base rate × unit rate, per unit.
+
+    The base rate is block 4's dilation at that output stride (2 at OS16, 4 at OS8), so
+    ``(1, 2, 4)`` at OS16 gives ``(2, 4, 8)``, as in the paper. Only ResNet backbones have
+    the three-unit block 4 this applies to.
+    """
+    if not arch.startswith("deeplabv3_resnet"):
+        raise ToolkitError(f"--multi-grid: applies to ResNet backbones (block 4's three units), not {arch}")
+    try:
+        units = tuple(int(g) for g in grid)
+    except (TypeError, ValueError) as exc:
+        raise ToolkitError(f"--multi-grid {grid}: expected three positive integers, e.g. 1,2,4") from exc
+    if len(units) != MULTI_GRID_UNITS or min(units) < 1:
+        raise ToolkitError(f"--multi-grid {','.join(map(str, units))}: expected three positive integers, e.g. 1,2,4")
+    base = {16: 2, 8: 4}[output_stride]
+    return base * units[0], base * units[1], base * units[2]
+
+
+def _apply_multi_grid(net, rates: tuple[int, int, int]) -> None:
+    """Set each block-4 unit's 3×3 conv to its rate (padding = rate keeps the spatial size)."""
+    for unit, rate in zip(net.backbone.layer4, rates):
+        unit.conv2.dilation = (rate, rate)
+        unit.conv2.padding = (rate, rate)
+
+
+def build_network(arch: str, num_classes: int, output_stride: int | None = None, multi_grid=None):
+    """An untrained DeepLab v3 (random init, no aux head) at the requested output stride.
+
+    ``multi_grid=(1, 2, 4)``: block 4's units get dilation base rate × (1, 2, 4)
+    (:func:`multi_grid_rates`; ResNet only). Dilations carry no weights: checkpoints still load.
+    """
     import torch
     from torchvision.models import resnet50, resnet101
     from torchvision.models._utils import IntermediateLayerGetter
@@ -93,6 +129,8 @@ def build_network(arch: str, num_classes: int, output_stride: int | None = None)
     if arch not in ARCHS:
         raise ToolkitError(f"unknown model {arch!r} (expected one of {', '.join(MODELS)})")
     stride, rates = resolve_output_stride(arch, output_stride)
+    if multi_grid is not None:
+        multi_grid_rates(arch, stride, multi_grid)  # refuse before building anything
     if arch == "deeplabv3_mobilenet_v3_large":
         net = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
     else:
@@ -102,6 +140,8 @@ def build_network(arch: str, num_classes: int, output_stride: int | None = None)
             resnet(weights=None, replace_stride_with_dilation=dilate), return_layers={"layer4": "out"}
         )
         net = DeepLabV3(backbone, DeepLabHead(2048, num_classes, atrous_rates=rates), None)
+    if multi_grid is not None:
+        _apply_multi_grid(net, multi_grid_rates(arch, stride, multi_grid))
     with torch.no_grad():
         return net.eval().float()
 
@@ -112,7 +152,12 @@ NOISE_PIXELS, NOISE_BATCH_RANGE = 65536, (2, 8)
 
 
 def random_network(
-    arch: str, num_classes: int, output_stride: int | None = None, size: tuple[int, int] = (96, 96), seed: int = 0
+    arch: str,
+    num_classes: int,
+    output_stride: int | None = None,
+    size: tuple[int, int] = (96, 96),
+    seed: int = 0,
+    multi_grid=None,
 ):
     """A seeded random-init network whose outputs have a usable scale and more than one label.
 
@@ -129,7 +174,7 @@ def random_network(
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = build_network(arch, num_classes, output_stride)
+        net = build_network(arch, num_classes, output_stride, multi_grid)
         batch = min(max(-(-NOISE_PIXELS // (size[0] * size[1])), NOISE_BATCH_RANGE[0]), NOISE_BATCH_RANGE[1])
         noise = torch.randn(batch, 3, *size)  # >= 2: ASPP's pooled branch is 1x1, BatchNorm needs 2 values
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -303,10 +348,11 @@ def build_model(
     output_stride: int | None = None,
     progress: bool = True,
     size: tuple[int, int] | None = None,
+    multi_grid=None,
 ) -> BuiltModel:
     """Build ``model`` with ``weights``: ``none`` (random init, warned), a torchvision weights name,
     or a checkpoint path (``size``: the input size random weights are initialised for, see
-    :func:`random_network`). ``demo`` always loads its checkpoint (``builder/assets/demo_model.pt``,
+    :func:`random_network`). ``multi_grid``: block 4's unit rates (:func:`multi_grid_rates`). ``demo`` always loads its checkpoint (``builder/assets/demo_model.pt``,
     or the checkpoint path given as weights) and takes classes, palette, mean/std and input
     size from it.
     """
@@ -315,10 +361,35 @@ def build_model(
     if num_classes is not None and num_classes < 1:
         raise ToolkitError(f"--num-classes {num_classes}: must be at least 1")
     if model == "demo":
-        return _build_demo(weights, num_classes, output_stride)
+        return _with_grid(_build_demo(weights, num_classes, output_stride, multi_grid), multi_grid)
     arch = model
     stride, rates = resolve_output_stride(arch, output_stride)
+    if multi_grid is not None:
+        multi_grid_rates(arch, stride, multi_grid)  # refuse before any download or load
     spec = "none" if weights is None else str(weights)
+    built = _build_arch(arch, model, spec, num_classes, stride, rates, progress, size, multi_grid)
+    return _with_grid(built, multi_grid)
+
+
+def _with_grid(built: BuiltModel, multi_grid) -> BuiltModel:
+    """Record the multi-grid rates; warn that pretrained weights were trained without them."""
+    if multi_grid is None:
+        return built
+    built.block4_rates = multi_grid_rates(built.arch, built.output_stride, multi_grid)
+    built.multi_grid = tuple(int(g) for g in multi_grid)  # type: ignore[assignment]
+    if not built.weights.startswith("none"):
+        log.warning(
+            "warning: --multi-grid %s: %s was trained without multi-grid (block 4 rates were %s); with rates %s "
+            "its accuracy changes: fine-tune, or measure it with 'deeplab-trt eval'",
+            ",".join(map(str, built.multi_grid)),
+            built.weights,
+            "1,2,2" if built.output_stride == 16 else "2,4,4",
+            ",".join(map(str, built.block4_rates)),
+        )
+    return built
+
+
+def _build_arch(arch, model, spec, num_classes, stride, rates, progress, size, multi_grid) -> BuiltModel:
 
     if spec.lower() == "none":
         n = 21 if num_classes is None else num_classes
@@ -326,7 +397,7 @@ def build_model(
             "warning: --weights none: %s has random weights (outputs are meaningless; fine for testing the toolchain)",
             arch,
         )
-        net = random_network(arch, n, stride, size or (96, 96))
+        net = random_network(arch, n, stride, size or (96, 96), multi_grid=multi_grid)
         return BuiltModel(net, model, arch, _class_names(n), voc_palette(n), stride, rates, "none (random init)")
 
     path = Path(spec).expanduser()
@@ -343,7 +414,7 @@ def build_model(
         _check_num_classes(num_classes, len(categories), f"{arch} weights {spec}")
         path = fetch_torchvision_weights(tv, progress=progress)
         sd = state_dict_of(load_checkpoint(path), path)
-        net = build_network(arch, len(categories), stride)
+        net = build_network(arch, len(categories), stride, multi_grid)
         load_state_into(net, sd, path, arch)
         return BuiltModel(
             net, model, arch, categories, voc_palette(len(categories)), stride, rates, f"torchvision {tv}"
@@ -353,7 +424,7 @@ def build_model(
     sd = state_dict_of(checkpoint, path)
     n = checkpoint_num_classes(sd, path, arch)
     _check_num_classes(num_classes, n, str(path))
-    net = build_network(arch, n, stride)
+    net = build_network(arch, n, stride, multi_grid)
     load_state_into(net, sd, path, arch)
     classes = checkpoint.get("classes")
     classes = [str(c) for c in classes] if isinstance(classes, (list, tuple)) and len(classes) == n else _class_names(n)
@@ -362,7 +433,7 @@ def build_model(
     return BuiltModel(net, model, arch, classes, [tuple(p) for p in palette], stride, rates, f"checkpoint {path}")
 
 
-def _build_demo(weights: str | None, num_classes: int | None, output_stride: int | None) -> BuiltModel:
+def _build_demo(weights: str | None, num_classes: int | None, output_stride: int | None, multi_grid=None) -> BuiltModel:
     """The small trained demo model; its checkpoint carries arch, classes, palette, size, mean/std."""
     spec = "none" if weights is None else str(weights)
     path = DEMO_PATH if spec.lower() in ("none", "default", "demo") else Path(spec).expanduser()
@@ -381,7 +452,7 @@ def _build_demo(weights: str | None, num_classes: int | None, output_stride: int
     sd = state_dict_of(checkpoint, path)
     n = checkpoint_num_classes(sd, path, arch)
     _check_num_classes(num_classes, n, str(path))
-    net = build_network(arch, n, stride)
+    net = build_network(arch, n, stride, multi_grid)
     load_state_into(net, sd, path, arch)
     try:
         classes = [str(c) for c in checkpoint.get("classes") or _class_names(n)]

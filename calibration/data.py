@@ -245,7 +245,7 @@ class CalibrationData:
         The last batch may be short unless ``drop_last`` (for models with a fixed batch size).
         """
         if batch_size < 1:
-            raise ToolkitError(f"--batch {batch_size}: must be at least 1")
+            raise ToolkitError(f"--calib-batch {batch_size}: must be at least 1")
         h, w = self.spec.input_size
         batch = np.zeros((batch_size, 3, h, w), dtype=self.dtype)
         filled = 0

@@ -304,6 +304,8 @@ def quantize_onnx(
         pyplot()  # the report's PNGs need the plots extra: say so before calibrating, not after
     if num is not None and num < 1:
         raise ToolkitError(f"--num {num}: must be at least 1")
+    if num_bins < 256:
+        raise ToolkitError(f"--bins {num_bins}: need at least 256 (2 per int8 level)")
     model, spec = load_model(model_path)
     output = _output_path(model_path, output)
     cache = Path(cache) if cache is not None else None

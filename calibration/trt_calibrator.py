@@ -84,7 +84,7 @@ def make_entropy_calibrator(
             "use explicit quantization ('deeplab-trt calibrate' → Q/DQ ONNX)"
         )
     if batch_size < 1:
-        raise ToolkitError(f"--batch {batch_size}: must be at least 1")
+        raise ToolkitError(f"calibration batch {batch_size}: must be at least 1")
     if not isinstance(data, CalibrationData):
         sources: Sequence = [data] if isinstance(data, (str, Path)) else list(data)
         data = CalibrationData(sources, spec, num=num, every=every, seed=seed, policy=policy)

@@ -28,6 +28,8 @@ _EXPORTS = {
     "Segmenter": "deeplab_trt.runtime.interop",
     "export_onnx": "deeplab_trt.builder.export",
     "build_engine": "deeplab_trt.builder.engine",
+    "BuildOptions": "deeplab_trt.builder.engine",
+    "CalibrationOptions": "deeplab_trt.calibration.options",
     "calibrate": "deeplab_trt.calibration.quantize",
     "quantize_onnx": "deeplab_trt.calibration.quantize",
 }

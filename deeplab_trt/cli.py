@@ -15,7 +15,7 @@ import logging
 import sys
 
 from deeplab_trt.runtime import __version__
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.errors import ToolkitError, opencv_import_hint
 
 #: subcommand -> module defining ``add_parser(subparsers)`` (which sets ``func``), in ``--help`` order.
 COMMANDS = {
@@ -28,6 +28,7 @@ COMMANDS = {
     "demo": "deeplab_trt.benchmarks.demo_command",
     "bench": "deeplab_trt.benchmarks.bench_command",
     "scenes": "deeplab_trt.benchmarks.scenes_command",
+    "deploy": "deeplab_trt.builder.deploy_command",
 }
 
 
@@ -57,7 +58,14 @@ def describe_causes(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ImportError as exc:  # the command modules import OpenCV: a Jetson venv may lack it
+        hint = opencv_import_hint(exc)
+        if hint is None:
+            raise
+        print(f"deeplab-trt: error: {hint}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -67,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             print(describe_causes(exc), file=sys.stderr, end="")
         return exc.exit_code
+    except ImportError as exc:
+        hint = opencv_import_hint(exc)
+        if hint is None:
+            raise
+        print(f"deeplab-trt {args.command}: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"deeplab-trt {args.command}: interrupted", file=sys.stderr)
         return 130

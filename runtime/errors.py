@@ -53,3 +53,25 @@ def require(module: str, *, extra: str, purpose: str) -> ModuleType:
         raise NotInstalledError(
             f"{purpose} needs the Python package '{top}', which is not installed: pip install 'deeplab-trt[{extra}]'"
         ) from exc
+
+
+def opencv_import_hint(exc: ImportError) -> str | None:
+    """One line for an OpenCV that cannot be imported, or None when ``exc`` is about something else.
+
+    Why here: OpenCV is imported at the top of the video and pre/post-processing modules (it is
+    core everywhere but on aarch64, where JetPack's GStreamer-enabled system OpenCV is the one to
+    use), so the CLI turns the two ways it fails on a Jetson into one line instead of a traceback:
+    no OpenCV in the venv at all, and JetPack's OpenCV (built against numpy 1.x) under numpy 2.
+    """
+    text = str(exc)
+    if getattr(exc, "name", None) == "cv2" or "No module named 'cv2'" in text:
+        return (
+            "OpenCV (cv2) is not installed: on a Jetson use JetPack's python3-opencv (a venv made with "
+            "--system-site-packages, then pip install 'deeplab-trt[jetpack6]'); elsewhere pip install 'deeplab-trt[opencv]'"
+        )
+    if "numpy.core.multiarray failed to import" in text or "compiled using NumPy 1.x" in text:
+        return (
+            f"OpenCV cannot be imported ({text.strip().splitlines()[0]}): JetPack's OpenCV is built against "
+            "numpy 1.x: pip install 'numpy<2' (or 'deeplab-trt[jetpack6]')"
+        )
+    return None

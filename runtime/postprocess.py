@@ -21,6 +21,9 @@ content rectangle of the model input is mapped back onto the frame.
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -30,6 +33,40 @@ from deeplab_trt.runtime.preprocess import Geometry
 from deeplab_trt.runtime.spec import ModelSpec
 
 MODES = ("overlay", "mask", "labels")
+
+#: Frames with fewer output rows than this per band are not split (thread hand-off would cost more).
+MIN_ROWS_PER_BAND = 64
+
+
+@functools.lru_cache(maxsize=1)
+def _band_pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """Threads for row bands and how many (no pool on a one-core machine).
+
+    Why: with one frame in flight (a live camera), nothing overlaps with the host
+    postprocessing, so its latency adds to every frame's. numpy's gathers, arithmetic and
+    argmax and OpenCV's LUT release the GIL, so bands of output rows run on all cores.
+    """
+    workers = min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="deeplab-trt-post") if workers > 1 else None
+    return pool, workers
+
+
+def in_row_bands(rows: int, work: Callable[[int, int], None]) -> None:
+    """Call ``work(r0, r1)`` on disjoint bands covering ``range(rows)``, in parallel where it pays.
+
+    Each band writes only its own rows of the caller's output, so the result is the same
+    array, bit for bit, as one call over all rows.
+    """
+    pool, workers = _band_pool()
+    bands = max(1, min(workers, rows // MIN_ROWS_PER_BAND))
+    if pool is None or bands == 1:
+        work(0, rows)
+        return
+    edges = [rows * k // bands for k in range(bands + 1)]
+    futures = [pool.submit(work, edges[k], edges[k + 1]) for k in range(1, bands)]
+    work(edges[0], edges[1])
+    for future in futures:
+        future.result()
 
 
 def _axis_map(frame_len: int, out_len: int, in_len: int, offset: int, content_len: int) -> np.ndarray:
@@ -96,23 +133,33 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     # Blend only the mixed pixels, one low-res row i at a time: the output rows whose top tap is
     # i form one contiguous band (y0 is non-decreasing) sharing y1 = y1[band] and the columns
     # whose cell (i, x0) is mixed. These are _blend's float32 operations on the same operands in
-    # the same order -- top = a + (b - a) * wx is a row of ``along_x``; top + (bottom - top) * wy
-    # with (bottom - top) computed once per column instead of once per pixel, the same value --
-    # so the labels are identical. The h x W x C layout keeps one pixel's C logits contiguous,
-    # so gathers move whole rows and argmax runs along the last axis.
+    # the same order -- top = a + (b - a) * wx, evaluated only at the mixed columns; top +
+    # (bottom - top) * wy with (bottom - top) computed once per column instead of once per
+    # pixel, the same value -- so the labels are identical. The h x w x C layout keeps one
+    # pixel's C logits contiguous, so gathers move whole rows and argmax runs along the last axis.
     lt = np.ascontiguousarray(logits.transpose(1, 2, 0))  # h x w x C
-    left = lt.take(x0, axis=1)
-    along_x = left + (lt.take(x1, axis=1) - left) * wx[:, None]  # h x W x C
     band = np.searchsorted(y0, np.arange(logits.shape[1] + 1))  # output rows [band[i], band[i+1]) have y0 == i
     mixed_cols = cell_mixed.take(x0, axis=1)  # h x W
-    for i in range(logits.shape[1]):
-        r0, r1 = int(band[i]), int(band[i + 1])
-        xs = np.flatnonzero(mixed_cols[i]) if r1 > r0 else ()
-        if len(xs) == 0:
-            continue
-        top = along_x[i].take(xs, axis=0)
-        diff = along_x[y1[r0]].take(xs, axis=0) - top
-        out[r0:r1, xs] = (top + diff * wy[r0:r1, None, None]).argmax(axis=-1)
+
+    def along_x(row: int, xs: np.ndarray) -> np.ndarray:
+        """Low-res row ``row`` blended along x at output columns ``xs``: len(xs) x C."""
+        left = lt[row].take(x0[xs], axis=0)
+        return left + (lt[row].take(x1[xs], axis=0) - left) * wx[xs, None]
+
+    def blend_rows(o0: int, o1: int) -> None:
+        """Mixed pixels of output rows [o0, o1): those of low-res rows y0[o0]..y0[o1-1]."""
+        for i in range(int(y0[o0]), int(y0[o1 - 1]) + 1):
+            r0, r1 = max(int(band[i]), o0), min(int(band[i + 1]), o1)
+            if r1 <= r0:
+                continue
+            xs = np.flatnonzero(mixed_cols[i])
+            if len(xs) == 0:
+                continue
+            top = along_x(i, xs)
+            diff = along_x(int(y1[r0]), xs) - top
+            out[r0:r1, xs] = (top + diff * wy[r0:r1, None, None]).argmax(axis=-1)
+
+    in_row_bands(out.shape[0], blend_rows)
     return out
 
 
@@ -190,7 +237,8 @@ def overlay(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, alpha: float
     """Alpha blend: ``uint8(frame * (1 - alpha) + colour * alpha + 0.5)`` (the CUDA kernel's formula).
 
     Fast path (bit-identical, ~2.5x faster): the two products come from 256-entry float32
-    tables (:func:`_overlay_tables`) via ``cv2.LUT``, then numpy adds in place and casts.
+    tables (:func:`_overlay_tables`) via ``cv2.LUT``, then numpy adds in place and casts, in
+    row bands on all cores (:func:`in_row_bands`).
     """
     tables = None
     if _lut_ready(labels, lut) and frame.dtype == np.uint8 and frame.shape == labels.shape + (3,):
@@ -200,10 +248,17 @@ def overlay(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, alpha: float
         blended = frame.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5
         return blended.astype(np.uint8)
     frame_term, colour_term = tables
-    blended = cv2.LUT(np.ascontiguousarray(frame), frame_term)
-    np.add(blended, cv2.LUT(cv2.merge([labels, labels, labels]), colour_term), out=blended)
-    np.add(blended, 0.5, out=blended)
-    return blended.astype(np.uint8)
+    out = np.empty(frame.shape, np.uint8)
+
+    def blend_rows(r0: int, r1: int) -> None:
+        band = labels[r0:r1]
+        blended = cv2.LUT(np.ascontiguousarray(frame[r0:r1]), frame_term)
+        np.add(blended, cv2.LUT(cv2.merge([band, band, band]), colour_term), out=blended)
+        np.add(blended, 0.5, out=blended)
+        np.copyto(out[r0:r1], blended, casting="unsafe")  # the truncating cast of astype(uint8)
+
+    in_row_bands(frame.shape[0], blend_rows)
+    return out
 
 
 def render(

@@ -32,7 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "write an overlay/mask/label video (same size and fps as the source; odd sizes are "
         "cropped to even), show it, or just measure. Prints per-stage timings and FPS.",
     )
-    p.add_argument("model", help="model file: .onnx (ONNX Runtime) or .engine/.plan (TensorRT)")
+    p.add_argument(
+        "model", nargs="?", help="model file: .onnx (ONNX Runtime) or .engine/.plan (TensorRT); none with --triton"
+    )
     p.add_argument(
         "--source",
         "-s",
@@ -61,6 +63,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
     p.add_argument("--json", type=Path, metavar="STATS.json", help="also write the run statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    remote = p.add_argument_group("client mode (the model runs on a Triton server: 'deeplab-trt deploy triton')")
+    remote.add_argument(
+        "--triton",
+        metavar="URL",
+        help="send frames to a Triton server instead of running a model here: grpc://HOST:PORT or http://HOST:PORT",
+    )
+    remote.add_argument("--model-name", default="segmenter", help="the served segmenter's name (default segmenter)")
+    remote.add_argument("--in-flight", type=int, default=4, metavar="N", help="requests in flight at once (default 4)")
     p.set_defaults(func=main)
     return p
 
@@ -87,6 +97,21 @@ def _check_paths(args) -> None:
             raise ToolkitError(f"{path}: {path.parent} is not a directory")
 
 
+def _remote(args, options):
+    """(the served model, its stage) for ``--triton``; the server's resize policy must be the one asked for."""
+    from deeplab_trt.runtime.triton_client import TritonSegmenter, TritonStage
+
+    if args.in_flight < 1:
+        raise ToolkitError(f"--in-flight must be at least 1, got {args.in_flight}")
+    segmenter = TritonSegmenter(args.triton, model_name=args.model_name)
+    if segmenter.policy != options.policy:
+        raise ToolkitError(
+            f"--triton {args.triton}: model {args.model_name!r} resizes with policy {segmenter.policy!r}; "
+            f"pass --policy {segmenter.policy} (or redeploy with --policy {options.policy})"
+        )
+    return segmenter.model, TritonStage(segmenter, options, slots=args.in_flight)
+
+
 def main(args) -> int:
     from deeplab_trt.runtime.atomic import write_text_atomic
     from deeplab_trt.runtime.backends import open_backend
@@ -97,9 +122,16 @@ def main(args) -> int:
         mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames, progress=not args.no_progress
     )
     _check_paths(args)
+    if (args.model is None) == (args.triton is None):
+        raise ToolkitError("give a model file, or --triton URL for a served model (not both)")
+    stage = None
     with contextlib.ExitStack() as stack:
-        backend = open_backend(args.model, args.backend, threads=args.threads)
-        stack.callback(backend.close)
+        if args.triton is not None:
+            backend, stage = _remote(args, options)
+            stack.callback(stage.close)
+        else:
+            backend = open_backend(args.model, args.backend, threads=args.threads)
+            stack.callback(backend.close)
         source = stack.enter_context(open_source(args.source))
         log.info(
             "%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)",
@@ -107,7 +139,7 @@ def main(args) -> int:
             *source.size,
             source.fps,
             f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
-            args.model,
+            args.model or args.triton,
             backend.name,
             backend.spec.input_height,
             backend.spec.input_width,
@@ -128,7 +160,12 @@ def main(args) -> int:
             sinks.insert(0, stack.enter_context(VideoFileSink(args.output, source.fps, source.size)))
         if not sinks:
             sinks.append(NullSink())
-        stats = runner_for(backend)(backend, source, sinks, options)
+        if stage is not None:
+            from deeplab_trt.runtime.gpu_pipeline import run_video
+
+            stats = run_video(backend, source, sinks, options, stage=stage)
+        else:
+            stats = runner_for(backend)(backend, source, sinks, options)
     # Sinks are closed (files renamed into place) here.
     for sink in sinks:
         if isinstance(sink, VideoFileSink) and sink.frames:

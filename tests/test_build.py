@@ -195,21 +195,65 @@ def test_demo_model_fp16_engine_passes_the_agreement_bar(demo_onnx, tmp_path, rt
     assert sidecar["spec"]["classes"] == spec_from_onnx(demo_onnx).classes
 
 
-def test_int8_with_data_runs_calibration_first(mobilenet, tmp_path, rtx_flavour):
+def _calibration_media(root: Path, spec) -> Path:
+    """Frames whose aspect is not the model's (so --policy matters) in a folder, plus a short video
+    (so --every matters)."""
     import cv2
 
-    data = tmp_path / "frames"
-    data.mkdir()
-    for i, frame in enumerate(probe_frames(spec_from_onnx(mobilenet), 4, seed=5)):
-        cv2.imwrite(str(data / f"{i}.png"), frame)
+    root.mkdir()
+    frames = [cv2.resize(f, (96, 80)) for f in probe_frames(spec, 8, seed=5)]
+    for i, frame in enumerate(frames[:3]):
+        cv2.imwrite(str(root / f"{i}.png"), frame)
+    writer = cv2.VideoWriter(str(root / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 80))
+    for frame in frames[3:]:
+        writer.write(frame)
+    writer.release()
+    return root
+
+
+def test_int8_build_passes_every_calibration_flag_to_calibration(onnx_factory, tmp_path, rtx_flavour):
+    """Issue 10 item 5: ``build --precision int8`` calibrates exactly as ``calibrate`` does with the same
+    flags (--every, --exclude, --policy, --seed, --num, --calib-batch): same TensorRT cache (the scales),
+    same Q/DQ node count; the flags are recorded in the sidecar."""
+    from deeplab_trt.cli import main
+
+    mobilenet = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
+    data = _calibration_media(tmp_path / "frames", spec_from_onnx(mobilenet))
+    first_conv = next(n.name for n in onnx.load(str(mobilenet)).graph.node if n.op_type == "Conv")
+    flags = ["--data", str(data), "--every", "2", "--num", "4", "--seed", "3", "--policy", "letterbox"]
+    flags += ["--exclude", first_conv, "--calib-batch", "2", "--no-progress"]
     out = tmp_path / "m.int8.engine"
-    sidecar = _build(mobilenet, out, precision="int8", data=[str(data)], cache=str(tmp_path / "m.cache"))
-    assert out.exists() and sidecar["onnx_pass"]["pass"] == "qdq" and sidecar["onnx_pass"]["qdq_nodes"] > 0
-    assert (tmp_path / "m.cache").exists()
+    build = ["build", str(mobilenet), "--precision", "int8", "--flavour", "tensorrt-rtx", "-o", str(out)]
+    assert main([*build, *flags, "--cache", str(tmp_path / "build.cache")]) == 0
+    sidecar = EngineRecord.read(out).to_dict()
+    assert sidecar["onnx_pass"]["pass"] == "qdq"
+    recorded = sidecar["build_options"]["calibration"]
+    assert (recorded["every"], recorded["num"], recorded["seed"], recorded["policy"]) == (2, 4, 3, "letterbox")
+    assert (recorded["exclude"], recorded["batch_size"]) == ([first_conv], 2)
+
+    qdq = tmp_path / "m.int8.onnx"
+    calibrate = ["calibrate", str(mobilenet), "-o", str(qdq), "--int8-rest", "fp16"]
+    assert main([*calibrate, *flags, "--cache", str(tmp_path / "calibrate.cache")]) == 0
+    assert (tmp_path / "build.cache").read_text() == (tmp_path / "calibrate.cache").read_text()
+    quantized = onnx.load(str(qdq))
+    assert sidecar["onnx_pass"]["qdq_nodes"] == sum(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in quantized.graph.node
+    )
+    # the flags changed the calibration: defaults give other scales and one more quantized Conv
+    default = ["calibrate", str(mobilenet), "-o", str(tmp_path / "d.onnx"), "--data", str(data), "--no-progress"]
+    assert main([*default, "--cache", str(tmp_path / "default.cache")]) == 0
+    assert (tmp_path / "default.cache").read_text() != (tmp_path / "build.cache").read_text()
+    assert _kept_float(quantized, first_conv) and not _kept_float(onnx.load(str(tmp_path / "d.onnx")), first_conv)
+
+
+def _kept_float(model, node_name: str) -> bool:
+    """Are node ``node_name``'s weights a float initializer (not int8 + DequantizeLinear)?"""
+    node = next(n for n in model.graph.node if n.name == node_name)
+    return node.input[1] in {t.name for t in model.graph.initializer}
 
 
 def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path, rtx_flavour):
-    """Through the CLI: --batch profile, --compute-capability list, --verbose shows TensorRT's log and
+    """Through the CLI: --profile-batch, --compute-capability list, --verbose shows TensorRT's log and
     the build phases reported through IProgressMonitor."""
     dyn = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
     out = tmp_path / "dyn.engine"
@@ -222,7 +266,7 @@ def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path, r
             str(dyn),
             "--precision",
             "fp32",
-            "--batch",
+            "--profile-batch",
             "1:4:8",
             "--compute-capability",
             "SM86,sm_120",
@@ -431,8 +475,8 @@ BAD = {
     "int8_without_data": ("{model}", ["--precision", "int8"], "needs calibration data"),
     "profile_excludes_shape": (
         "{model}",
-        ["--precision", "fp32", "--batch", "2:2:4"],
-        "static batch of 1, which --batch 2:2:4 excludes",
+        ["--precision", "fp32", "--profile-batch", "2:2:4"],
+        "static batch of 1, which --profile-batch 2:2:4 excludes",
     ),
     "flavour_not_installed": (
         "{model}",

@@ -503,9 +503,12 @@ def test_entropy_calibrator_adapter(media, tiny_int8, tmp_path):
 def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
     """Issue 11 item 1: the build's calibrator serves the kOPT batch TensorRT 10 calibrates at, not 1."""
     from deeplab_trt.builder.engine import BuildOptions, _make_calibrator, plan_profile
+    from deeplab_trt.calibration.options import CalibrationOptions
 
     spec = _spec()
-    options = BuildOptions(precision="int8", int8_mode="implicit", data=[str(media["video"])], num=6)
+    options = BuildOptions(
+        precision="int8", int8_mode="implicit", calibration=CalibrationOptions(data=[str(media["video"])], num=6)
+    )
     dims = [None, 3, spec.input_height, spec.input_width]
     profile = plan_profile("input", dims, spec, (1, 3, 8))
     cal = _make_calibrator(FakeTensorRT, spec, options, profile=profile, dims=dims)
@@ -518,8 +521,20 @@ def test_build_sizes_the_implicit_calibrator_from_the_profile(media):
     assert static.get_batch_size() == 4
     with pytest.raises(ToolkitError, match="2 calibration frame.*at batch 3"):
         _make_calibrator(
-            FakeTensorRT, spec, BuildOptions(data=[str(media["video"])], num=2), profile=profile, dims=dims
+            FakeTensorRT,
+            spec,
+            BuildOptions(calibration=CalibrationOptions(data=[str(media["video"])], num=2)),
+            profile=profile,
+            dims=dims,
         )
+    # TensorRT's own calibrator takes the data options; scale options would be silently ignored there
+    every = BuildOptions(calibration=CalibrationOptions(data=[str(media["video"])], every=2, policy="letterbox"))
+    calibrator = _make_calibrator(FakeTensorRT, spec, every, profile=None, dims=[1, *dims[1:]])
+    assert len(calibrator.data) == 5 and calibrator.data.policy == "letterbox"
+    for ignored in ({"method": "max"}, {"exclude": ["*head*"]}, {"batch_size": 2}):
+        options = BuildOptions(calibration=CalibrationOptions(data=[str(media["video"])], **ignored))
+        with pytest.raises(ToolkitError, match="explicit INT8 only"):
+            _make_calibrator(FakeTensorRT, spec, options, profile=profile, dims=dims)
 
 
 def test_calibrator_refused_without_calibrator_api(media, rtx_flavour):

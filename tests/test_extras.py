@@ -34,6 +34,7 @@ DIST_USE = {
     "tensorrt": "tensorrt",
     "tensorrt-rtx-cu13-bindings": "tensorrt_rtx_bindings",
     "matplotlib": "matplotlib",
+    "tritonclient": "tritonclient",
     # Imported by torch.onnx.export(dynamo=True) in builder/export.py, not by our code.
     "onnxscript": "dynamo=True",
     # Shared libraries the bindings load; no Python import of their own.
@@ -141,6 +142,64 @@ def test_jetson_resolve_picks_cuda_python_12():
     assert picked and picked.group(1).startswith("12."), proc.stdout
 
 
+#: JetPack 6: Ubuntu 22.04 (glibc 2.35), Python 3.10, aarch64.
+JETPACK6_ENV = {"platform_machine": "aarch64", "python_version": "3.10", "python_full_version": "3.10.12"}
+JETPACK6_PLATFORMS = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in (17, 26, 27, 28, 31, 34, 35)]
+
+
+def _requirements_for(env: dict[str, str], extras: tuple[str, ...]) -> list[str]:
+    """The requirement strings pip would consider for ``deeplab-trt[extras]`` on a machine like ``env``."""
+    Requirement = pytest.importorskip("packaging.requirements").Requirement
+
+    project = _pyproject()["project"]
+    reqs = list(project["dependencies"]) + [r for e in extras for r in project["optional-dependencies"][e]]
+    kept = []
+    for text in reqs:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate(env):
+            req.marker = None
+            kept.append(str(req))
+    return kept
+
+
+def test_pip_opencv_is_not_installed_on_aarch64():
+    """On a Jetson, pip's OpenCV (no GStreamer) would shadow JetPack's; elsewhere it is a core dependency."""
+    jetson = {_dist(r) for r in _requirements_for(JETPACK6_ENV, ("jetpack6",))}
+    desktop = {_dist(r) for r in _requirements_for({"platform_machine": "x86_64", "python_version": "3.11"}, ())}
+    assert "opencv-python-headless" not in jetson and "opencv-python-headless" in desktop
+    assert "opencv-python-headless" in {_dist(r) for r in _requirements_for(JETPACK6_ENV, ("opencv",))}
+    assert not {"torch", "torchvision", "tensorrt"} & jetson  # JetPack's tensorrt is a system package
+
+
+@pytest.mark.slow
+def test_jetpack6_install_resolves_to_cuda12_numpy1_and_no_pip_opencv():
+    """What ``pip install 'deeplab-trt[jetpack6]'`` would install on JetPack 6 (aarch64, Python 3.10):
+    cuda-python 12.x (the CUDA 12.6 driver), numpy 1.x (JetPack's OpenCV and TensorRT bindings are built
+    against numpy 1.21), ONNX Runtime, no torch and no pip OpenCV. Resolved for real by pip; skips offline."""
+    import json
+
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("pip not available")
+    platforms = [arg for p in JETPACK6_PLATFORMS for arg in ("--platform", p)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--report", "-"]
+        + platforms
+        + ["--python-version", "3.10", "--only-binary=:all:"]
+        + _requirements_for(JETPACK6_ENV, ("jetpack6",)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"pip could not resolve (offline?): {proc.stderr.strip().splitlines()[-1:]}")
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    picked = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in report["install"]}
+    assert picked["cuda-python"].startswith("12."), picked
+    assert picked["numpy"].startswith("1."), picked
+    assert "onnxruntime" in picked
+    assert not [name for name in picked if name.startswith(("opencv", "torch"))], picked
+
+
 def test_missing_matplotlib_names_the_plots_extra(monkeypatch, tmp_path):
     from deeplab_trt.benchmarks import report as bench_report
     from deeplab_trt.calibration import quantize
@@ -170,3 +229,24 @@ def test_bench_plot_without_matplotlib_fails_before_benchmarking(monkeypatch, tm
     args = bench_command.argparse.Namespace(json=None, markdown=None, plot=tmp_path / "p.png")
     with pytest.raises(NotInstalledError, match=r"--plot .*deeplab-trt\[plots\]"):
         bench_command.run(args)
+
+
+def test_missing_opencv_is_one_line_naming_jetpack_and_the_extra():
+    """A Jetson venv without --system-site-packages has no cv2 (pip's is not installed on aarch64)."""
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"
+        "from deeplab_trt.cli import main\n"
+        "raise SystemExit(main(['run', 'model.onnx', '--source', 'clip.mp4']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "python3-opencv" in line and "--system-site-packages" in line and "deeplab-trt[opencv]" in line
+
+
+def test_opencv_built_for_numpy1_under_numpy2_names_the_fix():
+    from deeplab_trt.runtime.errors import opencv_import_hint
+
+    hint = opencv_import_hint(ImportError("numpy.core.multiarray failed to import"))
+    assert hint is not None and "numpy<2" in hint and "jetpack6" in hint
+    assert opencv_import_hint(ImportError("No module named 'torch'")) is None

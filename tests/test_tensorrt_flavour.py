@@ -258,7 +258,7 @@ def test_static_model_needs_no_profile():
 
 
 def test_static_batch_excluded_by_the_profile_is_an_error():
-    with pytest.raises(ToolkitError, match="static batch of 1, which --batch 2:2:4 excludes"):
+    with pytest.raises(ToolkitError, match="static batch of 1, which --profile-batch 2:2:4 excludes"):
         plan_profile("input", [1, 3, 64, 128], _spec(), (2, 2, 4), "m.onnx")
     with pytest.raises(ToolkitError, match="static batch of 1; a batch range needs"):
         plan_profile("input", [1, 3, 64, 128], _spec(), (1, 2, 4), "m.onnx")
@@ -285,8 +285,8 @@ def test_parse_batch(text, expected):
 
 @pytest.mark.parametrize("text", ["0:1:2", "4:2:8", "a:b:c", "1:2"])
 def test_parse_batch_rejects(text):
-    with pytest.raises(ToolkitError, match="--batch"):
-        parse_batch_range(text)
+    with pytest.raises(ToolkitError, match="--profile-batch"):
+        parse_batch_range(text, flag="--profile-batch")
 
 
 # ----- compute capability targets -----------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_tensorrt_builds_for_its_own_gpu(key):
     ("dims", "batch", "expected"),
     [
         ([4, 3, 64, 128], None, 4),  # exported with --batch 4: static batch, no profile
-        ([None, 3, 64, 128], (1, 4, 8), 4),  # --batch 1:4:8: TensorRT calibrates at kOPT
+        ([None, 3, 64, 128], (1, 4, 8), 4),  # --profile-batch 1:4:8: TensorRT calibrates at kOPT
         ([None, 3, 64, 128], None, DEFAULT_DYNAMIC_BATCH[1]),
         ([2, 3, None, None], None, 2),  # static batch, dynamic H×W: a fixed profile
         ([1, 3, 64, 128], None, 1),
