@@ -146,6 +146,7 @@ def test_fold_normalization_matches_the_unfolded_model_and_makes_nvinfer_exact(o
     from deeplab_trt.benchmarks.scenes import render_video
     from deeplab_trt.builder.deepstream import nvinfer_config
     from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.engine_record import EngineFile, EngineRecord
     from deeplab_trt.runtime.preprocess import preprocess
     from deeplab_trt.runtime.spec import spec_from_onnx
 
@@ -167,17 +168,19 @@ def test_fold_normalization_matches_the_unfolded_model_and_makes_nvinfer_exact(o
             got = b.infer(preprocess(frame, b.spec)[0])
             assert np.max(np.abs(got - want)) <= 1e-3 * max(1.0, float(np.max(np.abs(want))))
             assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.999
-    sidecar = {
-        "spec": spec.to_dict(),
-        "precision": "fp32",
-        "io": [
+    record = EngineRecord(
+        engine=EngineFile("folded.engine"),
+        tensorrt={"flavour": "tensorrt", "version": "10.3.0"},
+        spec=spec.to_dict(),
+        precision="fp32",
+        io=[
             {"name": "input", "mode": "input", "shape": [1, 3, 64, 128], "dtype": "float32"},
             {"name": "output", "mode": "output", "shape": [1, 5, 8, 16], "dtype": "float32"},
         ],
-    }
+    )
     path = tmp_path / "folded.txt"
     with caplog.at_level(logging.WARNING):
-        path.write_text(nvinfer_config(sidecar, engine_file="folded.engine"))
+        path.write_text(nvinfer_config(record, engine_file="folded.engine"))
     props = _read(path)
     assert float(props["net-scale-factor"]) == 1.0 and props["offsets"] == "0.0;0.0;0.0"
     assert "net-scale-factor" not in caplog.text
