@@ -60,7 +60,7 @@ from deeplab_trt.benchmarks.bench_data import (
     write_calibration_frames,
 )
 from deeplab_trt.benchmarks.environment import cuda_device_reason, environment, gpu_info
-from deeplab_trt.runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.engine_record import sha256_file
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
 from deeplab_trt.runtime.video import Source

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplab_trt.runtime.cli_types import positive_int
-from deeplab_trt.runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.engine_record import sha256_file
 from deeplab_trt.runtime.video import Source
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ import numpy as np
 def export_model(cache_dir: Path, which: str, head: str = "lowres") -> Path:
     from deeplab_trt.builder.export import export_onnx
     from deeplab_trt.builder.models import DEMO_PATH
-    from deeplab_trt.runtime.engine_loader import sha256_file
+    from deeplab_trt.runtime.engine_record import sha256_file
 
     tag = f"demo-{sha256_file(DEMO_PATH)[:12]}" if which == "demo" else which  # a retrained demo re-exports
     path = cache_dir / f"{tag}_{head}_512x1024.onnx"

@@ -82,6 +82,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "present, else SM80,SM86,SM89,SM120)",
     )
     p.add_argument(
+        "--dla-core",
+        type=int,
+        metavar="N",
+        help="run the engine on DLA core N (TensorRT 10 on a Jetson with DLA; fp16/int8 only)",
+    )
+    p.add_argument("--gpu-fallback", action="store_true", help="with --dla-core: layers DLA cannot run go to the GPU")
+    p.add_argument(
         "--fp16-output",
         choices=("float16", "float32"),
         default="float16",
@@ -109,6 +116,8 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         timing_cache=args.timing_cache,
         compute_capabilities=args.compute_capability,
         fp16_output=args.fp16_output,
+        dla_core=args.dla_core,
+        gpu_fallback=args.gpu_fallback,
         verbose=bool(getattr(args, "verbose", False) or args.build_verbose),
         progress=not args.no_progress,
     )

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
-from deeplab_trt.runtime.engine_loader import read_sidecar, sidecar_path, spec_from_sidecar
+from deeplab_trt.runtime.engine_record import EngineRecord, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.preprocess import POLICIES
 
@@ -87,7 +87,7 @@ def _pick_batch(io_input: dict, batch: int | None, source: str) -> int:
 
 
 def nvinfer_config(
-    sidecar: dict,
+    record: EngineRecord,
     *,
     engine_file: str,
     labels_file: str = LABELS_NAME,
@@ -99,7 +99,7 @@ def nvinfer_config(
     """The text of an nvinfer config file for the engine the sidecar describes.
 
     Args:
-        sidecar: :func:`~deeplab_trt.runtime.engine_loader.read_sidecar`'s dict.
+        record: the engine's record (:meth:`EngineRecord.read`).
         engine_file: ``model-engine-file`` (relative paths are read from the config's directory).
         labels_file: ``labelfile-path``.
         batch_size: ``batch-size`` (default: the profile's minimum, or the fixed batch); match nvstreammux's.
@@ -107,7 +107,7 @@ def nvinfer_config(
         policy: ``stretch`` or ``letterbox`` (``maintain-aspect-ratio`` + ``symmetric-padding``).
         source: the engine's path, for messages.
     """
-    spec = spec_from_sidecar(sidecar, source=source)
+    spec = record.model_spec(source=source)
     if policy not in POLICIES:
         raise ToolkitError(f"unknown resize policy {policy!r} (expected one of {', '.join(POLICIES)})")
     if spec.head == "labels":
@@ -117,11 +117,11 @@ def nvinfer_config(
         )
     if spec.channel_order.upper() not in COLOR_FORMATS:
         raise ToolkitError(f"{source}: channel order {spec.channel_order!r} has no nvinfer model-color-format")
-    precision = str(sidecar.get("precision", "fp32"))
+    precision = record.precision or "fp32"
     if precision not in NETWORK_MODES:
         raise ToolkitError(f"{source}: precision {precision!r} has no nvinfer network-mode")
-    inputs = [t for t in sidecar["io"] if t.get("mode") == "input"]
-    outputs = [t for t in sidecar["io"] if t.get("mode") == "output"]
+    inputs = [t for t in record.io if t.get("mode") == "input"]
+    outputs = [t for t in record.io if t.get("mode") == "output"]
     if len(inputs) != 1 or not outputs:
         raise ToolkitError(f"{source}: expected one input and an output in the sidecar's io record")
     scale, offsets = _normalisation(spec.mean, spec.std, source)
@@ -192,8 +192,8 @@ def deploy_deepstream(
     path, out = Path(engine), Path(output)
     if path.suffix.lower() not in ENGINE_SUFFIXES:
         raise ToolkitError(f"{path}: not a TensorRT engine (.engine/.plan); nvinfer needs one from 'deeplab-trt build'")
-    sidecar = read_sidecar(path)  # no such file / no sidecar / malformed: one line
-    if sidecar["tensorrt"].get("flavour") == "tensorrt-rtx":
+    record = EngineRecord.read(path)  # no such file / no sidecar / malformed: one line
+    if record.flavour_name == "tensorrt-rtx":
         raise ToolkitError(
             f"{path}: built with TensorRT-RTX, which DeepStream's nvinfer (TensorRT) cannot load; "
             "build the engine with TensorRT on the target ('deeplab-trt build --flavour tensorrt')"
@@ -202,9 +202,9 @@ def deploy_deepstream(
         raise ToolkitError(f"{out}: exists and is not a directory")
     engine_name = path.name
     config = nvinfer_config(
-        sidecar, engine_file=engine_name, batch_size=batch_size, gpu_id=gpu_id, policy=policy, source=str(path)
+        record, engine_file=engine_name, batch_size=batch_size, gpu_id=gpu_id, policy=policy, source=str(path)
     )
-    spec = spec_from_sidecar(sidecar, source=str(path))
+    spec = record.model_spec(source=str(path))
     batch = int(next(line for line in config.splitlines() if line.startswith("batch-size=")).split("=")[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

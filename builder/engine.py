@@ -1,4 +1,4 @@
-"""ONNX → TensorRT engine for each flavour, plus the JSON sidecar that describes it.
+"""ONNX → TensorRT engine for each flavour, plus its record (the JSON sidecar, runtime.engine_record).
 
 Why the decisions are pure functions: how precision is asked for differs per flavour
 (DESIGN.md, "TensorRT flavours"), and only TensorRT-RTX can run here. :func:`plan_precision`,
@@ -27,8 +27,6 @@ targets, data) is checked first, so a bad option costs no calibration and no bui
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -42,9 +40,9 @@ from typing import Any
 
 from deeplab_trt.calibration.options import CalibrationOptions
 from deeplab_trt.runtime import __version__
-from deeplab_trt.runtime.atomic import atomic_path, write_bytes_atomic
+from deeplab_trt.runtime.atomic import write_bytes_atomic
 from deeplab_trt.runtime.cli_types import parse_batch_range
-from deeplab_trt.runtime.engine_loader import SIDECAR_FORMAT, SIDECAR_VERSION, sha256_file, sidecar_path
+from deeplab_trt.runtime.engine_record import EngineFile, EngineRecord, sha256_file, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, load_onnx
 from deeplab_trt.runtime.tensorrt_flavour import (
@@ -281,6 +279,43 @@ def plan_compute_capabilities(
     return defaults, f"default ({why})"
 
 
+@dataclass(frozen=True)
+class DlaPlan:
+    """Run the engine on DLA core ``core`` (``--dla-core``); layers DLA cannot run go to the GPU
+    only with ``gpu_fallback`` (without it such a layer fails the build)."""
+
+    core: int
+    gpu_fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_dla(flavour: Flavour, dla_core: int | None, gpu_fallback: bool, precision: str) -> DlaPlan | None:
+    """The DLA part of a build, or None for a GPU engine; impossible requests are a :class:`ToolkitError`.
+
+    Args:
+        flavour: the TensorRT that builds.
+        dla_core: ``--dla-core N`` (None: GPU only).
+        gpu_fallback: ``--gpu-fallback``: layers DLA cannot run go to the GPU.
+        precision: the plan's precision: DLA runs FP16 and INT8 layers only.
+    """
+    if dla_core is None:
+        if gpu_fallback:
+            raise ToolkitError("--gpu-fallback applies with --dla-core N only")
+        return None
+    if not flavour.has_dla:
+        raise ToolkitError(
+            f"--dla-core {dla_core}: {flavour.label} has no DLA (DLA engines need TensorRT 10 up to "
+            "10.7, as on JetPack 6, on a Jetson with DLA cores); build without --dla-core"
+        )
+    if dla_core < 0:
+        raise ToolkitError(f"--dla-core {dla_core}: expected a DLA core number (0, 1, ...)")
+    if precision == "fp32":
+        raise ToolkitError(f"--dla-core {dla_core}: DLA runs FP16 and INT8 layers only; use --precision fp16 or int8")
+    return DlaPlan(core=dla_core, gpu_fallback=gpu_fallback)
+
+
 # ----- options and results ----------------------------------------------------------------------
 @dataclass
 class BuildOptions:
@@ -299,6 +334,8 @@ class BuildOptions:
     timing_cache: str | None = None
     compute_capabilities: list[str] | None = None
     fp16_output: str = "float16"
+    dla_core: int | None = None  #: run on this DLA core (TensorRT 10 on a Jetson with DLA)
+    gpu_fallback: bool = False  #: with ``dla_core``: layers DLA cannot run go to the GPU
     verbose: bool = False
     progress: bool = True
 
@@ -520,18 +557,84 @@ def _apply_timing_cache(trt: Any, config, flavour: Flavour, path: str | None, no
     return cache
 
 
-# ----- the build --------------------------------------------------------------------------------
+# ----- the build: the TensorRT samples' steps, each one function ----------------------------------
+@dataclass
+class _Decisions:
+    """Step 1's answer: what is built, decided (pure ``plan_*``) before any expensive work."""
+
+    source: Path
+    output: Path
+    spec: ModelSpec
+    flavour: Flavour
+    plan: BuildPlan
+    input_name: str
+    dims: list[int | None]
+    profile: tuple[Shape, Shape, Shape] | None
+    gpu: tuple[int, int] | None
+    gpu_reason: str
+    targets: list[str]
+    target_source: str
+    dla: DlaPlan | None = None
+
+
+@dataclass
+class _Parsed:
+    """Step 3's answer: the network, and what must outlive the build (the parser holds the weights)."""
+
+    logger: Any
+    builder: Any
+    network: Any
+    parser: Any
+    input: Any  #: the image input tensor
+
+
+@dataclass
+class _Configured:
+    """Step 4's answer: the builder config and the objects it refers to (kept alive until the build ends)."""
+
+    config: Any
+    tf32: bool | None  #: may FP32 layers use TF32 math (None: the flavour has no such flag)
+    timing_cache: Any = None  #: to save after the build, or None
+    calibrator: Any = None
+    monitor: Any = None
+    notes: list[str] = field(default_factory=list)  #: warnings to show once the build succeeded
+
+
 def build_engine(
     onnx_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None
 ) -> dict[str, Any]:
-    """Build ``onnx_path`` into ``output`` (engine) + ``output``.json (sidecar); returns the sidecar.
+    """Build ``onnx_path`` into ``output`` (engine) + ``output``.json (its record); returns the record.
 
-    Both files are written atomically, only after TensorRT produced an engine; any
-    failure leaves neither behind.
+    The steps: decide, prepare the graph (FP16 or Q/DQ pass), parse, configure, build and
+    serialize, write. Both files are written atomically, only after TensorRT produced an
+    engine; any failure leaves neither behind.
+
+    Args:
+        onnx_path: the exported ONNX model (FP32, FP16 or Q/DQ).
+        output: the engine file to write; its record goes to ``output``.json.
+        options: precision, flavour, calibration data, profile, targets (:class:`BuildOptions`).
+
+    Returns:
+        The record as the JSON object written (:meth:`EngineRecord.to_dict`).
     """
     options = options or BuildOptions()
     started = time.perf_counter()
-    source, output = Path(onnx_path), Path(output)
+    decided = _decide(Path(onnx_path), Path(output), options)
+    with tempfile.TemporaryDirectory(prefix="deeplab-trt-build-") as workdir:
+        graph, pass_record = _prepare_graph(decided, options, Path(workdir))
+        parsed = _parse(decided, graph, verbose=options.verbose)
+        configured = _configure(decided, parsed, options)
+        blob, engine_seconds = _serialize(decided, parsed, configured)
+        record = _make_record(decided, options, parsed, configured, blob, pass_record, engine_seconds)
+        record.build_time_s = round(time.perf_counter() - started, 3)
+        record.write(decided.output, engine=blob)
+        _save_timing_cache(configured.timing_cache, options.timing_cache)
+    _report(decided, parsed, configured, record)
+    return record.to_dict()
+
+
+def _check_request(source: Path, output: Path, options: BuildOptions) -> None:
+    """Options and paths that are wrong whatever the model: fail before reading it."""
     if output.exists() and output.is_dir():
         raise ToolkitError(f"{output}: is a directory, expected an engine file path (-o OUT.engine)")
     if output.resolve() == source.resolve() or sidecar_path(output).resolve() == source.resolve():
@@ -545,13 +648,18 @@ def build_engine(
         if not any(ch in str(item) for ch in "*?[") and not Path(item).exists():
             raise ToolkitError(f"{item}: no such file or directory (--data)")
 
-    # 1. what we are building, decided before any expensive work
+
+def _decide(source: Path, output: Path, options: BuildOptions) -> _Decisions:
+    """Step 1: read the model's metadata and input, and make every ``plan_*`` decision."""
+    _check_request(source, output, options)
     model = load_onnx(source)
     spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(source))
     input_name, dims, input_type = onnx_input_dims(model)
     qdq = _count_qdq(model)
+    del model
     flavour = detect(options.flavour)
     # An existing calibration cache stands in for data (both calibration paths read it).
+    calibration = options.calibration
     has_data = bool(calibration.data) or bool(calibration.cache and Path(calibration.cache).is_file())
     try:
         plan = plan_precision(
@@ -567,6 +675,9 @@ def build_engine(
     profile = plan_profile(input_name, dims, spec, options.profile_batch, str(source))
     gpu, gpu_reason = current_gpu()
     targets, target_source = plan_compute_capabilities(flavour, options.compute_capabilities, gpu, gpu_reason)
+    dla = plan_dla(flavour, options.dla_core, options.gpu_fallback, plan.precision)
+    if dla is not None:
+        _check_dla_cores(flavour, dla)
     # Only debug lines until the build succeeded: a failure must print one line, the error.
     log.debug(
         "building %s: %s on %s (%s); targets %s (%s)",
@@ -577,180 +688,230 @@ def build_engine(
         ",".join(targets) or "-",
         target_source,
     )
-    del model
+    return _Decisions(
+        source, output, spec, flavour, plan, input_name, dims, profile, gpu, gpu_reason, targets, target_source, dla
+    )
 
+
+def _check_dla_cores(flavour: Flavour, dla: DlaPlan) -> None:
+    """The machine has DLA core ``dla.core`` (asked before calibration, so a wrong core costs nothing)."""
     trt = flavour.module
-    with tempfile.TemporaryDirectory(prefix="deeplab-trt-build-") as workdir:
-        # 2. the graph TensorRT parses
-        graph, pass_record = source, None
-        if plan.onnx_pass == "fp16":
-            from deeplab_trt.builder.fp16 import convert_fp16
-
-            graph = Path(workdir) / f"{source.stem}.fp16.onnx"
-            report = convert_fp16(source, graph, output_dtype=options.fp16_output)
-            pass_record = {"pass": "fp16", **report.to_dict()}
-        elif plan.onnx_pass == "qdq":
-            graph = _run_calibration(
-                source, Path(workdir) / f"{source.stem}.int8.onnx", options, strongly_typed=plan.strongly_typed
-            )
-            graph_model = load_onnx(graph)
-            if _count_qdq(graph_model) == 0:
-                raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")
-            pass_record = {
-                "pass": "qdq",
-                "scales_from": "data" if calibration.data else f"cache {calibration.cache}",
-                "method": calibration.method,
-                "num": calibration.num,
-                "qdq_nodes": _count_qdq(graph_model),
-                "data": [str(d) for d in calibration.data],
-            }
-            del graph_model
-
-        # 3. network
-        logger = _make_logger(trt, options.verbose)
-        builder = trt.Builder(logger)
-        flags = 0
-        strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        if plan.strongly_typed and strongly_typed_flag is not None:  # 11.x: deprecated, always on
-            flags |= 1 << int(strongly_typed_flag)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        try:
-            parsed = parser.parse_from_file(str(graph))
-        except Exception as exc:  # noqa: BLE001 - bindings raise on unreadable files
-            raise ToolkitError(f"{source}: {flavour.label} cannot parse it ({type(exc).__name__}: {exc})") from exc
-        if not parsed:
-            raise _parser_error(parser, flavour, source)
-        if network.num_outputs == 0:
-            raise ToolkitError(f"{source}: {flavour.label} found no network outputs")
-
-        # 4. configuration
-        config = builder.create_builder_config()
-        for name in plan.builder_flags:
-            config.set_flag(getattr(trt.BuilderFlag, name))
-        for name in plan.cleared_flags:
-            if hasattr(trt.BuilderFlag, name):  # a flavour without the flag has nothing to clear
-                config.clear_flag(getattr(trt.BuilderFlag, name))
-        tf32 = config.get_flag(trt.BuilderFlag.TF32) if hasattr(trt.BuilderFlag, "TF32") else None
-        if options.workspace_mib:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
-        if hasattr(trt, "ProfilingVerbosity"):
-            config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for 'deeplab-trt info'
-        if flavour.has_compute_capability_targets:
-            config.num_compute_capabilities = len(targets)
-            for index, name in enumerate(targets):
-                if not config.set_compute_capability(getattr(trt.ComputeCapability, name), index):
-                    raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
-        notes: list[str] = []
-        timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, notes)
-        net_input = next(
-            (network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == input_name),
-            network.get_input(0),
+    cores = int(getattr(trt.Builder(_make_logger(trt, False)), "num_DLA_cores", 0) or 0)
+    if dla.core >= cores:
+        raise ToolkitError(
+            f"--dla-core {dla.core}: this machine has {cores} DLA core{'s' if cores != 1 else ''}"
+            f"{f' (0..{cores - 1})' if cores else ''}"
         )
-        if profile is not None:
-            opt_profile = builder.create_optimization_profile()
-            opt_profile.set_shape(net_input.name, *profile)
-            config.add_optimization_profile(opt_profile)
-        calibrator = None
-        if plan.calibrator:
-            calibrator = _make_calibrator(trt, spec, options, profile=profile, dims=dims)
-            config.int8_calibrator = calibrator
-            if profile is not None and hasattr(config, "set_calibration_profile"):
-                config.set_calibration_profile(opt_profile)
-        monitor = None
-        if flavour.has_progress_monitor:
-            monitor = make_progress_monitor(trt, options.progress)
-            config.progress_monitor = monitor
-        else:
-            log.info("building (this TensorRT reports no progress) ...")
 
-        # 5. build
-        built_at = time.perf_counter()
-        try:
-            serialized = builder.build_serialized_network(network, config)
-        except Exception as exc:  # noqa: BLE001
-            raise ToolkitError(
-                f"{source}: {flavour.label} failed to build ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from exc
-        finally:
-            if monitor is not None and monitor.bar is not None:
-                monitor.bar.close()
-        engine_seconds = time.perf_counter() - built_at
-        if serialized is None:
-            raise ToolkitError(f"{source}: {flavour.label} could not build the engine ({logger.first_error()})")
-        blob = memoryview(serialized)
-        io = _network_io(network, profile, net_input.name)
 
-        # 6. sidecar + files
-        in_dtype = next((t["dtype"] for t in io if t["mode"] == "input"), "float32")
-        out_dtype = next((t["dtype"] for t in io if t["mode"] == "output"), "float32")
-        spec.extra = {**spec.extra, "precision": plan.precision, "input_dtype": in_dtype, "output_dtype": out_dtype}
-        sidecar: dict[str, Any] = {
-            "format": SIDECAR_FORMAT,
-            "format_version": SIDECAR_VERSION,
-            "toolkit_version": __version__,
-            "engine": {"file": output.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
-            "precision": plan.precision,
-            "tf32": None if tf32 is None else bool(tf32),  # may FP32 layers use TF32 math (None: no such flag)
-            "plan": plan.to_dict(),
-            "tensorrt": {**flavour.describe(), "label": flavour.label},
-            "compute_capabilities": targets,
-            "compute_capability_source": target_source,
-            "build_gpu": ({"compute_capability": sm_name(gpu), "name": gpu_reason} if gpu else None),
-            "build_options": options.to_dict(),
-            "io": io,
-            "input_dtype": in_dtype,
-            "output_dtype": out_dtype,
-            "source_onnx": _file_record(source),
-            "onnx_pass": pass_record,
-            "engine_build_s": round(engine_seconds, 3),
-            "build_time_s": None,  # filled below, after the writes it includes
-            "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": {"platform": platform.platform(), "python": platform.python_version()},
-            "spec": spec.to_dict(),
+def _prepare_graph(decided: _Decisions, options: BuildOptions, workdir: Path) -> tuple[Path, dict[str, Any] | None]:
+    """Step 2: the graph TensorRT parses (the model, or the FP16 / Q/DQ pass's output) and what the pass did."""
+    source, plan, calibration = decided.source, decided.plan, options.calibration
+    if plan.onnx_pass == "fp16":
+        from deeplab_trt.builder.fp16 import convert_fp16
+
+        graph = workdir / f"{source.stem}.fp16.onnx"
+        report = convert_fp16(source, graph, output_dtype=options.fp16_output)
+        return graph, {"pass": "fp16", **report.to_dict()}
+    if plan.onnx_pass == "qdq":
+        graph = _run_calibration(
+            source, workdir / f"{source.stem}.int8.onnx", options, strongly_typed=plan.strongly_typed
+        )
+        qdq_nodes = _count_qdq(load_onnx(graph))
+        if qdq_nodes == 0:
+            raise ToolkitError(f"{graph}: calibration produced no Q/DQ nodes")
+        return graph, {
+            "pass": "qdq",
+            "scales_from": "data" if calibration.data else f"cache {calibration.cache}",
+            "method": calibration.method,
+            "num": calibration.num,
+            "qdq_nodes": qdq_nodes,
+            "data": [str(d) for d in calibration.data],
         }
-        with atomic_path(output) as engine_tmp, atomic_path(sidecar_path(output)) as sidecar_tmp:
-            with open(engine_tmp, "wb") as handle:
-                handle.write(blob)
-            sidecar["build_time_s"] = round(time.perf_counter() - started, 3)
-            sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-        if timing_cache is not None:
-            try:
-                write_bytes_atomic(options.timing_cache, bytes(memoryview(timing_cache.serialize())))
-                log.info("timing cache: saved %s", options.timing_cache)
-            except OSError as exc:  # the engine is fine; only the cache could not be kept
-                log.warning("--timing-cache %s: not saved (%s)", options.timing_cache, exc)
-        del calibrator
+    return source, None
 
-    for warning in dict.fromkeys(_first_lines(logger.warnings)).keys():
+
+def _parse(decided: _Decisions, graph: Path, *, verbose: bool) -> _Parsed:
+    """Step 3: builder, network (strongly typed where the plan says so) and the ONNX parser."""
+    flavour, source = decided.flavour, decided.source
+    trt = flavour.module
+    logger = _make_logger(trt, verbose)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if decided.plan.strongly_typed and strongly_typed_flag is not None:  # 11.x: deprecated, always on
+        flags |= 1 << int(strongly_typed_flag)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    try:
+        ok = parser.parse_from_file(str(graph))
+    except Exception as exc:  # noqa: BLE001 - bindings raise on unreadable files
+        raise ToolkitError(f"{source}: {flavour.label} cannot parse it ({type(exc).__name__}: {exc})") from exc
+    if not ok:
+        raise _parser_error(parser, flavour, source)
+    if network.num_outputs == 0:
+        raise ToolkitError(f"{source}: {flavour.label} found no network outputs")
+    net_input = next(
+        (network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == decided.input_name),
+        network.get_input(0),
+    )
+    return _Parsed(logger, builder, network, parser, net_input)
+
+
+def _configure(decided: _Decisions, parsed: _Parsed, options: BuildOptions) -> _Configured:
+    """Step 4: flags, memory, targets, timing cache, profile, calibrator, progress."""
+    trt, flavour, plan = decided.flavour.module, decided.flavour, decided.plan
+    config = parsed.builder.create_builder_config()
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.cleared_flags:
+        if hasattr(trt.BuilderFlag, name):  # a flavour without the flag has nothing to clear
+            config.clear_flag(getattr(trt.BuilderFlag, name))
+    tf32 = config.get_flag(trt.BuilderFlag.TF32) if hasattr(trt.BuilderFlag, "TF32") else None
+    configured = _Configured(config, tf32=None if tf32 is None else bool(tf32))
+    if options.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for 'deeplab-trt info'
+    if flavour.has_compute_capability_targets:
+        config.num_compute_capabilities = len(decided.targets)
+        for index, name in enumerate(decided.targets):
+            if not config.set_compute_capability(getattr(trt.ComputeCapability, name), index):
+                raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
+    if decided.dla is not None:
+        _apply_dla(trt, config, decided.dla)
+    configured.timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, configured.notes)
+    opt_profile = None
+    if decided.profile is not None:
+        opt_profile = parsed.builder.create_optimization_profile()
+        opt_profile.set_shape(parsed.input.name, *decided.profile)
+        config.add_optimization_profile(opt_profile)
+    if plan.calibrator:
+        configured.calibrator = _make_calibrator(trt, decided.spec, options, profile=decided.profile, dims=decided.dims)
+        config.int8_calibrator = configured.calibrator
+        if opt_profile is not None and hasattr(config, "set_calibration_profile"):
+            config.set_calibration_profile(opt_profile)
+    if flavour.has_progress_monitor:
+        configured.monitor = make_progress_monitor(trt, options.progress)
+        config.progress_monitor = configured.monitor
+    else:
+        log.info("building (this TensorRT reports no progress) ...")
+    return configured
+
+
+def _apply_dla(trt: Any, config: Any, dla: DlaPlan) -> None:
+    """Every layer to DLA core ``dla.core``; with ``gpu_fallback``, layers DLA cannot run to the GPU."""
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla.core
+    if dla.gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _serialize(decided: _Decisions, parsed: _Parsed, configured: _Configured) -> tuple[memoryview, float]:
+    """Step 5: ``build_serialized_network``; (the engine's bytes, seconds TensorRT took)."""
+    flavour, source = decided.flavour, decided.source
+    started = time.perf_counter()
+    try:
+        serialized = parsed.builder.build_serialized_network(parsed.network, configured.config)
+    except Exception as exc:  # noqa: BLE001
+        raise ToolkitError(
+            f"{source}: {flavour.label} failed to build ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    finally:
+        monitor = configured.monitor
+        if monitor is not None and monitor.bar is not None:
+            monitor.bar.close()
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        raise ToolkitError(f"{source}: {flavour.label} could not build the engine ({parsed.logger.first_error()})")
+    return memoryview(serialized), seconds
+
+
+def _make_record(
+    decided: _Decisions,
+    options: BuildOptions,
+    parsed: _Parsed,
+    configured: _Configured,
+    blob: memoryview,
+    pass_record: dict[str, Any] | None,
+    engine_seconds: float,
+) -> EngineRecord:
+    """Step 6: the engine's record (``build_time_s`` is set by the caller, just before writing)."""
+    flavour, plan, gpu = decided.flavour, decided.plan, decided.gpu
+    io = _network_io(parsed.network, decided.profile, parsed.input.name)
+    in_dtype = next((t["dtype"] for t in io if t["mode"] == "input"), "float32")
+    out_dtype = next((t["dtype"] for t in io if t["mode"] == "output"), "float32")
+    spec = decided.spec.to_dict()
+    spec["extra"] = {**spec["extra"], "precision": plan.precision, "input_dtype": in_dtype, "output_dtype": out_dtype}
+    return EngineRecord(
+        toolkit_version=__version__,
+        engine=EngineFile.of(decided.output.name, blob),
+        precision=plan.precision,
+        tf32=configured.tf32,
+        plan=plan.to_dict(),
+        tensorrt={**flavour.describe(), "label": flavour.label},
+        compute_capabilities=decided.targets,
+        compute_capability_source=decided.target_source,
+        dla=None if decided.dla is None else decided.dla.to_dict(),
+        build_gpu={"compute_capability": sm_name(gpu), "name": decided.gpu_reason} if gpu else None,
+        build_options=options.to_dict(),
+        io=io,
+        input_dtype=in_dtype,
+        output_dtype=out_dtype,
+        source_onnx=_file_record(decided.source),
+        onnx_pass=pass_record,
+        engine_build_s=round(engine_seconds, 3),
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        host={"platform": platform.platform(), "python": platform.python_version()},
+        spec=spec,
+    )
+
+
+def _save_timing_cache(cache: Any, path: str | None) -> None:
+    """Step 7 (after the engine): keep the timing cache; failing to is a warning, the engine is fine."""
+    if cache is None or not path:
+        return
+    try:
+        write_bytes_atomic(path, bytes(memoryview(cache.serialize())))
+        log.info("timing cache: saved %s", path)
+    except OSError as exc:
+        log.warning("--timing-cache %s: not saved (%s)", path, exc)
+
+
+def _report(decided: _Decisions, parsed: _Parsed, configured: _Configured, record: EngineRecord) -> None:
+    """What the build did, once it succeeded: TensorRT's warnings, notes, the FP16 pass, the files."""
+    for warning in dict.fromkeys(_first_lines(parsed.logger.warnings)).keys():
         log.warning("TensorRT: %s", warning)
-    for note in notes:
+    for note in configured.notes:
         log.warning("%s", note)
-    if pass_record and pass_record["pass"] == "fp16":
+    fp16 = record.onnx_pass
+    if fp16 and fp16["pass"] == "fp16":
         log.info(
             "fp16 pass: label agreement with FP32 %.3f%% on %d probe frames (ONNX Runtime CPU)%s",
-            pass_record["agreement"] * 100,
-            pass_record["frames"],
-            f"; kept in FP32: {', '.join(pass_record['kept_fp32_nodes'])}" if pass_record["kept_fp32_nodes"] else "",
+            fp16["agreement"] * 100,
+            fp16["frames"],
+            f"; kept in FP32: {', '.join(fp16['kept_fp32_nodes'])}" if fp16["kept_fp32_nodes"] else "",
         )
+    flavour, plan, targets = decided.flavour, decided.plan, decided.targets
     note = ""
-    if flavour.has_compute_capability_targets and target_source.startswith("default"):
-        note = f" ({target_source}: TensorRT-RTX's portable set; --compute-capability picks others)"
+    if flavour.has_compute_capability_targets and decided.target_source.startswith("default"):
+        note = f" ({decided.target_source}: TensorRT-RTX's portable set; --compute-capability picks others)"
+    if decided.dla is not None:
+        note += f", DLA core {decided.dla.core}{' with GPU fallback' if decided.dla.gpu_fallback else ''}"
     log.info(
         "wrote %s (%.1f MB) + %s in %.1f s (engine build %.1f s): %s on %s (%s), targets %s%s",
-        output,
-        len(blob) / 1e6,
-        sidecar_path(output).name,
-        sidecar["build_time_s"],
-        engine_seconds,
+        decided.output,
+        (record.engine.bytes or 0) / 1e6,
+        sidecar_path(decided.output).name,
+        record.build_time_s,
+        record.engine_build_s,
         plan.precision,
         flavour.label,
         plan.summary,
         ",".join(targets) or "-",
         note,
     )
-    return sidecar
 
 
 def _first_lines(messages: list[str], limit: int = 5) -> list[str]:

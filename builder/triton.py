@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
-from deeplab_trt.runtime.engine_loader import read_sidecar, sidecar_path, spec_from_sidecar
+from deeplab_trt.runtime.engine_record import EngineRecord, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.preprocess import POLICIES
 from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
@@ -119,9 +119,9 @@ def _triton_type(dtype: str, source: str) -> str:
     return TRITON_TYPES[dtype]
 
 
-def _engine_batch(sidecar: dict[str, Any], max_batch: int | None, source: str) -> tuple[int, dict[str, Any]]:
+def _engine_batch(record: EngineRecord, max_batch: int | None, source: str) -> tuple[int, dict[str, Any]]:
     """(Triton ``max_batch_size``, the input record): the profile's maximum, or 0 for a fixed batch."""
-    inputs = [t for t in sidecar["io"] if t.get("mode") == "input"]
+    inputs = [t for t in record.io if t.get("mode") == "input"]
     if len(inputs) != 1:
         raise ToolkitError(f"{source}: expected one engine input in the sidecar, found {len(inputs)}")
     inp = inputs[0]
@@ -137,20 +137,20 @@ def _engine_batch(sidecar: dict[str, Any], max_batch: int | None, source: str) -
     return (max_batch or limit), inp
 
 
-def plan_config(sidecar: dict[str, Any], *, name: str, max_batch: int | None = None, instances: int = 1) -> str:
+def plan_config(record: EngineRecord, *, name: str, max_batch: int | None = None, instances: int = 1) -> str:
     """``config.pbtxt`` of Triton's ``tensorrt_plan`` model for an engine, from its sidecar.
 
     Args:
-        sidecar: :func:`~deeplab_trt.runtime.engine_loader.read_sidecar`'s dict.
+        record: the engine's record (:meth:`EngineRecord.read`).
         name: the Triton model name.
         max_batch: Triton's ``max_batch_size`` (default: the profile's maximum; must not exceed it).
         instances: execution instances on each GPU.
     """
-    source = str(sidecar.get("engine", {}).get("file", "engine"))
-    batch, _ = _engine_batch(sidecar, max_batch, source)
+    source = record.engine.file
+    batch, _ = _engine_batch(record, max_batch, source)
     lines = [f"name: {_quote(name)}", 'platform: "tensorrt_plan"', f"max_batch_size: {batch}"]
     for mode in ("input", "output"):
-        tensors = [t for t in sidecar["io"] if t.get("mode") == mode]
+        tensors = [t for t in record.io if t.get("mode") == mode]
         specs = [
             _tensor(t["name"], _triton_type(t["dtype"], source), t["shape"][1:] if batch else t["shape"])
             for t in tensors
@@ -285,16 +285,16 @@ def deploy_triton(
     if not path.exists():
         raise ToolkitError(f"{path}: no such file")
     if suffix in ENGINE_SUFFIXES:
-        sidecar = read_sidecar(path)
-        spec = spec_from_sidecar(sidecar, source=str(sidecar_path(path)))
+        record = EngineRecord.read(path)
+        spec = record.model_spec(source=str(sidecar_path(path)))
         kind = kind or "gpu"
         if kind != "gpu":
             raise ToolkitError(f"{path}: a TensorRT engine runs only on a GPU instance (--kind gpu)")
-        batch, _ = _engine_batch(sidecar, max_batch, str(path))
+        batch, _ = _engine_batch(record, max_batch, str(path))
         model_file = "model.engine"
         files = {model_file: path, model_file + ".json": sidecar_path(path)}
         plans: list[tuple[str, str]] = []
-        if sidecar["tensorrt"].get("flavour") == "tensorrt-rtx":
+        if record.flavour_name == "tensorrt-rtx":
             log.warning(
                 "%s: built with TensorRT-RTX, which Triton's TensorRT backend cannot load: no %s_plan model "
                 "(the %s model serves it with deeplab-trt's runtime)",
@@ -304,7 +304,7 @@ def deploy_triton(
             )
         else:
             plans.append(
-                (f"{name}_plan", plan_config(sidecar, name=f"{name}_plan", max_batch=max_batch, instances=instances))
+                (f"{name}_plan", plan_config(record, name=f"{name}_plan", max_batch=max_batch, instances=instances))
             )
         seg_batch = batch or 1
     elif suffix == ".onnx":

@@ -25,6 +25,7 @@ _EXPORTS = {
     "ModelSpec": "deeplab_trt.runtime.spec",
     "open_backend": "deeplab_trt.runtime.backends.base",
     "load_engine": "deeplab_trt.runtime.engine_loader",
+    "EngineRecord": "deeplab_trt.runtime.engine_record",
     "open_source": "deeplab_trt.runtime.video",
     "run_video": "deeplab_trt.runtime.pipeline",
     "Segmenter": "deeplab_trt.runtime.segmenter",

@@ -85,25 +85,22 @@ def describe_onnx(path: Path) -> dict[str, Any]:
 
 # ----- engines -----------------------------------------------------------------------------------
 def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
-    from deeplab_trt.runtime.engine_loader import built_label, check_engine_bytes, read_sidecar, sidecar_path
+    from deeplab_trt.runtime.engine_record import EngineRecord, engine_of, sidecar_path
     from deeplab_trt.runtime.tensorrt_flavour import current_gpu
 
-    if path.name.endswith(".engine.json") or path.name.endswith(".plan.json"):
-        path = path.with_name(path.name[: -len(".json")])
-    sidecar = read_sidecar(path) if path.exists() else None
-    if sidecar is None:
-        raise ToolkitError(f"{path}: no such file")
+    path = engine_of(path)
+    record = EngineRecord.read(path)
     info: dict[str, Any] = {
         "kind": "engine",
         "file": str(path),
         "bytes": path.stat().st_size,
         "sidecar": str(sidecar_path(path)),
-        "built_with": built_label(sidecar),
-        "record": sidecar,
+        "built_with": record.built_label,
+        "record": record.to_dict(),
         "engine": None,
     }
     try:
-        check_engine_bytes(path.read_bytes(), sidecar, str(path))
+        record.check_engine_bytes(path.read_bytes(), str(path))
         info["integrity"] = "size and sha256 match the sidecar"
     except ToolkitError as exc:
         info["integrity"] = str(exc)
@@ -137,11 +134,9 @@ def describe_engine(path: Path, layers: bool = False) -> dict[str, Any]:
     return info
 
 
-def _shape(shape) -> str:
-    return "×".join("N" if v == -1 else str(v) for v in shape)
-
-
 def format_text(info: dict[str, Any]) -> str:
+    from deeplab_trt.runtime.engine_record import EngineRecord, shape_text
+
     lines = []
     if info["kind"] == "onnx":
         lines.append(
@@ -149,9 +144,9 @@ def format_text(info: dict[str, Any]) -> str:
             f"opset {', '.join(f'{k} {v}' for k, v in info['opset'].items())}"
         )
         for io in info["inputs"]:
-            lines.append(f"  input   {io['name']}: {_shape(io['shape'])} {io['dtype']}")
+            lines.append(f"  input   {io['name']}: {shape_text(io['shape'])} {io['dtype']}")
         for io in info["outputs"]:
-            lines.append(f"  output  {io['name']}: {_shape(io['shape'])} {io['dtype']}")
+            lines.append(f"  output  {io['name']}: {shape_text(io['shape'])} {io['dtype']}")
         lines.append(
             f"  nodes {info['nodes']} (Q/DQ {info['qdq_nodes']}, Cast {info['cast_nodes']}); "
             f"initializers {', '.join(f'{k} {v}' for k, v in info['initializers'].items()) or 'none'}"
@@ -159,24 +154,9 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(f"  ops: {', '.join(f'{k} {v}' for k, v in info['top_ops'].items())}")
         spec = info["spec"]
     else:
-        rec = info["record"]
-        lines.append(
-            f"{info['file']}: TensorRT engine, {info['bytes'] / 1e6:.1f} MB, {rec.get('precision')}, "
-            f"built with {info['built_with']} for {', '.join(rec.get('compute_capabilities') or ['-'])} "
-            f"({rec.get('compute_capability_source', '?')})"
-        )
-        plan = rec.get("plan") or {}
-        lines.append(f"  plan: {plan.get('summary', '?')}")
-        for io in rec.get("io", []):
-            prof = io.get("profile")
-            extra = f"  profile {prof['min'][0]}:{prof['opt'][0]}:{prof['max'][0]}" if prof else ""
-            lines.append(f"  {io['mode']:<7} {io['name']}: {_shape(io['shape'])} {io['dtype']}{extra}")
-        src = rec.get("source_onnx") or {}
-        lines.append(f"  source: {src.get('path', '?')} (sha256 {str(src.get('sha256', '?'))[:12]}…)")
-        lines.append(
-            f"  built {rec.get('built_at', '?')} in {rec.get('build_time_s', '?')} s "
-            f"(engine build {rec.get('engine_build_s', '?')} s), toolkit {rec.get('toolkit_version', '?')}"
-        )
+        headline, *details = EngineRecord.from_dict(info["record"], source=info["sidecar"]).describe()
+        lines.append(f"{info['file']}: TensorRT engine, {info['bytes'] / 1e6:.1f} MB, {headline}")
+        lines += [f"  {line}" for line in details]
         lines.append(f"  file: {info.get('integrity', '?')}")
         if info.get("engine_note"):
             lines.append(f"  engine: {info['engine_note']}")
@@ -184,10 +164,10 @@ def format_text(info: dict[str, Any]) -> str:
             eng = info["engine"]
             lines.append(f"  engine reports {eng.get('layers')} layers; I/O:")
             for io in eng["io"]:
-                lines.append(f"    {io['mode']:<7} {io['name']}: {_shape(io['shape'])} {io['dtype']}")
+                lines.append(f"    {io['mode']:<7} {io['name']}: {shape_text(io['shape'])} {io['dtype']}")
             for layer in eng.get("layer_info") or []:
                 lines.append(f"    layer {layer if isinstance(layer, str) else json.dumps(layer)}")
-        spec = rec.get("spec")
+        spec = info["record"].get("spec")
     if spec:
         classes = spec["classes"]
         shown = ", ".join(classes[:8]) + (f", … ({len(classes)} classes)" if len(classes) > 8 else "")
@@ -206,7 +186,9 @@ def describe(path: Path, layers: bool = False) -> dict[str, Any]:
         raise ToolkitError(f"{path}: is a directory, expected an .onnx or engine file")
     if path.suffix.lower() in ONNX_SUFFIXES:
         return describe_onnx(path)
-    if path.suffix.lower() == ".json" or path.with_name(path.name + ".json").exists():
+    from deeplab_trt.runtime.engine_record import sidecar_path
+
+    if path.suffix.lower() == ".json" or sidecar_path(path).exists():
         return describe_engine(path, layers)
     if not path.exists():
         raise ToolkitError(f"{path}: no such file")

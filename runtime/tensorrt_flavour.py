@@ -97,6 +97,11 @@ class Flavour:
     has_engine_inspector: bool = True
     #: ``Runtime.get_engine_validity`` (TensorRT-RTX): a header check before deserialising.
     has_engine_validity: bool = False
+    #: Engines can run on a DLA core (``DeviceType.DLA``): TensorRT up to 10.7 (JetPack 6 ships
+    #: 10.3) and from 11.4 where the platform has DLA; never TensorRT-RTX (its bindings keep
+    #: ``DeviceType.DLA``, the product has no DLA). Whether *this* machine has DLA cores is the
+    #: builder's ``num_DLA_cores``.
+    has_dla: bool = False
     #: The imported module (None for a :meth:`documented` description).
     module: Any = field(default=None, compare=False, repr=False)
 
@@ -154,6 +159,7 @@ class Flavour:
             has_progress_monitor=hasattr(module, "IProgressMonitor"),
             has_engine_inspector=engine is not None and hasattr(engine, "create_engine_inspector"),
             has_engine_validity=runtime is not None and hasattr(runtime, "get_engine_validity"),
+            has_dla=name == "tensorrt" and hasattr(getattr(module, "DeviceType", None), "DLA") and dla_release(version),
             module=module,
         )
 
@@ -184,6 +190,7 @@ class Flavour:
                 has_progress_monitor=version >= (8, 6),
                 has_engine_inspector=True,
                 has_engine_validity=False,
+                has_dla=dla_release(version),
             )
         return cls(
             name=name,
@@ -198,6 +205,15 @@ class Flavour:
             has_engine_inspector=True,
             has_engine_validity=version >= (1, 1),
         )
+
+
+def dla_release(version: tuple[int, ...]) -> bool:
+    """TensorRT releases with DLA support: up to 10.7 (the last 10.x with it), and 11.4 on (per platform).
+
+    Args:
+        version: a ``tensorrt`` version.
+    """
+    return tuple(version[:2]) < (10, 8) or tuple(version[:2]) >= (11, 4)
 
 
 def normalise_name(preferred: str | None) -> str:

@@ -22,15 +22,9 @@ import pytest
 
 from deeplab_trt.builder.engine import BuildOptions, build_engine
 from deeplab_trt.builder.fp16 import convert_fp16, probe_frames
-from deeplab_trt.runtime.engine_loader import (
-    check_compatibility,
-    check_engine_bytes,
-    load_engine,
-    read_sidecar,
-    sha256_file,
-    sidecar_path,
-)
-from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.engine_loader import load_engine
+from deeplab_trt.runtime.engine_record import EngineFile, EngineRecord, sha256_file, sidecar_path
+from deeplab_trt.runtime.errors import IncompatibleEngineError, InvalidModelError, ToolkitError
 from deeplab_trt.runtime.spec import spec_from_onnx
 from deeplab_trt.runtime.tensorrt_flavour import Flavour, current_gpu, supported_compute_capabilities
 
@@ -125,7 +119,10 @@ def test_fp32_engine_is_built_without_tf32(engines):
 
 def test_sidecar_content(engines, mobilenet, rtx_flavour):
     path, sidecar = engines["fp16"]
-    assert read_sidecar(path) == sidecar
+    assert EngineRecord.read(path).to_dict() == sidecar
+    text = sidecar_path(path).read_text()
+    assert text == json.dumps(sidecar, indent=2) + "\n"  # the format on disk: today's builder's bytes
+    assert list(sidecar)[:3] == ["format", "format_version", "toolkit_version"] and list(sidecar)[-1] == "spec"
     spec = spec_from_onnx(mobilenet)
     recorded = dict(sidecar["spec"])
     assert recorded.pop("extra")["input_dtype"] == "float16"
@@ -228,7 +225,7 @@ def test_int8_build_passes_every_calibration_flag_to_calibration(onnx_factory, t
     out = tmp_path / "m.int8.engine"
     build = ["build", str(mobilenet), "--precision", "int8", "--flavour", "tensorrt-rtx", "-o", str(out)]
     assert main([*build, *flags, "--cache", str(tmp_path / "build.cache")]) == 0
-    sidecar = json.loads(sidecar_path(out).read_text())
+    sidecar = EngineRecord.read(out).to_dict()
     assert sidecar["onnx_pass"]["pass"] == "qdq"
     recorded = sidecar["build_options"]["calibration"]
     assert (recorded["every"], recorded["num"], recorded["seed"], recorded["policy"]) == (2, 4, 3, "letterbox")
@@ -286,7 +283,7 @@ def test_dynamic_batch_profile_targets_and_verbose_cli(onnx_factory, tmp_path, r
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TensorRT: " in proc.stderr and "build phase: Building engine" in proc.stderr
-    sidecar = read_sidecar(out)
+    sidecar = EngineRecord.read(out).to_dict()
     inp = sidecar["io"][0]
     assert inp["shape"] == [-1, 3, 64, 128]
     assert inp["profile"] == {"min": [1, 3, 64, 128], "opt": [4, 3, 64, 128], "max": [8, 3, 64, 128]}
@@ -328,54 +325,65 @@ def test_timing_cache_code_path_with_real_bindings(tmp_path, rtx_flavour):
     assert "no working timing cache" in notes[-1]
 
 
+def test_dla_code_path_with_real_bindings(rtx_flavour):
+    """TensorRT-RTX has no DLA, but its builder API is TensorRT 10's: drive the DLA configuration and the
+    core-count check through the real bindings with the capability switched on (no DLA cores here)."""
+    from deeplab_trt.builder.engine import DlaPlan, _apply_dla, _check_dla_cores
+    from deeplab_trt.runtime.tensorrt_log import make_logger
+
+    trt = rtx_flavour.module
+    config = trt.Builder(make_logger(trt)).create_builder_config()
+    _apply_dla(trt, config, DlaPlan(core=0, gpu_fallback=True))
+    assert config.default_device_type == trt.DeviceType.DLA and config.get_flag(trt.BuilderFlag.GPU_FALLBACK)
+    with pytest.raises(ToolkitError, match="--dla-core 0: this machine has 0 DLA cores"):
+        _check_dla_cores(dataclasses.replace(rtx_flavour, has_dla=True), DlaPlan(core=0))
+
+
 # ----- loader: sidecar checks on CPU --------------------------------------------------------------
 def test_loader_checks_flavour_version_and_gpu(engines, rtx_flavour):
     path, sidecar = engines["fp32"]
+    record = EngineRecord.from_dict(sidecar)
     rtx = rtx_flavour
-    check_compatibility(sidecar, rtx, None)
-    check_compatibility(sidecar, rtx, (8, 9))
-    with pytest.raises(ToolkitError, match=r"built with TensorRT-RTX .*this machine runs TensorRT 10\.3\.0"):
-        check_compatibility(sidecar, FAKE_TRT10, (8, 7), str(path))
+    record.check_compatibility(rtx, None)
+    record.check_compatibility(rtx, (8, 9))
+    with pytest.raises(IncompatibleEngineError, match=r"built with TensorRT-RTX .*this machine runs TensorRT 10\.3\.0"):
+        record.check_compatibility(FAKE_TRT10, (8, 7), str(path))
     newer = Flavour.documented("tensorrt-rtx", (rtx.version[0], rtx.version[1] + 1, 0))  # a fake later release
-    with pytest.raises(ToolkitError, match="only in the TensorRT version that built them"):
-        check_compatibility(sidecar, newer, (8, 9))
+    with pytest.raises(IncompatibleEngineError, match="only in the TensorRT version that built them"):
+        record.check_compatibility(newer, (8, 9))
     with pytest.raises(
-        ToolkitError,
+        IncompatibleEngineError,
         match=r"built for SM80, SM86, SM89, SM120 .*this GPU \(Jetson\) is SM87: "
         r"rebuild with --compute-capability SM87",
     ):
-        check_compatibility(
-            dict(sidecar, compute_capabilities=list(sidecar["compute_capabilities"][:4])),
-            rtx,
-            (8, 7),
-            str(path),
-            "Jetson",
-        )
+        four = EngineRecord.from_dict(dict(sidecar, compute_capabilities=list(sidecar["compute_capabilities"][:4])))
+        four.check_compatibility(rtx, (8, 7), str(path), "Jetson")
 
 
 def test_loader_checks_the_engine_bytes(engines):
     path, sidecar = engines["fp32"]
+    record = EngineRecord.read(path)
     data = path.read_bytes()
-    check_engine_bytes(data, sidecar)
-    with pytest.raises(ToolkitError, match="truncated"):
-        check_engine_bytes(data[:-10], sidecar)
-    with pytest.raises(ToolkitError, match="sha256"):
-        check_engine_bytes(data[:-1] + bytes([data[-1] ^ 1]), sidecar)
+    record.check_engine_bytes(data)
+    with pytest.raises(InvalidModelError, match="truncated"):
+        record.check_engine_bytes(data[:-10])
+    with pytest.raises(InvalidModelError, match="sha256"):
+        record.check_engine_bytes(data[:-1] + bytes([data[-1] ^ 1]))
 
 
 def test_loader_sidecar_errors(tmp_path):
     engine = tmp_path / "x.engine"
     engine.write_bytes(b"not an engine")
-    with pytest.raises(ToolkitError, match="no sidecar x.engine.json"):
-        read_sidecar(engine)
+    with pytest.raises(InvalidModelError, match="no sidecar x.engine.json"):
+        EngineRecord.read(engine)
     sidecar_path(engine).write_text("{broken")
-    with pytest.raises(ToolkitError, match="not a valid engine sidecar"):
-        read_sidecar(engine)
+    with pytest.raises(InvalidModelError, match="x.engine.json: not a valid engine sidecar"):
+        EngineRecord.read(engine)
     sidecar_path(engine).write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(ToolkitError, match="not a deeplab-trt engine sidecar"):
-        read_sidecar(engine)
+    with pytest.raises(InvalidModelError, match="not a deeplab-trt engine sidecar"):
+        EngineRecord.read(engine)
     with pytest.raises(ToolkitError, match="no such file"):
-        read_sidecar(tmp_path / "missing.engine")
+        EngineRecord.read(tmp_path / "missing.engine")
 
 
 @pytest.mark.skipif(current_gpu()[0] is not None, reason="checks the no-GPU message")
@@ -410,7 +418,7 @@ def test_load_engine_on_gpu(mobilenet, tmp_path, rtx_flavour):
     blob = bytearray(out.read_bytes())
     blob[len(blob) // 2 : len(blob) // 2 + 4096] = bytes(4096)
     corrupt.write_bytes(bytes(blob))
-    sidecar_path(corrupt).write_text(json.dumps(dict(sidecar, engine={"file": corrupt.name})))
+    dataclasses.replace(EngineRecord.from_dict(sidecar), engine=EngineFile(corrupt.name)).write(corrupt)
     with pytest.raises(ToolkitError):
         load_engine(corrupt)
 
@@ -480,6 +488,7 @@ BAD = {
         ["--precision", "int8", "--int8-mode", "implicit", "--data", "{tmp}"],
         "implicit needs TensorRT 10's calibrator API",
     ),
+    "dla_on_rtx": ("{model}", ["--precision", "fp16", "--dla-core", "0"], "TensorRT-RTX 1."),
     "unknown_target": ("{model}", ["--precision", "fp32", "--compute-capability", "SM90"], "not SM90"),
     "missing_file": ("{tmp}/missing.onnx", ["--precision", "fp32"], "no such file"),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import json
 import logging
 import subprocess
 import sys
@@ -47,7 +46,7 @@ def trt_engine(onnx_factory, tmp_path_factory, rtx_flavour):
     engine is all in the sidecar.
     """
     from deeplab_trt.builder.engine import BuildOptions, build_engine
-    from deeplab_trt.runtime.engine_loader import sidecar_path
+    from deeplab_trt.runtime.engine_record import EngineRecord
 
     onnx = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 4, 8))
     root = tmp_path_factory.mktemp("ds")
@@ -55,9 +54,9 @@ def trt_engine(onnx_factory, tmp_path_factory, rtx_flavour):
     build_engine(onnx, built, BuildOptions(precision="fp16", flavour="tensorrt-rtx", progress=False))
     engine = root / "seg.fp16.engine"
     engine.write_bytes(built.read_bytes())
-    sidecar = json.loads(sidecar_path(built).read_text())
-    sidecar["tensorrt"].update(flavour="tensorrt", version="10.3.0")
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    record = EngineRecord.read(built)
+    record.tensorrt.update(flavour="tensorrt", version="10.3.0")
+    record.write(engine)
     return engine, built
 
 
@@ -70,18 +69,18 @@ def _read(path: Path) -> dict[str, str]:
 
 def test_config_keys_values_labels_and_files(trt_engine, tmp_path, caplog):
     from deeplab_trt.builder.deepstream import deploy_deepstream
-    from deeplab_trt.runtime.engine_loader import read_sidecar, spec_from_sidecar
+    from deeplab_trt.runtime.engine_record import EngineRecord
 
     engine, _ = trt_engine
-    sidecar = read_sidecar(engine)
-    spec = spec_from_sidecar(sidecar)
+    record = EngineRecord.read(engine)
+    spec = record.model_spec()
     with caplog.at_level(logging.WARNING):
         out = deploy_deepstream(engine, output=tmp_path / "ds")
     assert "one net-scale-factor" in caplog.text  # ImageNet std differs per channel
     props = _read(out / "config_infer.txt")
     assert set(props) <= NVINFER_PROPERTY_KEYS, set(props) - NVINFER_PROPERTY_KEYS
     assert REQUIRED_BY_ISSUE <= set(props)
-    output = next(t["name"] for t in sidecar["io"] if t["mode"] == "output")
+    output = next(t["name"] for t in record.io if t["mode"] == "output")
     assert props["network-type"] == "2" and props["network-mode"] == "2"  # fp16
     assert props["output-blob-names"] == output and props["num-detected-classes"] == "5"
     assert props["infer-dims"] == "3;64;128" and props["model-color-format"] == "0"  # RGB
@@ -104,21 +103,21 @@ def test_config_keys_values_labels_and_files(trt_engine, tmp_path, caplog):
 
 def test_equal_std_is_exact_and_letterbox_batch(trt_engine):
     from deeplab_trt.builder.deepstream import nvinfer_config
-    from deeplab_trt.runtime.engine_loader import read_sidecar
+    from deeplab_trt.runtime.engine_record import EngineRecord
 
-    sidecar = read_sidecar(trt_engine[0])
-    sidecar["spec"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], channel_order="BGR")
+    record = EngineRecord.read(trt_engine[0])
+    record.spec.update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], channel_order="BGR")
     path = trt_engine[0].with_name("exact.txt")
-    path.write_text(nvinfer_config(sidecar, engine_file="e.engine", batch_size=4, policy="letterbox"))
+    path.write_text(nvinfer_config(record, engine_file="e.engine", batch_size=4, policy="letterbox"))
     props = _read(path)
     assert float(props["net-scale-factor"]) == 1 / (255 * 0.25) and props["offsets"] == "127.5;127.5;127.5"
     assert props["model-color-format"] == "1" and props["batch-size"] == "4"
     assert props["maintain-aspect-ratio"] == "1" and props["symmetric-padding"] == "1"
     with pytest.raises(ToolkitError, match="outside the engine profile's batch range 1..8"):
-        nvinfer_config(sidecar, engine_file="e.engine", batch_size=9)
-    sidecar["spec"]["head"] = "labels"
+        nvinfer_config(record, engine_file="e.engine", batch_size=9)
+    record.spec["head"] = "labels"
     with pytest.raises(ToolkitError, match="'labels' head"):
-        nvinfer_config(sidecar, engine_file="e.engine")
+        nvinfer_config(record, engine_file="e.engine")
 
 
 @pytest.mark.parametrize("case", ["rtx_engine", "no_sidecar", "onnx"])
@@ -147,6 +146,7 @@ def test_fold_normalization_matches_the_unfolded_model_and_makes_nvinfer_exact(o
     from deeplab_trt.benchmarks.scenes import render_video
     from deeplab_trt.builder.deepstream import nvinfer_config
     from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.engine_record import EngineFile, EngineRecord
     from deeplab_trt.runtime.preprocess import preprocess
     from deeplab_trt.runtime.spec import spec_from_onnx
 
@@ -168,17 +168,19 @@ def test_fold_normalization_matches_the_unfolded_model_and_makes_nvinfer_exact(o
             got = b.infer(preprocess(frame, b.spec)[0])
             assert np.max(np.abs(got - want)) <= 1e-3 * max(1.0, float(np.max(np.abs(want))))
             assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.999
-    sidecar = {
-        "spec": spec.to_dict(),
-        "precision": "fp32",
-        "io": [
+    record = EngineRecord(
+        engine=EngineFile("folded.engine"),
+        tensorrt={"flavour": "tensorrt", "version": "10.3.0"},
+        spec=spec.to_dict(),
+        precision="fp32",
+        io=[
             {"name": "input", "mode": "input", "shape": [1, 3, 64, 128], "dtype": "float32"},
             {"name": "output", "mode": "output", "shape": [1, 5, 8, 16], "dtype": "float32"},
         ],
-    }
+    )
     path = tmp_path / "folded.txt"
     with caplog.at_level(logging.WARNING):
-        path.write_text(nvinfer_config(sidecar, engine_file="folded.engine"))
+        path.write_text(nvinfer_config(record, engine_file="folded.engine"))
     props = _read(path)
     assert float(props["net-scale-factor"]) == 1.0 and props["offsets"] == "0.0;0.0;0.0"
     assert "net-scale-factor" not in caplog.text

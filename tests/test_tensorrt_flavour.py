@@ -15,8 +15,10 @@ import pytest
 from deeplab_trt.builder.engine import (
     DEFAULT_DYNAMIC_BATCH,
     RTX_DEFAULT_TARGETS,
+    DlaPlan,
     plan_calibration_batch,
     plan_compute_capabilities,
+    plan_dla,
     plan_precision,
     plan_profile,
 )
@@ -66,6 +68,7 @@ def test_installed_rtx_capabilities_match_its_documentation(rtx_flavour):
         "has_progress_monitor",
         "has_engine_inspector",
         "has_engine_validity",
+        "has_dla",
         "strongly_typed_only",
     ):
         assert getattr(real, attr) == getattr(documented, attr), attr
@@ -211,6 +214,41 @@ def test_impossible_combinations():
 def test_plan_for_the_real_rtx_module(rtx_flavour):
     plan = plan_precision(rtx_flavour, "fp16")
     assert plan.onnx_pass == "fp16" and plan.strongly_typed
+
+
+# ----- DLA (issue 11 item 12) ---------------------------------------------------------------------
+def test_dla_releases():
+    """DLA: TensorRT up to 10.7 (JetPack 6 has 10.3), not 10.8..11.3, again from 11.4; never TensorRT-RTX,
+    whose real bindings keep ``DeviceType.DLA`` (the capability must not come from that attribute)."""
+    assert FAKE_TRT10.has_dla and tf.Flavour.documented("tensorrt", (10, 7, 0)).has_dla
+    assert not tf.Flavour.documented("tensorrt", (10, 8, 0)).has_dla and not FAKE_TRT11.has_dla
+    assert tf.Flavour.documented("tensorrt", (11, 4, 1)).has_dla and not FAKE_RTX.has_dla
+
+
+def test_rtx_module_has_dla_enum_but_no_dla(rtx_flavour):
+    assert hasattr(rtx_flavour.module.DeviceType, "DLA") and not rtx_flavour.has_dla
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_dla_plan_on_trt10(precision):
+    assert plan_dla(FAKE_TRT10, None, False, precision) is None
+    assert plan_dla(FAKE_TRT10, 1, True, precision) == DlaPlan(core=1, gpu_fallback=True)
+    assert plan_dla(FAKE_TRT10, 0, False, precision).to_dict() == {"core": 0, "gpu_fallback": False}
+
+
+@pytest.mark.parametrize(
+    "flavour, core, fallback, precision, message",
+    [
+        (FAKE_RTX, 0, False, "fp16", r"--dla-core 0: TensorRT-RTX 1\.7\.1 has no DLA"),
+        (FAKE_TRT11, 0, True, "int8", r"TensorRT 11\.0\.0 has no DLA"),
+        (FAKE_TRT10, None, True, "fp16", "--gpu-fallback applies with --dla-core N only"),
+        (FAKE_TRT10, -1, False, "fp16", "expected a DLA core number"),
+        (FAKE_TRT10, 0, True, "fp32", "DLA runs FP16 and INT8 layers only"),
+    ],
+)
+def test_dla_plan_errors(flavour, core, fallback, precision, message):
+    with pytest.raises(ToolkitError, match=message):
+        plan_dla(flavour, core, fallback, precision)
 
 
 # ----- optimization profiles ----------------------------------------------------------------------

@@ -99,16 +99,16 @@ def test_fixed_frame_size_and_quoted_class_names(dynamic_onnx, tmp_path):
 
 def test_plan_config_from_a_real_sidecar(sidecar_of):
     from deeplab_trt.builder.triton import plan_config
-    from deeplab_trt.runtime.engine_loader import read_sidecar
+    from deeplab_trt.runtime.engine_record import EngineRecord
 
     pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-    sidecar = read_sidecar(sidecar_of)
+    sidecar = EngineRecord.read(sidecar_of)
     path = sidecar_of.with_name("config.pbtxt")
     path.write_text(plan_config(sidecar, name="seg_plan"))
     config = parse_config(path)
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
-    inputs = [t for t in sidecar["io"] if t["mode"] == "input"]
-    outputs = [t for t in sidecar["io"] if t["mode"] == "output"]
+    inputs = [t for t in sidecar.io if t["mode"] == "input"]
+    outputs = [t for t in sidecar.io if t["mode"] == "output"]
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         (inputs[0]["name"], pb2.TYPE_FP32, [3, 64, 128])
     ]
@@ -120,7 +120,7 @@ def test_plan_config_from_a_real_sidecar(sidecar_of):
     with pytest.raises(ToolkitError, match="exceeds the engine profile's maximum batch 8"):
         plan_config(sidecar, name="seg_plan", max_batch=9)
     fixed = copy.deepcopy(sidecar)
-    for tensor in fixed["io"]:
+    for tensor in fixed.io:
         tensor["shape"][0] = 1
     path.write_text(plan_config(fixed, name="seg_plan"))
     config = parse_config(path)
@@ -145,13 +145,13 @@ def test_engine_repository(sidecar_of, tmp_path, caplog):
 def test_engine_repository_with_tensorrt_plan(sidecar_of, tmp_path):
     """A TensorRT (not RTX) engine gets NAME_plan too: config.pbtxt + 1/model.plan (the engine's bytes)."""
     from deeplab_trt.builder.triton import deploy_triton
-    from deeplab_trt.runtime.engine_loader import sidecar_path
+    from deeplab_trt.runtime.engine_record import EngineRecord
 
     engine = tmp_path / "trt.engine"
     engine.write_bytes(sidecar_of.read_bytes())
-    sidecar = json.loads(sidecar_path(sidecar_of).read_text())
-    sidecar["tensorrt"]["flavour"] = "tensorrt"
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    record = EngineRecord.read(sidecar_of)
+    record.tensorrt["flavour"] = "tensorrt"
+    record.write(engine)
     written = deploy_triton(engine, output=tmp_path / "repo", max_batch=4)
     assert [(m.name, m.kind) for m in written] == [("segmenter", "segmenter"), ("segmenter_plan", "plan")]
     plan = tmp_path / "repo" / "segmenter_plan"
