@@ -38,7 +38,7 @@ import numpy as np
 
 from deeplab_trt.builder.torch_checkpoint import read_state_dict
 from deeplab_trt.runtime.atomic import atomic_path
-from deeplab_trt.runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.engine_record import sha256_file
 from deeplab_trt.runtime.errors import InvalidModelError
 
 DEMO_ONNX_PATH = Path(__file__).resolve().parent / "assets" / "demo_model.template.onnx"

@@ -14,7 +14,7 @@ import pytest
 
 from deeplab_trt.builder import demo_asset
 from deeplab_trt.builder.models import DEMO_PATH
-from deeplab_trt.runtime.engine_loader import sha256_file
+from deeplab_trt.runtime.engine_record import sha256_file
 
 pytestmark = pytest.mark.skipif(not demo_asset.DEMO_ONNX_PATH.exists(), reason="no shipped demo ONNX template")
 
