@@ -16,8 +16,9 @@ results that those frameworks take back the same way::
     cupy.asarray(labels)                          # CuPy
 
 Images are uint8 H×W×3 (BGR by default, ``bgr=False`` for RGB) or H×W×4 (BGRx), any row
-pitch. Streams: if the input advertises one (``__cuda_array_interface__["stream"]``), the
-segmenter's stream waits for it on the GPU; results are complete on return (``sync=True``,
+pitch. Streams: the segmenter's stream waits on the GPU for the input's producer (DLPack
+``__dlpack__(stream=...)`` first, else the CAI ``stream``, else — CAI v2 — the legacy default
+stream; see :func:`as_device_array`); results are complete on return (``sync=True``,
 default) or advertise the segmenter's stream for the consumer to wait on (``sync=False``).
 
 The runtime never imports torch/CuPy/pycuda: the interfaces are read by hand.
@@ -32,27 +33,63 @@ import numpy as np
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.preprocess import POLICIES, Geometry
 
+LEGACY_DEFAULT_STREAM = 1  # CAI v3 and DLPack spell the legacy default stream 1 (cudaStreamLegacy)
+
+
+def _cai_producer_stream(cai: dict) -> int | None:
+    """The stream a ``__cuda_array_interface__`` producer's writes are on; None: nothing to wait for.
+
+    Why, by the CAI v3 spec (numba-cuda docs, "CUDA Array Interface (Version 3)", *Synchronization*):
+    an integer ``stream`` is the producer's stream and the consumer must order its work after it
+    (1 = legacy default stream, 2 = per-thread default stream, any other = a ``cudaStream_t``; 0 is
+    disallowed by the spec and is read here as the null stream, i.e. the legacy one);
+    ``stream: None`` (or no key in a v3 dict) says no synchronization is needed. A version-2 dict
+    (torch's ``__cuda_array_interface__`` today) predates the key: its producer's work may still be
+    pending on the legacy default stream, which our non-blocking streams do NOT serialise with, so
+    we wait for that stream.
+    """
+    if "stream" in cai:
+        producer = cai["stream"]
+        return None if producer is None else int(producer)
+    return LEGACY_DEFAULT_STREAM if int(cai.get("version", 0)) < 3 else None
+
+
+def _wait_for(producer: int | None, stream) -> None:
+    """Make our ``stream`` wait (GPU-side, an event) for the work queued so far on ``producer``."""
+    from deeplab_trt.runtime.cuda import api
+
+    if producer is not None and stream is not None and producer != stream.handle:
+        api._order_streams(producer=producer, consumer=stream.handle)
+
 
 def as_device_array(obj: Any, stream=None):
-    """Wrap a CUDA array (``__cuda_array_interface__`` or DLPack) as a DeviceArray, zero-copy.
+    """Wrap a CUDA array (DLPack or ``__cuda_array_interface__``) as a DeviceArray, zero-copy.
 
-    ``stream`` (a :class:`~deeplab_trt.runtime.cuda.api.Stream`): made to wait for the producer's stream
-    when the producer names one, so the data is complete before our kernels read it.
+    Args:
+        obj: a DeviceArray, or any object with ``__dlpack__`` and/or ``__cuda_array_interface__``.
+        stream: the :class:`~deeplab_trt.runtime.cuda.api.Stream` our kernels will read ``obj`` on;
+            it is ordered after the producer's pending writes so no kernel reads a half-written frame.
+
+    Why DLPack first when an object offers both (torch, CuPy): ``__dlpack__(stream=ours)`` lets the
+    producer order its own current stream before ours (Python array API, ``__dlpack__``: the
+    producer synchronises for the consumer's ``stream``), which is exact even when its work is on
+    a stream the CAI dict does not name (torch reports CAI version 2, without ``stream``). For CAI
+    the rules are in :func:`_cai_producer_stream`. A producer whose ``__dlpack__`` takes no
+    ``stream`` is treated like a CAI v2 one (we wait for the legacy default stream).
     """
-    from deeplab_trt.runtime.cuda import api, dlpack
+    from deeplab_trt.runtime.cuda import api
 
     if isinstance(obj, api.DeviceArray):
-        if obj.stream is not None and stream is not None and int(obj.stream) != stream.handle:
-            api._order_streams(producer=int(obj.stream), consumer=stream.handle)
+        _wait_for(None if obj.stream is None else int(obj.stream), stream)
         return obj
+    if hasattr(obj, "__dlpack__"):
+        return _from_dlpack(obj, stream)
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
         if cai.get("mask") is not None:
             raise ToolkitError("masked CUDA arrays are not supported")
         ptr, readonly = cai["data"]
-        producer = cai.get("stream")
-        if producer is not None and stream is not None and int(producer) != stream.handle:
-            api._order_streams(producer=int(producer), consumer=stream.handle)
+        _wait_for(_cai_producer_stream(cai), stream)
         return api.DeviceArray(
             int(ptr or 0),
             tuple(cai["shape"]),
@@ -61,27 +98,34 @@ def as_device_array(obj: Any, stream=None):
             owner=obj,
             readonly=bool(readonly),
         )
-    if hasattr(obj, "__dlpack__"):
-        imported = dlpack.from_dlpack(obj, stream=stream.handle if stream is not None else None)
-        if imported.device_type not in (dlpack.kDLCUDA, dlpack.kDLCUDAHost, dlpack.kDLCUDAManaged):
-            imported.release()
-            raise ToolkitError(
-                f"{type(obj).__name__} lives on "
-                f"{dlpack.DEVICE_NAMES.get(imported.device_type, imported.device_type)}, "
-                "not on a CUDA device (move it to the GPU first)"
-            )
-        return api.DeviceArray(
-            imported.ptr,
-            imported.shape,
-            imported.dtype,
-            strides=imported.strides,
-            owner=imported,
-            device_id=imported.device_id,
-            readonly=imported.readonly,
-        )
     raise ToolkitError(
         f"expected a CUDA array (torch CUDA tensor, CuPy array, pycuda GPUArray or any "
         f"__cuda_array_interface__/DLPack object), got {type(obj).__module__}.{type(obj).__name__}"
+    )
+
+
+def _from_dlpack(obj: Any, stream):
+    """Import ``obj.__dlpack__`` for ``stream`` (the producer orders its work before our stream)."""
+    from deeplab_trt.runtime.cuda import api, dlpack
+
+    imported = dlpack.from_dlpack(obj, stream=stream.handle if stream is not None else None)
+    if imported.device_type not in (dlpack.kDLCUDA, dlpack.kDLCUDAHost, dlpack.kDLCUDAManaged):
+        imported.release()
+        raise ToolkitError(
+            f"{type(obj).__name__} lives on "
+            f"{dlpack.DEVICE_NAMES.get(imported.device_type, imported.device_type)}, "
+            "not on a CUDA device (move it to the GPU first)"
+        )
+    if not imported.stream_ordered:
+        _wait_for(LEGACY_DEFAULT_STREAM, stream)
+    return api.DeviceArray(
+        imported.ptr,
+        imported.shape,
+        imported.dtype,
+        strides=imported.strides,
+        owner=imported,
+        device_id=imported.device_id,
+        readonly=imported.readonly,
     )
 
 

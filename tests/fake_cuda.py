@@ -86,6 +86,8 @@ class FakeCuda:
         self.host_blocks: dict[int, ctypes.Array] = {}
         self.capturing: dict[int, list] = {}
         self.events: dict[int, float | None] = {}
+        self.event_streams: dict[int, int] = {}  # event -> the stream it was last recorded on
+        self.stream_waits: list[tuple[int, int | None]] = []  # (waiting stream, stream its event was recorded on)
         self.streams: set[int] = set()
         self.graphs: dict[int, list] = {}
         self.captures = 0
@@ -236,6 +238,7 @@ class FakeCuda:
             return (OK,)
 
         def cudaStreamWaitEvent(s, e, flags):
+            fake.stream_waits.append((int(s or 0), fake.event_streams.get(int(e))))
             return (OK,)
 
         def cudaEventCreateWithFlags(flags):
@@ -251,6 +254,7 @@ class FakeCuda:
             if int(s or 0) in fake.capturing:
                 return (cudaError_t.cudaErrorStreamCaptureUnsupported,)  # needs cudaEventRecordWithFlags(External)
             fake.events[int(e)] = time.perf_counter()
+            fake.event_streams[int(e)] = int(s or 0)
             return (OK,)
 
         def cudaEventSynchronize(e):

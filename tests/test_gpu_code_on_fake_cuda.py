@@ -614,3 +614,108 @@ def test_driver_mismatch_rule(driver, runtime, extra):
     assert (message is None) == (extra is None)
     if extra:
         assert (f"deeplab-trt[{extra}]" if extra.startswith("cuda") else extra) in message
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 11 item 2: our stream waits for the producer of a foreign frame (CAI v2/v3, DLPack)
+# ---------------------------------------------------------------------------------------------
+class _CaiFrame:
+    """A foreign CUDA array speaking only ``__cuda_array_interface__`` (``extra``: version/stream)."""
+
+    def __init__(self, buffer, **extra):
+        self.buffer = buffer
+        self.__cuda_array_interface__ = {"shape": (4, 6, 3), "typestr": "|u1", "data": (buffer.ptr, False), **extra}
+
+
+@pytest.mark.parametrize(
+    "extra, producer",
+    [
+        ({"version": 2}, 1),  # torch today: v2, no key -> the legacy default stream (fails before the fix)
+        ({"version": 3, "stream": 2}, 2),  # per-thread default stream
+        ({"version": 3, "stream": "side"}, "side"),  # a producer's own stream
+        ({"version": 3, "stream": None}, None),  # CAI v3: None = no synchronization needed
+        ({"version": 3}, None),
+        ({"version": 3, "stream": "ours"}, None),  # already our stream: nothing to order
+    ],
+)
+def test_cai_frames_order_our_stream_after_the_producer(fake, extra, producer):
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.interop import as_device_array
+
+    ours, side = api.Stream(), api.Stream()
+    names = {"side": side.handle, "ours": ours.handle}
+    extra = {k: names.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}
+    buffer = api.to_device(np.zeros((4, 6, 3), np.uint8))
+    fake.stream_waits.clear()
+    arr = as_device_array(_CaiFrame(buffer, **extra), ours)
+    assert arr.ptr == buffer.ptr and arr.shape == (4, 6, 3)
+    expected = [] if producer is None else [(ours.handle, names.get(producer, producer))]
+    assert fake.stream_waits == expected
+
+
+class _DLPackFrame:
+    """A torch-like frame: ``__dlpack__`` plus a CAI v2 dict (no ``stream``); records what it was asked."""
+
+    def __init__(self, buffer, takes_stream: bool = True):
+        self.buffer, self.takes_stream, self.asked = buffer, takes_stream, []
+        self.__cuda_array_interface__ = {
+            "shape": (4, 6, 3),
+            "typestr": "|u1",
+            "data": (buffer.ptr, False),
+            "version": 2,
+        }
+
+    def __dlpack_device__(self):
+        from deeplab_trt.runtime.cuda import dlpack
+
+        return (dlpack.kDLCUDA, 0)
+
+    def __dlpack__(self, **kwargs):
+        from deeplab_trt.runtime.cuda import dlpack
+
+        if kwargs and not self.takes_stream:
+            raise TypeError("__dlpack__() got an unexpected keyword argument 'stream'")
+        self.asked.append(kwargs)
+        return dlpack.export_capsule(self.buffer.ptr, (4, 6, 3), np.uint8, owner=self)
+
+
+def test_dlpack_is_preferred_and_asked_for_our_stream(fake):
+    """The producer orders its own work before ``stream=ours`` (DLPack), so we add no wait of our own."""
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.interop import as_device_array
+
+    ours = api.Stream()
+    frame = _DLPackFrame(api.to_device(np.zeros((4, 6, 3), np.uint8)))
+    fake.stream_waits.clear()
+    arr = as_device_array(frame, ours)
+    assert arr.ptr == frame.buffer.ptr and arr.shape == (4, 6, 3)
+    assert frame.asked == [{"stream": ours.handle}], "DLPack was not used (or not told our stream)"
+    assert fake.stream_waits == []
+
+
+def test_dlpack_producer_without_stream_support_is_waited_for_on_the_legacy_stream(fake):
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.interop import as_device_array
+
+    ours = api.Stream()
+    frame = _DLPackFrame(api.to_device(np.zeros((4, 6, 3), np.uint8)), takes_stream=False)
+    fake.stream_waits.clear()
+    as_device_array(frame, ours)
+    assert frame.asked == [{}]
+    assert fake.stream_waits == [(ours.handle, 1)]
+
+
+def test_segmenter_waits_for_the_legacy_stream_before_reading_a_cai_v2_frame(fake, opencv_without_ipp):
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+    from deeplab_trt.runtime.segmenter import Segmenter
+
+    frame = np.random.default_rng(11).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    image = _CaiFrame(api.to_device(frame), version=2)
+    seg = Segmenter(inference=TensorRTRunner(FakeEngine(fake), SPEC, FakeTrt))
+    fake.stream_waits.clear()
+    labels = seg.segment(image)
+    assert (seg.stream.handle, 1) in fake.stream_waits
+    x, geo = preprocess(frame, SPEC, "stretch")
+    assert np.array_equal(labels.copy_to_host(), labels_from_output(model_function(x)[0], SPEC, geo))
+    seg.close()

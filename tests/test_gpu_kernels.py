@@ -240,6 +240,50 @@ def test_segmenter_on_torch_tensors(api, torch_cuda):
     seg.close()
 
 
+def _frame_written_late(torch, frame, stream):
+    """A CUDA tensor whose pixels land on ``stream`` only after tens of ms of GPU spinning (zeros before)."""
+    image = torch.zeros(frame.shape, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    host = torch.from_numpy(frame).pin_memory()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(100_000_000)  # cycles: keeps the copy below pending when we look
+        image.copy_(host, non_blocking=True)
+    return image
+
+
+def test_segmenter_waits_for_torch_frames_written_on_another_stream(api, torch_cuda):
+    """Issue 11 item 2 for real: the preprocess kernel must not read a half-written frame.
+
+    DLPack: torch orders its current (side) stream before ours; CAI v2 only (no ``stream`` key):
+    we wait for the legacy default stream, where torch's default stream writes.
+    """
+    from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
+
+    from deeplab_trt.runtime.interop import Segmenter
+
+    torch = torch_cuda
+    spec = tiny_spec()
+    seg = Segmenter(inference=TorchInference(tiny_lowres_model(), spec))
+    frame = RNG.integers(1, 256, (181, 257, 3), dtype=np.uint8)
+    reference, _ = preprocess(frame, spec, "stretch")
+    side = torch.cuda.Stream()
+    image = _frame_written_late(torch, frame, side)
+    with torch.cuda.stream(side):  # torch's contract: the producer's stream is current at the hand-over
+        got = seg.preprocess(image).copy_to_host()
+    assert np.abs(got - reference).max() <= 1e-3, "read before torch's side stream wrote the frame (DLPack)"
+
+    class CaiV2Only:  # torch's __cuda_array_interface__ (version 2, no stream), without __dlpack__
+        def __init__(self, tensor):
+            self.tensor = tensor
+            self.__cuda_array_interface__ = tensor.__cuda_array_interface__
+
+    legacy = torch.cuda.default_stream()
+    image = _frame_written_late(torch, frame, legacy)
+    got = seg.preprocess(CaiV2Only(image)).copy_to_host()
+    assert np.abs(got - reference).max() <= 1e-3, "read before the legacy default stream wrote the frame (CAI v2)"
+    seg.close()
+
+
 def test_segmenter_on_cupy_arrays(api):
     cupy = pytest.importorskip("cupy")
     from deeplab_trt.runtime.cuda.inference import HostBackendInference  # noqa: F401 - documented alternative

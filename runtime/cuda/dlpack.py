@@ -126,6 +126,7 @@ class ImportedTensor:
     device_id: int
     readonly: bool
     _release: Any = None
+    stream_ordered: bool = True  # False: the producer's __dlpack__ took no ``stream`` (nothing was ordered)
 
     def release(self) -> None:
         if self._release is not None:
@@ -192,7 +193,10 @@ def from_dlpack(obj, stream: int | None = None) -> ImportedTensor:
         capsule = obj.__dlpack__(**kwargs)
     except TypeError:
         capsule = obj.__dlpack__()
-    return import_capsule(capsule)
+        kwargs = {}
+    imported = import_capsule(capsule)
+    imported.stream_ordered = stream is None or "stream" in kwargs
+    return imported
 
 
 # ----------------------------------------------------------------------------------------------
