@@ -69,6 +69,9 @@ def test_installed_rtx_capabilities_match_its_documentation(rtx_flavour):
         "has_engine_inspector",
         "has_engine_validity",
         "has_dla",
+        "has_runtime_cache",
+        "capture_needs_user_allocation",
+        "has_user_allocation_flag",
         "strongly_typed_only",
     ):
         assert getattr(real, attr) == getattr(documented, attr), attr
