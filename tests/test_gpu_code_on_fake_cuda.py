@@ -491,7 +491,9 @@ def test_cuda_graph_on_rtx_needs_an_engine_built_with_user_allocation(fake, clip
         with open_source(clip) as src:  # without cuda_graph the same engine runs
             assert gpu_pipeline.run_video(host, src, [CollectSink()], options, inference=runner).frames == FRAMES
         runner.close()
-    runner = TensorRTRunner(FakeRtxEngine(fake), SPEC, FakeTrt, capture_needs_user_allocation=True, user_allocation=True)
+    runner = TensorRTRunner(
+        FakeRtxEngine(fake), SPEC, FakeTrt, capture_needs_user_allocation=True, user_allocation=True
+    )
     assert runner.graph_refusal is None and runner.capturable
     with open_source(clip) as src:
         stats = gpu_pipeline.run_video(host, src, [CollectSink()], options, inference=runner, slots=3, cuda_graph=True)

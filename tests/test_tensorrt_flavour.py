@@ -13,7 +13,6 @@ import sys
 import pytest
 
 from deeplab_trt.builder.engine import (
-    plan_user_allocation,
     DEFAULT_DYNAMIC_BATCH,
     RTX_DEFAULT_TARGETS,
     DlaPlan,
@@ -22,6 +21,7 @@ from deeplab_trt.builder.engine import (
     plan_dla,
     plan_precision,
     plan_profile,
+    plan_user_allocation,
 )
 from deeplab_trt.runtime import tensorrt_flavour as tf
 from deeplab_trt.runtime.cli_types import parse_batch_range
