@@ -279,6 +279,24 @@ def plan_compute_capabilities(
     return defaults, f"default ({why})"
 
 
+def plan_user_allocation(flavour: Flavour) -> bool:
+    """Whether to build with ``BuilderFlag.REQUIRE_USER_ALLOCATION`` (recorded as ``user_allocation``).
+
+    Why: a TensorRT-RTX engine may allocate memory while it runs, which a CUDA stream capture
+    cannot record, so ``cuda_graph=True`` (the GPU pipeline capturing preprocess + inference +
+    postprocess into one graph) needs engines built with this flag (TensorRT-RTX 1.2 release
+    notes: "required when using CUDA stream capture"). RTX's own ``IRuntimeConfig``
+    ``cuda_graph_strategy`` captures only TensorRT's part, inside ``execute_async_v3``, and
+    cannot be nested in the pipeline's capture, so it is not the route taken. The flag costs
+    nothing on our models (no data-dependent shapes, whose build it would fail).
+    TensorRT 10/11 engines capture static shapes as built: no flag.
+
+    Args:
+        flavour: the TensorRT that builds.
+    """
+    return flavour.capture_needs_user_allocation and flavour.has_user_allocation_flag
+
+
 @dataclass(frozen=True)
 class DlaPlan:
     """Run the engine on DLA core ``core`` (``--dla-core``); layers DLA cannot run go to the GPU
@@ -594,6 +612,8 @@ class _Configured:
 
     config: Any
     tf32: bool | None  #: may FP32 layers use TF32 math (None: the flavour has no such flag)
+    #: built with ``REQUIRE_USER_ALLOCATION`` (None: the flavour captures without it)
+    user_allocation: bool | None = None
     timing_cache: Any = None  #: to save after the build, or None
     calibrator: Any = None
     monitor: Any = None
@@ -780,6 +800,10 @@ def _configure(decided: _Decisions, parsed: _Parsed, options: BuildOptions) -> _
                 raise ToolkitError(f"--compute-capability {name}: {flavour.label} refused it")
     if decided.dla is not None:
         _apply_dla(trt, config, decided.dla)
+    if flavour.capture_needs_user_allocation:
+        configured.user_allocation = plan_user_allocation(flavour)
+        if configured.user_allocation:
+            config.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)  # CUDA-graph capturable
     configured.timing_cache = _apply_timing_cache(trt, config, flavour, options.timing_cache, configured.notes)
     opt_profile = None
     if decided.profile is not None:
@@ -849,6 +873,7 @@ def _make_record(
         engine=EngineFile.of(decided.output.name, blob),
         precision=plan.precision,
         tf32=configured.tf32,
+        user_allocation=configured.user_allocation,
         plan=plan.to_dict(),
         tensorrt={**flavour.describe(), "label": flavour.label},
         compute_capabilities=decided.targets,

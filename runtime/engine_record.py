@@ -112,6 +112,9 @@ class EngineRecord:
     engine: EngineFile
     precision: str | None = None
     tf32: bool | None = None  #: may FP32 layers use TF32 math (None: the flavour has no such flag)
+    #: built with ``BuilderFlag.REQUIRE_USER_ALLOCATION`` (TensorRT-RTX: needed to capture it into a
+    #: CUDA graph); absent where the flavour does not need it, and in records from before it
+    user_allocation: bool | None = field(default=None, metadata={"omit_if_none": True})
     plan: dict[str, Any] = field(default_factory=dict)  #: the builder's ``BuildPlan.to_dict()``
     tensorrt: dict[str, Any]  #: ``Flavour.describe()`` plus ``label``
     compute_capabilities: list[str] = field(default_factory=list)
@@ -263,6 +266,9 @@ class EngineRecord:
             f"{self.precision or '?'}, built with {self.built_label} for {targets} ({self.compute_capability_source or '?'})",
             f"plan: {self.plan.get('summary', '?')}",
         ]
+        if self.user_allocation is not None:
+            graphs = "CUDA-graph capturable" if self.user_allocation else "not CUDA-graph capturable"
+            lines.append(f"{graphs} (REQUIRE_USER_ALLOCATION {'on' if self.user_allocation else 'off'})")
         if self.dla is not None:
             fallback = (
                 "layers DLA cannot run fall back to the GPU" if self.dla.get("gpu_fallback") else "no GPU fallback"

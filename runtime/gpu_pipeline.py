@@ -176,6 +176,9 @@ class CudaStage:
         from deeplab_trt.runtime.cuda import api
         from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
+        refusal = getattr(inference, "graph_refusal", None) if cuda_graph else None
+        if refusal:
+            raise ToolkitError(refusal)  # asked for, and this engine can never do it: say so, do not ignore it
         self.api = api
         self.device_index = device_index
         self.device = api.use_device(device_index)

@@ -96,6 +96,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="resize to the model input: stretch (default) or letterbox (keep aspect)",
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: its own choice)")
+    p.add_argument(
+        "--no-runtime-cache",
+        action="store_true",
+        help="TensorRT-RTX: do not load or save the runtime cache of JIT-compiled kernels "
+        "(kept by default under ~/.cache/deeplab-trt/tensorrt-rtx-runtime)",
+    )
     p.add_argument("--json", type=Path, metavar="STATS.json", help="also write the run statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     live = p.add_argument_group("live sources (camera, RTSP/HTTP, live GStreamer): reopened when they drop")
@@ -187,6 +193,14 @@ def _open_with_reconnect(args, open_source):
     return ReconnectingSource(lambda: open_source(args.source, **source_options(args)), backoff=backoff)
 
 
+def _engine_options(args) -> dict:
+    """Options only a TensorRT engine takes (ONNX Runtime's backend would reject them)."""
+    from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
+
+    is_engine = Path(args.model).suffix.lower() in ENGINE_SUFFIXES
+    return {"runtime_cache": False} if is_engine and getattr(args, "no_runtime_cache", False) else {}
+
+
 def main(args) -> int:
     from deeplab_trt.runtime.atomic import write_text_atomic
     from deeplab_trt.runtime.backends import open_backend
@@ -206,7 +220,7 @@ def main(args) -> int:
             backend, stage = _remote(args, options)
             stack.callback(stage.close)
         else:
-            backend = open_backend(args.model, args.backend, threads=args.threads)
+            backend = open_backend(args.model, args.backend, threads=args.threads, **_engine_options(args))
             stack.callback(backend.close)
         source = stack.enter_context(_open_with_reconnect(args, open_source))
         log.info(

@@ -102,6 +102,15 @@ class Flavour:
     #: ``DeviceType.DLA``, the product has no DLA). Whether *this* machine has DLA cores is the
     #: builder's ``num_DLA_cores``.
     has_dla: bool = False
+    #: ``ICudaEngine.create_runtime_config`` + ``IRuntimeConfig.create_runtime_cache`` (TensorRT-RTX):
+    #: the kernels it compiles at run time can be kept in a file and loaded at the next start.
+    has_runtime_cache: bool = False
+    #: Engines allocate memory at run time unless built with ``BuilderFlag.REQUIRE_USER_ALLOCATION``,
+    #: so capturing ``execute_async_v3`` into the caller's CUDA graph needs that flag (TensorRT-RTX,
+    #: per its 1.2 release notes; TensorRT 10/11 capture static shapes as built).
+    capture_needs_user_allocation: bool = False
+    #: ``BuilderFlag.REQUIRE_USER_ALLOCATION`` exists (TensorRT-RTX 1.2+).
+    has_user_allocation_flag: bool = False
     #: The imported module (None for a :meth:`documented` description).
     module: Any = field(default=None, compare=False, repr=False)
 
@@ -145,6 +154,7 @@ class Flavour:
         engine = getattr(module, "ICudaEngine", None)
         runtime = getattr(module, "Runtime", None)
         timing = config is not None and hasattr(config, "create_timing_cache")
+        runtime_config = getattr(module, "IRuntimeConfig", None)
         if name == "tensorrt-rtx" and version >= (1, 2):
             timing = False  # "Timing cache operations are no-ops in TensorRT-RTX" (deprecated in 1.2)
         return cls(
@@ -160,6 +170,11 @@ class Flavour:
             has_engine_inspector=engine is not None and hasattr(engine, "create_engine_inspector"),
             has_engine_validity=runtime is not None and hasattr(runtime, "get_engine_validity"),
             has_dla=name == "tensorrt" and hasattr(getattr(module, "DeviceType", None), "DLA") and dla_release(version),
+            has_runtime_cache=engine is not None
+            and hasattr(engine, "create_runtime_config")
+            and hasattr(runtime_config, "create_runtime_cache"),
+            capture_needs_user_allocation=name == "tensorrt-rtx",
+            has_user_allocation_flag=flags is not None and hasattr(flags, "REQUIRE_USER_ALLOCATION"),
             module=module,
         )
 
@@ -170,7 +185,8 @@ class Flavour:
         For tests of decisions on flavours that cannot be installed here (TensorRT 10, 11);
         tests name these descriptions as fakes. Sources: TensorRT 10 API (weak typing,
         deprecated calibrators), TensorRT 11 migration notes (both removed), TensorRT-RTX docs
-        (strongly typed only, compute-capability targets, timing cache a no-op since 1.2).
+        (strongly typed only, compute-capability targets, timing cache a no-op since 1.2, runtime
+        cache since 1.0, ``REQUIRE_USER_ALLOCATION`` since 1.2).
         """
         name = normalise_name(name)
         if name == "auto":
@@ -204,6 +220,9 @@ class Flavour:
             has_progress_monitor=True,
             has_engine_inspector=True,
             has_engine_validity=version >= (1, 1),
+            has_runtime_cache=True,
+            capture_needs_user_allocation=True,
+            has_user_allocation_flag=version >= (1, 2),
         )
 
 

@@ -117,6 +117,22 @@ def test_fp32_engine_is_built_without_tf32(engines):
     assert engines["fp16"][1]["tf32"] is True  # other precisions keep TensorRT's default
 
 
+def test_rtx_engines_are_built_capturable_and_say_so(engines, mobilenet, rtx_flavour, tmp_path):
+    """Issue 11 item 5: the builder config carries REQUIRE_USER_ALLOCATION, and the record says so."""
+    from deeplab_trt.builder import engine as builder
+
+    for _path, sidecar in engines.values():
+        assert sidecar["user_allocation"] is True
+    record = EngineRecord.read(engines["fp32"][0])
+    assert record.user_allocation is True and "CUDA-graph capturable" in "\n".join(record.describe())
+    options = _options(precision="fp32")
+    decided = builder._decide(mobilenet, tmp_path / "x.engine", options)
+    parsed = builder._parse(decided, mobilenet, verbose=False)
+    configured = builder._configure(decided, parsed, options)
+    assert configured.config.get_flag(rtx_flavour.module.BuilderFlag.REQUIRE_USER_ALLOCATION)
+    assert configured.user_allocation is True
+
+
 def test_sidecar_content(engines, mobilenet, rtx_flavour):
     path, sidecar = engines["fp16"]
     assert EngineRecord.read(path).to_dict() == sidecar

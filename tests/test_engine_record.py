@@ -142,6 +142,20 @@ def test_info_describes_an_old_engine_without_a_gpu(old_engine):
     assert "model: " in text and "plan: strongly typed network from the FP16 ONNX pass" in text
 
 
+def test_user_allocation_round_trips_and_is_absent_from_old_records(old_engine, tmp_path):
+    """Issue 11 item 5: whether the RTX engine was built CUDA-graph capturable (REQUIRE_USER_ALLOCATION)."""
+    assert "user_allocation" not in EngineRecord.read(old_engine).to_dict()
+    assert EngineRecord.read(old_engine).user_allocation is None
+    record = EngineRecord(engine=EngineFile("u.engine"), tensorrt=RTX.describe(), io=[], spec={}, user_allocation=True)
+    record.write(tmp_path / "u.engine")
+    (tmp_path / "u.engine").write_bytes(b"")
+    again = EngineRecord.read(tmp_path / "u.engine")
+    assert again == record and again.to_dict()["user_allocation"] is True
+    assert "CUDA-graph capturable (REQUIRE_USER_ALLOCATION on)" in again.describe()
+    with pytest.raises(InvalidModelError, match='user_allocation is str "yes", expected bool or null'):
+        EngineRecord.from_dict({**record.to_dict(), "user_allocation": "yes"}, "u.engine.json")
+
+
 def test_dla_record_round_trips_and_is_checked(old_engine, tmp_path):
     """A DLA engine's record says which core; GPU records (the old builder's) have no ``dla`` key at all."""
     assert "dla" not in EngineRecord.read(old_engine).to_dict()

@@ -155,6 +155,77 @@ class FakeEngine:
         return ctx
 
 
+class FakeRuntimeCache:
+    """TensorRT-RTX's ``IRuntimeCache`` (same method names): kernels 'compiled' by the FAKE RTX context."""
+
+    def __init__(self):
+        self.entries = b""
+        self.deserialized = []
+
+    def serialize(self):
+        return self.entries
+
+    def deserialize(self, blob):
+        self.deserialized.append(bytes(blob))
+        ok = bytes(blob).startswith(b"FAKE-RTX")  # the real one validates RTX version and GPU
+        if ok:
+            self.entries = bytes(blob)
+        return ok
+
+    def reset(self):
+        self.entries = b""
+        return True
+
+
+class FakeRuntimeConfig:
+    """TensorRT-RTX's ``IRuntimeConfig`` (the runtime-cache part, same method names)."""
+
+    def __init__(self):
+        self.cache = None
+
+    def create_runtime_cache(self):
+        return FakeRuntimeCache()
+
+    def set_runtime_cache(self, cache):
+        self.cache = cache
+        return True
+
+    def get_runtime_cache(self):
+        return self.cache
+
+
+class FakeRtxContext(FakeContext):
+    def __init__(self, engine, runtime_config):
+        super().__init__(engine)
+        self.runtime_config = runtime_config
+
+    def execute_async_v3(self, stream):
+        cache = self.runtime_config.cache if self.runtime_config is not None else None
+        if cache is None or not cache.entries:  # JIT compile, kept in the runtime cache if there is one
+            self.engine.compiles += 1
+            if cache is not None:
+                cache.entries = b"FAKE-RTX kernels"
+        return super().execute_async_v3(stream)
+
+
+class FakeRtxEngine(FakeEngine):
+    """A FAKE TensorRT-RTX engine: ``create_runtime_config`` and contexts created from one."""
+
+    def __init__(self, fake, dynamic=True):
+        super().__init__(fake, dynamic)
+        self.compiles = 0
+        self.configs = []
+
+    def create_runtime_config(self):
+        self.configs.append(FakeRuntimeConfig())
+        return self.configs[-1]
+
+    def create_execution_context(self, runtime_config=None):
+        ctx = FakeRtxContext(self, runtime_config)
+        self.contexts.append(ctx)
+        return ctx
+
+
 class CollectSink(Sink):
     description = "collect"
 
@@ -315,6 +386,118 @@ def test_tensorrt_backend_host_contract(fake):
     with pytest.raises(ToolkitError, match="expected an N×3×32×48 batch"):
         backend.infer(np.zeros((1, 3, 30, 48), np.float32))
     backend.close()
+
+
+def test_fake_rtx_runtime_api_mirrors_the_real_bindings(rtx_flavour):
+    """The FAKE RTX classes use only names the real TensorRT-RTX bindings have."""
+    trt = rtx_flavour.module
+    for fake_cls, real in (
+        (FakeRuntimeCache, trt.IRuntimeCache),
+        (FakeRuntimeConfig, trt.IRuntimeConfig),
+        (FakeRtxEngine, trt.ICudaEngine),
+    ):
+        public = {n for n, v in vars(fake_cls).items() if callable(v) and not n.startswith("_")}
+        assert public <= set(dir(real)), (fake_cls.__name__, public - set(dir(real)))
+    assert "runtime_config: " in trt.ICudaEngine.create_execution_context.__doc__  # the keyword the runner passes
+
+
+def test_rtx_runtime_cache_is_loaded_at_creation_and_saved_at_close(fake, tmp_path):
+    """Issue 11 item 6: the second start loads what the first compiled (no JIT again); off means no config."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.cuda import api
+
+    path = tmp_path / "rc" / "m.cache"
+    first = FakeRtxEngine(fake)
+    runner = TensorRTRunner(first, SPEC, FakeTrt, runtime_cache=path)
+    assert first.contexts[0].runtime_config is first.configs[0] and first.configs[0].cache is not None
+    stream = api.Stream()
+    runner.enqueue(stream)
+    stream.synchronize()
+    assert first.compiles == 1 and not path.exists()
+    runner.close()
+    assert path.read_bytes() == b"FAKE-RTX kernels" and [p.name for p in path.parent.iterdir()] == ["m.cache"]
+
+    second = FakeRtxEngine(fake)
+    runner = TensorRTRunner(second, SPEC, FakeTrt, runtime_cache=path)
+    assert second.configs[0].cache.deserialized == [b"FAKE-RTX kernels"]
+    runner.enqueue(stream)
+    stream.synchronize()
+    assert second.compiles == 0  # loaded, not compiled
+    runner.close()
+
+    path.write_bytes(b"from another GPU")  # rejected by deserialize: a new cache, then saved over it
+    third = FakeRtxEngine(fake)
+    runner = TensorRTRunner(third, SPEC, FakeTrt, runtime_cache=path)
+    runner.enqueue(stream)
+    stream.synchronize()
+    runner.close()
+    assert third.compiles == 1 and path.read_bytes() == b"FAKE-RTX kernels"
+
+    off = FakeRtxEngine(fake)
+    TensorRTRunner(off, SPEC, FakeTrt).close()
+    assert off.configs == [] and off.contexts[0].runtime_config is None
+    stream.close()
+
+
+def test_tensorrt_backend_keeps_the_rtx_runtime_cache_per_engine_and_gpu(fake, tmp_path, monkeypatch):
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.run_command import _engine_options
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    def loaded(engine):
+        return types.SimpleNamespace(
+            path="fake.engine",
+            engine=engine,
+            spec=SPEC,
+            flavour=types.SimpleNamespace(
+                label="FAKE TensorRT-RTX",
+                module=FakeTrt,
+                version_string="1.7.1.116",
+                has_runtime_cache=True,
+                capture_needs_user_allocation=True,
+            ),
+            record=types.SimpleNamespace(engine=types.SimpleNamespace(sha256="ab" * 32), user_allocation=True),
+        )
+
+    backend = TensorRTBackend(loaded(FakeRtxEngine(fake)))
+    backend.infer(np.zeros((1, 3, 32, 48), np.float32))
+    backend.close()
+    folder = tmp_path / "xdg" / "deeplab-trt" / "tensorrt-rtx-runtime"
+    assert [p.name for p in folder.iterdir()] == ["abababababababab-rtx1.7.1.116-sm87-fake-gpu-host-memory.cache"]
+    off = FakeRtxEngine(fake)
+    TensorRTBackend(loaded(off), runtime_cache=False).close()
+    assert off.configs == []
+    assert _engine_options(types.SimpleNamespace(model="m.engine", no_runtime_cache=True)) == {"runtime_cache": False}
+    assert _engine_options(types.SimpleNamespace(model="m.onnx", no_runtime_cache=True)) == {}
+    assert _engine_options(types.SimpleNamespace(model="m.plan", no_runtime_cache=False)) == {}
+
+
+def test_cuda_graph_on_rtx_needs_an_engine_built_with_user_allocation(fake, clip, opencv_without_ipp):
+    """Issue 11 item 5: asked for and impossible is one line saying why, not a silent eager run."""
+    from deeplab_trt.runtime import gpu_pipeline
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.errors import ToolkitError
+
+    options = RunOptions(mode="labels", policy="letterbox", progress=False)
+    host = types.SimpleNamespace(spec=SPEC, name="fake")
+    for recorded, how in ((False, "was built without it"), (None, "does not record it")):
+        runner = TensorRTRunner(
+            FakeRtxEngine(fake), SPEC, FakeTrt, capture_needs_user_allocation=True, user_allocation=recorded
+        )
+        assert not runner.capturable and how in runner.graph_refusal
+        with open_source(clip) as src, pytest.raises(ToolkitError, match=f"REQUIRE_USER_ALLOCATION; this one {how}"):
+            gpu_pipeline.run_video(host, src, [CollectSink()], options, inference=runner, cuda_graph=True)
+        with open_source(clip) as src:  # without cuda_graph the same engine runs
+            assert gpu_pipeline.run_video(host, src, [CollectSink()], options, inference=runner).frames == FRAMES
+        runner.close()
+    runner = TensorRTRunner(
+        FakeRtxEngine(fake), SPEC, FakeTrt, capture_needs_user_allocation=True, user_allocation=True
+    )
+    assert runner.graph_refusal is None and runner.capturable
+    with open_source(clip) as src:
+        stats = gpu_pipeline.run_video(host, src, [CollectSink()], options, inference=runner, slots=3, cuda_graph=True)
+    assert stats.frames == FRAMES and fake.captures == 3
 
 
 def test_static_engine_rejects_other_batches(fake):

@@ -21,6 +21,7 @@ from deeplab_trt.builder.engine import (
     plan_dla,
     plan_precision,
     plan_profile,
+    plan_user_allocation,
 )
 from deeplab_trt.runtime import tensorrt_flavour as tf
 from deeplab_trt.runtime.cli_types import parse_batch_range
@@ -69,6 +70,9 @@ def test_installed_rtx_capabilities_match_its_documentation(rtx_flavour):
         "has_engine_inspector",
         "has_engine_validity",
         "has_dla",
+        "has_runtime_cache",
+        "capture_needs_user_allocation",
+        "has_user_allocation_flag",
         "strongly_typed_only",
     ):
         assert getattr(real, attr) == getattr(documented, attr), attr
@@ -141,6 +145,19 @@ def test_documented_capabilities():
     assert FAKE_TRT10.has_weak_typing and FAKE_TRT10.has_calibrator_api and not FAKE_TRT10.strongly_typed_only
     assert FAKE_TRT11.strongly_typed_only and not FAKE_TRT11.has_calibrator_api and FAKE_TRT11.has_timing_cache
     assert FAKE_RTX.strongly_typed_only and not FAKE_RTX.has_timing_cache and FAKE_RTX.has_compute_capability_targets
+
+
+def test_user_allocation_is_planned_for_tensorrt_rtx_only():
+    """Issue 11 item 5: RTX engines are capturable into a CUDA graph only with REQUIRE_USER_ALLOCATION."""
+    assert plan_user_allocation(FAKE_RTX)
+    assert not plan_user_allocation(FAKE_TRT10) and not plan_user_allocation(FAKE_TRT11)
+    assert not plan_user_allocation(tf.Flavour.documented("tensorrt-rtx", (1, 1, 0)))  # flag added in 1.2
+    assert FAKE_RTX.has_runtime_cache and not FAKE_TRT10.has_runtime_cache and not FAKE_TRT11.has_runtime_cache
+
+
+def test_installed_rtx_plans_user_allocation(rtx_flavour):
+    assert plan_user_allocation(rtx_flavour) and rtx_flavour.has_runtime_cache
+    assert hasattr(rtx_flavour.module.BuilderFlag, "REQUIRE_USER_ALLOCATION")
 
 
 # ----- precision plans ----------------------------------------------------------------------------

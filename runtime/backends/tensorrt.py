@@ -19,7 +19,15 @@ CUDA graphs: TensorRT allows capturing ``execute_async_v3`` for fixed shapes onc
 called once outside the capture (which flushes deferred shape/allocation work), on a
 non-default stream. :attr:`TensorRTRunner.capturable` says whether that is allowed here
 (TensorRT-RTX answers through ``is_stream_capturable``; engines that allocate at run time
-refuse).
+refuse). TensorRT-RTX engines are capturable only when built with
+``BuilderFlag.REQUIRE_USER_ALLOCATION`` (``deeplab-trt build`` sets it and records
+``user_allocation``); for one built without, :attr:`TensorRTRunner.graph_refusal` says so in one
+line and the GPU pipeline refuses ``cuda_graph=True`` with it rather than ignoring it.
+
+TensorRT-RTX runtime cache: with ``runtime_cache`` (a file), the context is created from an
+``IRuntimeConfig`` holding an ``IRuntimeCache`` loaded from that file, and the cache is saved
+back at :meth:`TensorRTRunner.close` (:mod:`deeplab_trt.runtime.rtx_runtime_cache`), so the
+kernels RTX compiles just in time are compiled once, not at every start.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy as np
 
 from deeplab_trt.runtime.backends.base import BackendBase
 from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.rtx_runtime_cache import RuntimeCache, cache_file, default_dir
 from deeplab_trt.runtime.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,11 @@ class TensorRTRunner:
     ``batch``: the largest batch to allocate for (dynamic engines: capped by the profile's
     maximum; default 1, what the video pipeline uses). The input buffer is written by the
     preprocessing kernel, the output buffer read by the postprocessing kernels.
+
+    ``runtime_cache``: a TensorRT-RTX runtime cache file, loaded now and saved at :meth:`close`
+    (None: no cache; ignored by engines without ``create_runtime_config``).
+    ``capture_needs_user_allocation`` / ``user_allocation``: the flavour's fact and the engine
+    record's ``user_allocation`` (see :attr:`graph_refusal`).
     """
 
     def __init__(
@@ -64,16 +78,26 @@ class TensorRTRunner:
         device_index: int = 0,
         name: str = "TensorRT",
         source: str = "engine",
+        runtime_cache: str | Path | None = None,
+        capture_needs_user_allocation: bool = False,
+        user_allocation: bool | None = None,
     ):
         from deeplab_trt.runtime.cuda import api
 
-        self.device = api.use_device(device_index)
+        self.device = api.use_device(device_index)  # also what IRuntimeCache.deserialize needs: a current context
         self.engine = engine
         self.spec = spec
         self.trt = trt
         self.name = name
         self.source = source
-        self.context = engine.create_execution_context()
+        self.capture_needs_user_allocation = capture_needs_user_allocation
+        self.user_allocation = user_allocation
+        self.runtime_cache: RuntimeCache | None = None
+        if runtime_cache is not None and hasattr(engine, "create_runtime_config"):
+            self.runtime_cache = RuntimeCache(engine, runtime_cache, source=source)
+            self.context = engine.create_execution_context(runtime_config=self.runtime_cache.config)
+        else:
+            self.context = engine.create_execution_context()
         if self.context is None:
             raise ToolkitError(f"{source}: create_execution_context failed (not enough GPU memory?)")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -191,8 +215,25 @@ class TensorRTRunner:
             raise ToolkitError(f"{self.source}: execute_async_v3 failed (see the TensorRT log with --verbose)")
 
     @property
+    def graph_refusal(self) -> str | None:
+        """Why ``cuda_graph=True`` cannot work with this engine at all (one line), or None.
+
+        TensorRT-RTX engines built without ``REQUIRE_USER_ALLOCATION`` may allocate while they
+        run, which a stream capture cannot record.
+        """
+        if self.capture_needs_user_allocation and not self.user_allocation:
+            how = "was built without it" if self.user_allocation is False else "does not record it (an older build)"
+            return (
+                f"{self.source}: CUDA graphs need a TensorRT-RTX engine built with REQUIRE_USER_ALLOCATION; this one "
+                f"{how}: rebuild it with 'deeplab-trt build', or run without cuda_graph"
+            )
+        return None
+
+    @property
     def capturable(self) -> bool:
         """Whether ``enqueue`` may be captured into a CUDA graph on the pipeline's stream."""
+        if self.graph_refusal is not None:
+            return False
         check = getattr(self.context, "is_stream_capturable", None)
         if check is None:
             return True  # TensorRT 10/11: capturable for static shapes after one eager run
@@ -209,6 +250,8 @@ class TensorRTRunner:
             return False
 
     def close(self) -> None:
+        if self.runtime_cache is not None and self.context is not None:
+            self.runtime_cache.save()  # what RTX compiled while running, for the next start
         for buf in self._buffers.values():
             buf.close()
         self._buffers.clear()
@@ -220,7 +263,21 @@ class TensorRTBackend(BackendBase):
 
     pipeline = "gpu"
 
-    def __init__(self, loaded, *, device_index: int = 0, batch: int | None = None):
+    def __init__(
+        self,
+        loaded,
+        *,
+        device_index: int = 0,
+        batch: int | None = None,
+        runtime_cache: bool | str | Path = True,
+    ):
+        """Args:
+        loaded: :func:`~deeplab_trt.runtime.engine_loader.load_engine`'s answer.
+        device_index: the CUDA device.
+        batch: the largest batch to allocate for.
+        runtime_cache: TensorRT-RTX runtime cache: True (a file under the toolkit's cache
+            directory), a directory to keep it in, or False (off: kernels compile at every start).
+        """
         from deeplab_trt.runtime.cuda import api
 
         self.loaded = loaded
@@ -229,14 +286,18 @@ class TensorRTBackend(BackendBase):
         info = api.use_device(device_index)
         self.device_index = device_index
         self.name = f"{loaded.flavour.label} ({info.name})"
+        flavour, record = loaded.flavour, getattr(loaded, "record", None)
         self.runner = TensorRTRunner(
             loaded.engine,
             loaded.spec,
-            loaded.flavour.module,
+            flavour.module,
             batch=batch,
             device_index=device_index,
             name=self.name,
             source=str(self.path),
+            runtime_cache=_runtime_cache_file(runtime_cache, flavour, record, info),
+            capture_needs_user_allocation=bool(getattr(flavour, "capture_needs_user_allocation", False)),
+            user_allocation=getattr(record, "user_allocation", None),
         )
         self.input_dtype = self.runner.input_dtype
         self.fixed_batch = self.runner.fixed_batch
@@ -277,13 +338,44 @@ class TensorRTBackend(BackendBase):
             self.stream.close()
 
 
+def _runtime_cache_file(choice: bool | str | Path, flavour: Any, record: Any, info: Any) -> Path | None:
+    """The runtime cache file for this engine on this GPU, or None (off, no RTX cache, no engine sha256)."""
+    if choice is False or not getattr(flavour, "has_runtime_cache", False):
+        return None
+    sha = getattr(getattr(record, "engine", None), "sha256", None)
+    if not sha:
+        return None
+    directory = default_dir() if choice is True else Path(choice).expanduser()
+    return cache_file(
+        directory,
+        engine_sha256=sha,
+        version=flavour.version_string,
+        compute_capability=tuple(info.compute_capability),
+        gpu_name=info.name,
+    )
+
+
 def open_engine(
-    path: str | Path, *, device: int = 0, batch: int | None = None, verbose: bool = False, **ignored
+    path: str | Path,
+    *,
+    device: int = 0,
+    batch: int | None = None,
+    verbose: bool = False,
+    runtime_cache: bool | str | Path = True,
+    **ignored,
 ) -> TensorRTBackend:
-    """``open_backend``'s entry point for ``.engine``/``.plan`` files (sidecar checked first)."""
+    """``open_backend``'s entry point for ``.engine``/``.plan`` files (sidecar checked first).
+
+    Args:
+        path: the engine file.
+        device: the CUDA device.
+        batch: the largest batch to allocate for.
+        verbose: TensorRT's log at verbose level.
+        runtime_cache: TensorRT-RTX runtime cache (see :class:`TensorRTBackend`); False: off.
+    """
     from deeplab_trt.runtime.engine_loader import load_engine
 
     if ignored:
         log.debug("TensorRT backend ignores options %s", sorted(ignored))
     loaded = load_engine(path, verbose=verbose)
-    return TensorRTBackend(loaded, device_index=device, batch=batch)
+    return TensorRTBackend(loaded, device_index=device, batch=batch, runtime_cache=runtime_cache)
