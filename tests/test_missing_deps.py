@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hide(monkeypatch, *modules: str) -> None:
+    """Make ``import name`` (and of its submodules, even ones an earlier test imported) raise ImportError."""
     for name in modules:
+        for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            monkeypatch.setitem(sys.modules, loaded, None)
         monkeypatch.setitem(sys.modules, name, None)
 
 
