@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -102,11 +101,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cache_root(explicit: Path | None = None) -> Path:
     if explicit is not None:
         return explicit.expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deeplab-trt"
+    from deeplab_trt.runtime.cache_dir import toolkit_cache_root  # honours $DEEPLAB_TRT_CACHE (CACHE_ENV)
+
+    return toolkit_cache_root()
 
 
 def cached_onnx_name(cache: Path) -> Path:

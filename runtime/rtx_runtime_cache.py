@@ -9,7 +9,7 @@ shapes are first seen; without a cache every start pays that again. Its ``IRunti
 One file per engine, TensorRT-RTX version and GPU (:func:`cache_file`): the blob is only valid
 for the same RTX version and GPU (``deserialize`` validates it and returns False on a mismatch,
 which here just means "start a new one"). It lives under the toolkit's cache directory
-(:func:`toolkit_cache_root`, ``$XDG_CACHE_HOME/deeplab-trt`` or ``~/.cache/deeplab-trt``) and is
+(:func:`deeplab_trt.runtime.cache_dir.toolkit_cache_root`, ``$XDG_CACHE_HOME/deeplab-trt`` or ``~/.cache/deeplab-trt``) and is
 written atomically at close (:mod:`deeplab_trt.runtime.atomic`): a crash never leaves half a
 cache. A cache that cannot be read or written costs only the compile time (a warning, never an
 error).
@@ -24,16 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from deeplab_trt.runtime.atomic import write_bytes_atomic
+from deeplab_trt.runtime.cache_dir import toolkit_cache_root
 
 log = logging.getLogger(__name__)
 
 SUBDIR = "tensorrt-rtx-runtime"
-
-
-def toolkit_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/deeplab-trt``, else ``~/.cache/deeplab-trt``: the toolkit's cache directory."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deeplab-trt"
 
 
 def default_dir() -> Path:

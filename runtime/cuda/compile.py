@@ -118,8 +118,9 @@ def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deeplab-trt" / "kernels"
+    from deeplab_trt.runtime.cache_dir import toolkit_cache_root
+
+    return toolkit_cache_root() / "kernels"
 
 
 def cache_key(source: bytes, arch: str, version: tuple[int, int], options: tuple[str, ...], kind: str) -> str:
