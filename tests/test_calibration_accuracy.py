@@ -1,0 +1,100 @@
+"""The accuracy benchmark's parts: the table writer, engine sizes, the ModelOpt child protocol.
+
+Fast: a 3-layer model, engines built by the real TensorRT-RTX on this CPU (skipped where absent).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from deeplab_trt.benchmarks import calibration_accuracy as bench
+from deeplab_trt.benchmarks import engine_sizes
+from deeplab_trt.runtime.spec import ModelSpec
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    """conv-relu-conv (lowres head), 1×3×32×64, with our metadata: what build_engine accepts."""
+    rng = np.random.default_rng(0)
+    spec = ModelSpec(name="small", classes=["a", "b", "c"], palette=[], input_height=32, input_width=64, head="lowres")
+    w1 = rng.normal(0, 0.3, size=(8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, size=(3, 8, 1, 1)).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (w2, "w2")]]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["output"], kernel_shape=[1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 16, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in spec.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path_factory.mktemp("small") / "small.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_table_has_engine_columns_and_the_size_note():
+    rows = {
+        "fp32": {"miou": 0.8571, "agreement_vs_fp32": 1.0, "onnx_mb": 12.0, "ms_per_image": 150.0,
+                 "engine": {"precision": "fp32", "engine_mib": 48.04, "build_s": 1.26}},
+        "fp16": {"note": "not evaluated", "engine": {"precision": "fp16", "engine_mib": 24.8, "build_s": 9.5}},
+        "ours entropy": {"miou": 0.8566, "calib_s": 7.0, "calib_peak_rss_mb": 395.0,
+                         "engine": {"precision": "int8", "error": "cannot parse it: DequantizeLinear Int32"}},
+        "modelopt entropy": {"note": "skipped: no --modelopt-python"},
+    }  # fmt: skip
+    table = bench.accuracy_table(rows, "context line")
+    lines = table.splitlines()
+    assert lines[0] == "context line"
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert "engine MiB" in header and "engine build wall (s)" in header
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[4:8]}
+    assert cells["fp32"][header.index("engine MiB")] == "48.0"
+    assert cells["fp32"][header.index("engine build wall (s)")] == "1.3"
+    assert cells["fp16"][header.index("mIoU")] == "—"  # no accuracy, but an engine
+    assert cells["fp16"][header.index("engine MiB")] == "24.8"
+    assert cells["ours entropy"][header.index("Δ vs FP32 (points)")] == "-0.05"
+    assert cells["ours entropy"][header.index("engine MiB")].startswith("not built: cannot parse")
+    assert cells["modelopt entropy"][header.index("engine MiB")] == "—"
+    assert cells["modelopt entropy"][header.index("note")] == "skipped: no --modelopt-python"
+    assert engine_sizes.SIZE_NOTE in table and "not a speed proxy" in table
+
+
+def test_engine_sizes_from_build_engine(small_onnx, tmp_path, rtx_flavour):
+    rows = engine_sizes.build_engines(
+        {"fp32": (small_onnx, "fp32", {}), "fp16": (small_onnx, "fp16", {})},
+        tmp_path / "engines",
+        flavour="tensorrt-rtx",
+    )
+    for name in ("fp32", "fp16"):
+        assert "error" not in rows[name], rows[name]
+        assert rows[name]["precision"] == name
+        assert 0 < rows[name]["engine_mib"] < 50 and rows[name]["build_s"] > 0
+    engines = sorted(tmp_path.joinpath("engines").glob("*.engine"))
+    assert [round(p.stat().st_size / 2**20, 6) for p in engines] == [
+        round(rows[n]["engine_mib"], 6) for n in ("fp32", "fp16")
+    ]
+    table = engine_sizes.engine_table(rows)
+    assert "| fp16 | fp16 |" in table and engine_sizes.SIZE_NOTE in table
+
+
+def test_engine_build_failure_is_a_row_not_a_crash(tmp_path, rtx_flavour):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    rows = engine_sizes.build_engines({"int8": (bad, "int8", {})}, tmp_path / "e", flavour="tensorrt-rtx")
+    assert rows["int8"]["precision"] == "int8" and "bad.onnx" in rows["int8"]["error"]
+    assert "\n" not in rows["int8"]["error"]
+
+
+def test_engines_unavailable_names_the_reason():
+    reason = engine_sizes.engines_unavailable("no-such-flavour")
+    assert reason and reason.startswith("engines skipped:") and "\n" not in reason
