@@ -1,4 +1,4 @@
-"""INT8 accuracy bar: FP32 vs our INT8 (entropy, percentile, max) vs ONNX Runtime's quantize_static.
+"""INT8 accuracy bar: FP32 vs our INT8 (entropy, percentile, max) vs ONNX Runtime and NVIDIA ModelOpt PTQ.
 
 What it measures (issue "Entropy calibration", item 7), all executed by ONNX Runtime on CPU,
 which runs the Q/DQ graphs as int8 arithmetic:
@@ -13,6 +13,13 @@ which runs the Q/DQ graphs as int8 arithmetic:
 * ONNX Runtime: ``quantize_static`` with ``CalibrationMethod.Entropy``, QDQ format,
   per-channel int8 weights, symmetric int8 activations (TensorRT needs zero point 0) and
   ``QuantizeBias: False`` (TensorRT rejects int32 bias DQ), fed the same preprocessed frames;
+* NVIDIA ModelOpt (``--modelopt-python PY``: a venv of its own, since its ``onnx`` extra pins
+  ``onnxruntime-gpu`` and CuPy): ``modelopt.onnx.quantization.quantize``, INT8, entropy and max
+  with the FP32 rest, entropy with ``high_precision_dtype='fp16'``, calibration on the CPU
+  provider, fed the same preprocessed frames as one ``.npy`` (protocol:
+  :mod:`deeplab_trt.benchmarks.modelopt_child`); skipped with a one-line reason without ``PY``
+  or where ``PY`` cannot import it. ONNX Runtime CPU mis-executes ModelOpt's FP16-rest graph
+  (4.1 % mIoU measured), so that row says it is no verdict;
 * engines (``--no-engines`` skips them; skipped with a one-line reason where no TensorRT flavour
   imports): fp32 and fp16 from the FP32 model, int8 from each contender's Q/DQ graph, each built
   with the builder's ``build_engine`` on this machine (TensorRT-RTX builds ahead of time on a
@@ -116,6 +123,84 @@ def ort_quantize_static(fp32: Path, out: Path, frames_dir: Path, spec) -> float:
     return time.perf_counter() - started
 
 
+MODELOPT_CHILD = Path(__file__).resolve().with_name("modelopt_child.py")
+#: ModelOpt runs: row name → (calibration_method, high_precision_dtype). The FP16-rest graph is
+#: reported, but ONNX Runtime CPU mis-executes it (4.1 % mIoU measured): its score is no verdict.
+MODELOPT_RUNS = {
+    "modelopt entropy": ("entropy", "fp32"),
+    "modelopt max": ("max", "fp32"),
+    "modelopt entropy (fp16 rest)": ("entropy", "fp16"),
+}
+MODELOPT_FP16_NOTE = "ORT CPU is no oracle for this FP16 Q/DQ graph (it mis-executes it): accuracy not a verdict"
+
+
+def write_calibration_npy(frames_dir: Path, spec, path: Path) -> int:
+    """The calibration frames, through the runtime's preprocessing, as one float32 N×3×H×W ``.npy``.
+
+    The same reader (``CalibrationData``, batch 1, file order) feeds ONNX Runtime's contender, so
+    every quantizer sees the same frames. Returns N.
+    """
+    from deeplab_trt.calibration.data import CalibrationData
+
+    batch = np.concatenate(list(CalibrationData([frames_dir], spec).batches(1))).astype(np.float32)
+    np.save(path, batch)
+    return int(batch.shape[0])
+
+
+def modelopt_unavailable(python: str | None) -> str | None:
+    """None where ``python`` can import ModelOpt's ONNX quantizer, else the one-line reason (skip)."""
+    import subprocess
+
+    if not python:
+        return "skipped: no --modelopt-python (a venv with nvidia-modelopt and the CPU onnxruntime)"
+    try:
+        proc = subprocess.run(
+            [python, str(MODELOPT_CHILD), "--check"], capture_output=True, text=True, timeout=300, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"skipped: --modelopt-python {python}: {exc}"
+    if proc.returncode != 0:
+        last = (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
+        return f"skipped: --modelopt-python {python} cannot import modelopt.onnx.quantization ({last[:120]})"
+    return None
+
+
+def run_modelopt(python: str, fp32: Path, calib_npy: Path, method: str, high_precision: str, out: Path) -> dict:
+    """One ModelOpt PTQ in a child process of ``python`` (protocol: :mod:`.modelopt_child`).
+
+    Returns ``{"seconds", "peak_rss_mb", "modelopt_version", "child_ru_maxrss_mb"}``; the model at
+    ``out`` gets the FP32 model's metadata (ModelOpt does not carry ``metadata_props`` over; our
+    backends read the model spec from them). ``child_ru_maxrss_mb`` is ``wait4``'s figure for the
+    child, an upper bound (it includes the parent's size at fork; see ``peak_rss_mb``).
+    """
+    import subprocess
+
+    import onnx
+
+    result = out.with_suffix(".result.json")
+    cmd = [python, str(MODELOPT_CHILD), "--onnx", str(fp32), "--calib", str(calib_npy), "--method", method]
+    cmd += ["--high-precision", high_precision, "--out", str(out), "--result", str(result)]
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=str(out.parent))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read()[-3000:]
+    if proc.returncode != 0 or not result.is_file():
+        last = tail.strip().splitlines()[-1] if tail.strip() else f"exit {proc.returncode}"
+        raise RuntimeError(f"ModelOpt {method}/{high_precision} failed: {last}")
+    record = json.loads(result.read_text())
+    record["child_ru_maxrss_mb"] = usage.ru_maxrss / 1024
+    model = onnx.load(str(out))
+    source = onnx.load(str(fp32), load_external_data=False)
+    present = {p.key for p in model.metadata_props}
+    for prop in source.metadata_props:
+        if prop.key not in present:
+            model.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(model, str(out))
+    return record
+
+
 def evaluate_all(models: dict[str, Path], num: int, threads: int) -> dict[str, dict]:
     """mIoU vs ground truth and pixel agreement with the first model, one pass over the scenes."""
     from deeplab_trt.benchmarks.accuracy import segment
@@ -158,7 +243,7 @@ def _quantize_worker(argv: list[str]) -> int:
 
     A process per run so that each quantizer's peak memory is its own (ru_maxrss only grows).
     """
-    import resource
+    from deeplab_trt.benchmarks.modelopt_child import peak_rss_mb
 
     kind, method, fp32, frames, out = argv
     from deeplab_trt.runtime.spec import spec_from_onnx
@@ -172,13 +257,7 @@ def _quantize_worker(argv: list[str]) -> int:
         seconds = time.perf_counter() - t0
     else:
         seconds = ort_quantize_static(Path(fp32), Path(out), Path(frames), spec_from_onnx(fp32))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    try:  # ru_maxrss survives exec (it would report the parent's peak): VmHWM is this process's own
-        status = Path("/proc/self/status").read_text()
-        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
-    except (OSError, StopIteration, ValueError):
-        pass
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
     return 0
 
 
@@ -266,6 +345,11 @@ def main(argv=None) -> int:
         help="ours: METHOD (FP32 rest) or METHOD+fp16 (mixed INT8 + FP16 graph, strongly typed TensorRT)",
     )
     parser.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime's quantize_static")
+    parser.add_argument(
+        "--modelopt-python",
+        default=None,
+        help="python of a venv with nvidia-modelopt + CPU onnxruntime: adds ModelOpt contenders (default: skipped)",
+    )
     parser.add_argument("--no-engines", action="store_true", help="skip the engine size / build time columns")
     parser.add_argument("--flavour", default="auto", help="TensorRT flavour for the engines (as deeplab-trt build)")
     parser.add_argument("--out", type=Path, default=None, help="write calibration_accuracy.{json,md} here")
@@ -307,9 +391,32 @@ def main(argv=None) -> int:
             models[name] = out
             methods[name] = method if kind == "ours" else ""
             print(f"{name}: {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
+        modelopt_skipped = modelopt_unavailable(args.modelopt_python)
+        if modelopt_skipped:
+            print(f"contender NVIDIA ModelOpt: {modelopt_skipped}", flush=True)
+        else:
+            calib_npy = tmp / "calib.npy"
+            write_calibration_npy(frames, spec, calib_npy)
+            for name, (method, high) in MODELOPT_RUNS.items():
+                out = tmp / f"modelopt_{method}_{high}.onnx"
+                try:
+                    stats = run_modelopt(args.modelopt_python, fp32, calib_npy, method, high, out)
+                except RuntimeError as exc:
+                    rows[name] = {"note": str(exc)[:200]}
+                    print(f"{name}: {exc}", flush=True)
+                    continue
+                rows[name] = {
+                    "calib_s": stats["seconds"],
+                    "calib_peak_rss_mb": stats["peak_rss_mb"],
+                    "child_ru_maxrss_mb": stats["child_ru_maxrss_mb"],
+                    "modelopt_version": stats["modelopt_version"],
+                    "note": f"ModelOpt {stats['modelopt_version']}"
+                    + (f"; {MODELOPT_FP16_NOTE}" if high == "fp16" else ""),
+                }
+                models[name] = out
+                print(f"{name}: {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
         for name, path in models.items():
             rows[name].update(onnx_mb=path.stat().st_size / 2**20, layers=onnx_census(path).summary())
-        print("contender NVIDIA ModelOpt: skipped (not wired in this version; see the report)", flush=True)
         metrics = evaluate_all(models, args.eval_num, args.threads)
         for name in models:
             rows[name].update(metrics[name])
@@ -329,7 +436,9 @@ def main(argv=None) -> int:
     context = (
         f"{spec.name}, input {spec.input_height}x{spec.input_width}; calibration {args.calib_num} frames; "
         f"evaluation {args.eval_num} held-out scenes; load average after the run {load[0]:.2f} {load[1]:.2f} "
-        f"{load[2]:.2f}" + (f"; {engines_skipped}" if engines_skipped else "")
+        f"{load[2]:.2f}"
+        + (f"; {engines_skipped}" if engines_skipped else "")
+        + (f"; ModelOpt {modelopt_skipped}" if modelopt_skipped else "")
     )
     table = accuracy_table(rows, context)
     print(table)
@@ -344,6 +453,7 @@ def main(argv=None) -> int:
             "calib_num": args.calib_num,
             "eval_num": args.eval_num,
             "engines_skipped": engines_skipped,
+            "modelopt_skipped": modelopt_skipped,
             "rows": rows,
         }
         write_text_atomic(args.out / "calibration_accuracy.json", json.dumps(doc, indent=1) + "\n")

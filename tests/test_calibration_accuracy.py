@@ -5,6 +5,10 @@ Fast: a 3-layer model, engines built by the real TensorRT-RTX on this CPU (skipp
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -98,3 +102,67 @@ def test_engine_build_failure_is_a_row_not_a_crash(tmp_path, rtx_flavour):
 def test_engines_unavailable_names_the_reason():
     reason = engine_sizes.engines_unavailable("no-such-flavour")
     assert reason and reason.startswith("engines skipped:") and "\n" not in reason
+
+
+# ----- the ModelOpt child protocol ------------------------------------------------------------------
+def _calib_npy(tmp_path, n=4):
+    path = tmp_path / "calib.npy"
+    np.save(path, np.random.default_rng(1).normal(size=(n, 3, 32, 64)).astype(np.float32))
+    return path
+
+
+def _assert_qdq_result(out, record):
+    model = onnx.load(str(out))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert record["seconds"] > 0 and record["peak_rss_mb"] > 0 and record["modelopt_version"]
+
+
+def test_modelopt_child_in_process(small_onnx, tmp_path):
+    """The child side as the parent calls it, run in this process (needs modelopt here)."""
+    pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt is not installed in this venv")
+    from deeplab_trt.benchmarks import modelopt_child
+
+    out, result = tmp_path / "mo.onnx", tmp_path / "mo.json"
+    argv = ["--onnx", str(small_onnx), "--calib", str(_calib_npy(tmp_path)), "--method", "max"]
+    assert modelopt_child.main(argv + ["--out", str(out), "--result", str(result)]) == 0
+    _assert_qdq_result(out, json.loads(result.read_text()))
+
+
+def test_modelopt_skips_in_one_line_without_a_usable_python(tmp_path):
+    assert bench.modelopt_unavailable(None).startswith("skipped: no --modelopt-python")
+    # this venv's python: skipped unless modelopt happens to be installed here
+    reason = bench.modelopt_unavailable(sys.executable)
+    if reason is not None:
+        assert reason.startswith(f"skipped: --modelopt-python {sys.executable} cannot import") and "\n" not in reason
+    assert bench.modelopt_unavailable(str(tmp_path / "no-python")).startswith("skipped: --modelopt-python")
+
+
+def test_calibration_npy_is_the_preprocessed_frames(tmp_path):
+    from deeplab_trt.calibration.data import CalibrationData
+
+    spec = ModelSpec(name="s", classes=["a", "b"], palette=[], input_height=32, input_width=64, head="lowres")
+    bench.write_calibration_frames(tmp_path / "frames", 3, 48, 80)
+    n = bench.write_calibration_npy(tmp_path / "frames", spec, tmp_path / "c.npy")
+    batch = np.load(tmp_path / "c.npy")
+    assert n == 3 and batch.shape == (3, 3, 32, 64) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, np.concatenate(list(CalibrationData([tmp_path / "frames"], spec).batches(1))))
+
+
+def test_modelopt_subprocess_protocol(small_onnx, tmp_path):
+    """The real child in the ModelOpt venv named by DEEPLAB_TRT_MODELOPT_PYTHON; metadata carried over."""
+    python = os.environ.get("DEEPLAB_TRT_MODELOPT_PYTHON")
+    reason = bench.modelopt_unavailable(python)
+    if reason:
+        pytest.skip(f"ModelOpt venv: {reason} (set DEEPLAB_TRT_MODELOPT_PYTHON)")
+    out = tmp_path / "mo.onnx"
+    record = bench.run_modelopt(python, small_onnx, _calib_npy(tmp_path), "entropy", "fp32", out)
+    _assert_qdq_result(out, record)
+    assert record["child_ru_maxrss_mb"] >= record["peak_rss_mb"] * 0.5
+    from deeplab_trt.runtime.spec import spec_from_onnx
+
+    assert spec_from_onnx(out).name == "small"  # our metadata, so our backends can run it
+    with pytest.raises(RuntimeError, match="ModelOpt max/fp32 failed"):
+        bench.run_modelopt(
+            python, tmp_path / "missing.onnx", tmp_path / "calib.npy", "max", "fp32", tmp_path / "x.onnx"
+        )
