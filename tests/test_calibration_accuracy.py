@@ -166,3 +166,66 @@ def test_modelopt_subprocess_protocol(small_onnx, tmp_path):
         bench.run_modelopt(
             python, tmp_path / "missing.onnx", tmp_path / "calib.npy", "max", "fp32", tmp_path / "x.onnx"
         )
+
+
+# ----- placement rule 9: a pool between quantized tensors reads the quantized one -------------------
+def _pool_graph(shared: bool) -> onnx.ModelProto:
+    """conv1-relu → [conv2 if shared] and GlobalAveragePool → conv3 (1×1); Mul; float head Conv.
+
+    ``shared``: the ReLU output also feeds a quantized Conv (ASPP: the backbone output feeds ASPP's
+    Convs and its image pool); otherwise it feeds only the pool and a float Mul (a squeeze-excitation).
+    """
+    rng = np.random.default_rng(3)
+
+    def w(*shape):
+        return numpy_helper.from_array(rng.normal(0, 0.3, size=shape).astype(np.float32))
+
+    inits = {"w1": w(8, 3, 3, 3), "w2": w(8, 8, 3, 3), "w3": w(8, 8, 1, 1), "wh": w(3, 8, 1, 1)}
+    for name, tensor in inits.items():
+        tensor.name = name
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="pool"),
+        helper.make_node("Conv", ["g", "w3"], ["c3"], name="conv3", kernel_shape=[1, 1]),
+    ]
+    if shared:
+        nodes.append(helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1] * 4))
+    nodes.append(helper.make_node("Mul", ["c2" if shared else "r1", "c3"], ["m"], name="mul"))
+    nodes.append(helper.make_node("Conv", ["m", "wh"], ["output"], name="head", kernel_shape=[1, 1]))
+    graph = helper.make_graph(
+        nodes,
+        "pool",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [t for name, t in inits.items() if shared or name != "w2"],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_pool_between_quantized_tensors_reads_the_quantized_input():
+    import onnxruntime as ort
+
+    from deeplab_trt.calibration.qdq import insert_qdq, plan_qdq
+
+    model = _pool_graph(shared=True)
+    plan = plan_qdq(model)
+    assert plan.quantized_pools == ["pool"]
+    assert ("pool", 0) in plan.activations["r1"] and ("conv2", 0) in plan.activations["r1"]
+    qmodel = insert_qdq(model, plan, {t: 4.0 for t in plan.tensors})
+    nodes = {n.name: n for n in qmodel.graph.node}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    assert producer[nodes["pool"].input[0]].op_type == "DequantizeLinear"
+    assert nodes["pool"].input[0] == nodes["conv2"].input[0]  # one Q/DQ pair, shared (one scale)
+    onnx.checker.check_model(qmodel)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    got = ort.InferenceSession(qmodel.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert np.isfinite(got[0]).all()
+
+
+def test_pool_whose_input_is_not_otherwise_quantized_stays_float():
+    from deeplab_trt.calibration.qdq import plan_qdq
+
+    plan = plan_qdq(_pool_graph(shared=False))
+    assert plan.quantized_pools == [] and "r1" not in plan.activations  # no extra Q before a float Mul
+    assert "g" in plan.activations  # the pool's consumer Conv is still quantized
