@@ -16,8 +16,10 @@ checked against NVIDIA ModelOpt 0.47's ONNX quantizer (``modelopt/onnx/quantizat
 2. **Do not quantize outputs of weighted ops**, and put nothing between Conv and its BN/ReLU/
    HardSwish/HardSigmoid epilogue: [TRT] fuses Conv+BN+activation itself ("do not simulate
    batch-normalization and ReLU fusions") and fuses the *next* Q into the Conv's output, so the
-   Conv writes INT8 when its consumer is quantized. [MO]: same (its CASK partitions Conv → BN →
-   pointwise epilogue get no inner Q/DQ).
+   Conv writes INT8 when its consumer is quantized. [MO]: the same rule (its CASK partitions Conv → BN → ReLU
+   get no inner Q/DQ), but **ModelOpt 0.47 does not take HardSwish into the partition**: on the
+   demo model it puts a Q/DQ pair between 20 Convs and their HardSwish (and on the Conv side of
+   5 Adds), i.e. a Conv output quantized before its epilogue; ours follows [TRT] there.
 3. **Quantize the residual input of a residual Add**, not the branch coming straight from a
    Conv: [TRT] fuses an element-wise Add into the Conv that feeds it, as an INT8 residual, only
    when the Add's *other* input is quantized (its figures 6/7: with a float residual the fused
@@ -64,7 +66,7 @@ this placement unchanged, on purpose:
 8. **Q/DQ stay FP32 with Casts around them** in the mixed graph (see
    :func:`deeplab_trt.calibration.quantize.mixed_fp16`): opset 17 QuantizeLinear takes FP32
    only, and TensorRT fuses Cast→Q / DQ→Cast into the INT8 kernel's I/O. [MO]'s graph
-   with ``high_precision_dtype='fp16'`` is built differently, and ONNX Runtime CPU mis-executes
+   with ``high_precision_dtype='fp16'`` is opset 19 with FP16 scales (Q/DQ on FP16 tensors), and ONNX Runtime CPU mis-executes
    it (4.1 % mIoU measured) while it runs ours correctly (``benchmarks/calibration_accuracy``).
 9. **A pooling op (GlobalAveragePool, AveragePool, MaxPool) whose input is already quantized
    for another consumer and whose output is quantized reads that quantized input**: [TRT]
