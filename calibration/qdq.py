@@ -66,8 +66,9 @@ this placement unchanged, on purpose:
 8. **Q/DQ stay FP32 with Casts around them** in the mixed graph (see
    :func:`deeplab_trt.calibration.quantize.mixed_fp16`): opset 17 QuantizeLinear takes FP32
    only, and TensorRT fuses Cast→Q / DQ→Cast into the INT8 kernel's I/O. [MO]'s graph
-   with ``high_precision_dtype='fp16'`` is opset 19 with FP16 scales (Q/DQ on FP16 tensors), and ONNX Runtime CPU mis-executes
-   it (4.1 % mIoU measured) while it runs ours correctly (``benchmarks/calibration_accuracy``).
+   with ``high_precision_dtype='fp16'`` is opset 19 with FP16 scales (Q/DQ on FP16 tensors), which ONNX Runtime CPU is no proven
+   oracle for (one session measured 4.1 % mIoU on it, a later one −0.74 points), while ours
+   keeps every Q/DQ in FP32, which ORT CPU runs as it runs the FP32-rest graph.
 9. **A pooling op (GlobalAveragePool, AveragePool, MaxPool) whose input is already quantized
    for another consumer and whose output is quantized reads that quantized input**: [TRT]
    fuses DQ → pool → Q into one quantized pooling layer (its figure 1, "a quantizable

@@ -229,3 +229,8 @@ def test_pool_whose_input_is_not_otherwise_quantized_stays_float():
     plan = plan_qdq(_pool_graph(shared=False))
     assert plan.quantized_pools == [] and "r1" not in plan.activations  # no extra Q before a float Mul
     assert "g" in plan.activations  # the pool's consumer Conv is still quantized
+
+
+def test_fp16_qdq_note_says_mis_execution_only_when_agreement_collapses():
+    assert "mis-executes" in bench.fp16_qdq_note(0.05)
+    assert "no proven oracle" in bench.fp16_qdq_note(0.974) and "mis-executes" not in bench.fp16_qdq_note(0.974)
