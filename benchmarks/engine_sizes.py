@@ -36,7 +36,8 @@ def engines_unavailable(flavour: str = "auto") -> str | None:
     return None
 
 
-#: One engine to build: (ONNX, precision, extra ``BuildOptions`` fields such as ``data``/``method``).
+#: One engine to build: (ONNX, precision, ``CalibrationOptions`` fields such as ``data``/``method``;
+#: empty: no calibration in the build).
 Target = tuple[Path, str, dict[str, Any]]
 
 
@@ -44,7 +45,7 @@ def build_engines(targets: dict[str, Target], out_dir: Path, *, flavour: str = "
     """Build each ``name: (onnx, precision, options)`` with ``build_engine``; returns size and time per name.
 
     Args:
-        targets: row name → (ONNX to build, ``fp32`` | ``fp16`` | ``int8``, extra options). An
+        targets: row name → (ONNX to build, ``fp32`` | ``fp16`` | ``int8``, calibration options). An
             ``int8`` target is either a Q/DQ ONNX (its rest precision is the graph's; no calibration
             in its time) or the FP32 ONNX with ``data`` (``build_engine`` calibrates: its time
             includes calibration, ``engine_build_s`` does not).
@@ -58,13 +59,16 @@ def build_engines(targets: dict[str, Target], out_dir: Path, *, flavour: str = "
         TensorRT build alone where the sidecar records it.
     """
     from deeplab_trt.builder.engine import BuildOptions, build_engine
+    from deeplab_trt.calibration.options import CalibrationOptions
     from deeplab_trt.runtime.errors import ToolkitError
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     for index, (name, (onnx_path, precision, extra)) in enumerate(targets.items()):
         engine = out_dir / f"engine_{index}_{precision}.engine"
-        options = BuildOptions(precision=precision, flavour=flavour, progress=False, **extra)
+        options = BuildOptions(precision=precision, flavour=flavour, progress=False)
+        if extra:
+            options.calibration = CalibrationOptions(**extra)
         started = time.perf_counter()
         try:
             sidecar = build_engine(onnx_path, engine, options)

@@ -91,6 +91,15 @@ def test_engine_sizes_from_build_engine(small_onnx, tmp_path, rtx_flavour):
     assert "| fp16 | fp16 |" in table and engine_sizes.SIZE_NOTE in table
 
 
+def test_int8_engine_calibrated_by_build_engine(small_onnx, tmp_path, rtx_flavour):
+    """The mixed INT8 + FP16 row's path: FP32 model + calibration data, built by build_engine."""
+    bench.write_calibration_frames(tmp_path / "frames", 4, 32, 64)
+    extra = {"data": [str(tmp_path / "frames")], "num": 4, "method": "entropy"}
+    rows = engine_sizes.build_engines({"int8": (small_onnx, "int8", extra)}, tmp_path / "e", flavour="tensorrt-rtx")
+    assert "error" not in rows["int8"], rows["int8"]
+    assert rows["int8"]["engine_mib"] > 0 and rows["int8"]["build_s"] >= (rows["int8"]["engine_build_s"] or 0)
+
+
 def test_engine_build_failure_is_a_row_not_a_crash(tmp_path, rtx_flavour):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
