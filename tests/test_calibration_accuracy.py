@@ -158,6 +158,7 @@ def test_calibration_npy_is_the_preprocessed_frames(tmp_path):
     np.testing.assert_array_equal(batch, np.concatenate(list(CalibrationData([tmp_path / "frames"], spec).batches(1))))
 
 
+@pytest.mark.slow  # ~20-40 s on 2 loaded cores: ModelOpt's import + two child runs
 def test_modelopt_subprocess_protocol(small_onnx, tmp_path):
     """The real child in the ModelOpt venv named by DEEPLAB_TRT_MODELOPT_PYTHON; metadata carried over."""
     python = os.environ.get("DEEPLAB_TRT_MODELOPT_PYTHON")
