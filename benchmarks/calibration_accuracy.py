@@ -179,7 +179,7 @@ def run_modelopt(python: str, fp32: Path, calib_npy: Path, method: str, high_pre
     """One ModelOpt PTQ in a child process of ``python`` (protocol: :mod:`.modelopt_child`).
 
     Returns ``{"seconds", "peak_rss_mb", "modelopt_version", "child_ru_maxrss_mb"}``; the model at
-    ``out`` gets the FP32 model's metadata (ModelOpt does not carry ``metadata_props`` over; our
+    ``out`` gets any of the FP32 model's metadata it lacks (our
     backends read the model spec from them). ``child_ru_maxrss_mb`` is ``wait4``'s figure for the
     child, an upper bound (it includes the parent's size at fork; see ``peak_rss_mb``).
     """
