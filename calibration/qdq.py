@@ -4,39 +4,81 @@ Why our own pass: TensorRT builds exactly the int8 regions that QuantizeLinear /
 DequantizeLinear nodes mark, so *where* they go decides what fuses. ONNX Runtime's
 ``quantize_static`` quantizes every op it knows, including biases as int32
 ``DequantizeLinear`` (rejected by the TensorRT-RTX parser, see DESIGN.md) and Q/DQ on outputs
-that break TensorRT's Conv+Add fusions. The rules applied here are TensorRT's
-("Q/DQ Layer-Placement Recommendations", developer guide; ModelOpt's ONNX quantizer applies
-the same):
+that break TensorRT's Conv+Add fusions. The rules applied here are TensorRT's ("Q/DQ Layer-Placement Recommendations" and "Q/DQ
+Fusion" in the developer guide's *Explicit Quantization* chapter, cited below as [TRT]) and were
+checked against NVIDIA ModelOpt 0.47's ONNX quantizer (``modelopt/onnx/quantization/int8.py``,
+``partitioning.py``, ``graph_utils.py``, cited as [MO]); where ours differs, the reason is given:
 
 1. **Quantize all inputs of weighted ops** (Conv): the activation input (per-tensor scale
-   from calibration) and the weight (per output channel, axis 0, max |w| / 127).
-2. **Do not quantize outputs of weighted ops**: TensorRT fuses Conv+BN+ReLU (+Add) and
-   decides the output precision from the next Q.
+   from calibration) and the weight (per output channel, axis 0, max |w| / 127). [TRT]: "quantize
+   all inputs of weighted operations" — it is what lets the Conv run an INT8 kernel. [MO]: same
+   (Conv/Gemm/MatMul partitions are rooted at the weighted op and quantize its inputs).
+2. **Do not quantize outputs of weighted ops**, and put nothing between Conv and its BN/ReLU/
+   HardSwish/HardSigmoid epilogue: [TRT] fuses Conv+BN+activation itself ("do not simulate
+   batch-normalization and ReLU fusions") and fuses the *next* Q into the Conv's output, so the
+   Conv writes INT8 when its consumer is quantized. [MO]: the same rule (its CASK partitions Conv → BN → ReLU
+   get no inner Q/DQ), but **ModelOpt 0.47 does not take HardSwish into the partition**: on the
+   demo model it puts a Q/DQ pair between 20 Convs and their HardSwish (and on the Conv side of
+   5 Adds), i.e. a Conv output quantized before its epilogue; ours follows [TRT] there.
 3. **Quantize the residual input of a residual Add**, not the branch coming straight from a
-   Conv: TensorRT then fuses the Add into that Conv as an int8 residual (ResNet, MobileNet
-   inverted residuals). The branch is found like ModelOpt does: each Add input is traced back
+   Conv: [TRT] fuses an element-wise Add into the Conv that feeds it, as an INT8 residual, only
+   when the Add's *other* input is quantized (its figures 6/7: with a float residual the fused
+   Conv's output is limited to float and the trailing Q cannot fuse); a Q/DQ on the Conv branch
+   "forces the separation of the convolution from the element-wise addition" (figure 9). The
+   branch is found like [MO]'s ``build_non_residual_input_map``: each Add input is traced back
    through BatchNormalization/Identity to a Conv ("backbone"); with one backbone, the other
    input is the residual; with two (ResNet downsample blocks), the input with the longer path
    to their lowest common ancestor is the main branch and the other one is quantized. An Add
    whose other input is computed *from* the backbone Conv itself is not a residual.
-4. **No bias quantization**: biases stay float (TensorRT folds them; int32 DQ is rejected).
+4. **No bias quantization**: biases stay float. [TRT] folds the bias into the Conv kernel; the
+   TensorRT-RTX parser rejects ONNX Runtime's int32 bias ``DequantizeLinear`` (DESIGN.md).
+   [MO]: same (ModelOpt turns ORT's bias quantization off).
 5. **Head kept float by default**: Convs from which a graph output is reached without
    passing another Conv (the final classifier) keep float inputs; Resize and ArgMax never get
    Q/DQ. ``exclude`` (fnmatch patterns on node names) keeps further Convs/Adds in float.
+   [TRT]: precision-sensitive layers may stay in high precision. **Differs from [MO]**, which
+   quantizes a Conv that writes a graph output (``get_skipped_output_layers`` skips only
+   non-Conv output layers): the classifier is one 1×1 Conv (1 of the demo model's 70) whose
+   logits feed the argmax directly, the most accuracy-sensitive tensor of the network; keeping it
+   float costs one small Conv of INT8 (``quantize_head=True`` gives ModelOpt's choice).
 
 **The mixed INT8 + FP16 graph** (``quantize_onnx(rest="fp16")``, strongly typed TensorRT) keeps
-this placement unchanged, on purpose (ModelOpt's partitioning, ``graph_utils``, does the same):
+this placement unchanged, on purpose:
 
-6. **Q/DQ only on Conv inputs and residual Add inputs**, never between two non-quantized
-   layers: with the rest in FP16, a Q/DQ pair between two FP16 layers would only force an
-   FP16→INT8→FP16 reformat that no kernel absorbs.
-7. **Concat, Resize, pooling (ASPP's global pool) get no Q/DQ of their own**: TensorRT propagates
-   a Q backwards through them (they commute with quantization) when the consumer Conv is
-   quantized, so its own Q placement decides; giving them a separate scale would break the
-   commutation and add reformats. They run FP16 in the mixed graph.
+6. **Q/DQ only on Conv inputs, residual Add inputs and rule 9's pools**, never between two
+   non-quantized layers: with the rest in FP16, a Q/DQ pair between two FP16 layers would only
+   force an FP16→INT8→FP16 reformat that no kernel absorbs ([TRT]: the optimizer executes
+   exactly the conversions the graph specifies). **Differs from [MO]** in one place: ModelOpt
+   also quantizes both inputs of non-fusible Muls (MobileNetV3's squeeze-excitation
+   ``x * hardsigmoid(...)``) and the GlobalAveragePool before them, so that Mul runs as an INT8
+   point-wise kernel. Ours leaves that Mul in FP16, followed by the next Conv's Q, which
+   TensorRT's point-wise fusion can absorb into the Mul's kernel output (not verified here: no
+   GPU to read the engine's layers). ModelOpt's variant is a speed bet we could not measure, not
+   a case the guidance names as a reformat or a missed fusion, so ours is unchanged.
+7. **Concat and Resize get no Q/DQ of their own**: [TRT] propagates a Q backwards through
+   layers that commute with quantization (Concat among them; its figure "DQ forward-propagation
+   and Q backward-propagation") when the consumer Conv is quantized, and requires the Qs that
+   meet there to have equal scales (figure 10) — one Q after the Concat gives exactly that.
+   [MO] reaches the same with its default ``concat_elimination`` pass (Concat inputs share the
+   output's scale). [MO] additionally quantizes a Resize input that follows a Conv partition
+   (``_find_quantizable_kgen_partitions``); in DeepLab that Resize broadcasts ASPP's 1×1 pooled
+   vector, a negligible tensor, so ours keeps it FP16 (no change: no fusion is missed).
 8. **Q/DQ stay FP32 with Casts around them** in the mixed graph (see
    :func:`deeplab_trt.calibration.quantize.mixed_fp16`): opset 17 QuantizeLinear takes FP32
-   only, and TensorRT fuses Cast→Q / DQ→Cast into the INT8 kernel's I/O.
+   only, and TensorRT fuses Cast→Q / DQ→Cast into the INT8 kernel's I/O. [MO]'s graph
+   with ``high_precision_dtype='fp16'`` is opset 19 with FP16 scales (Q/DQ on FP16 tensors), which ONNX Runtime CPU is no proven
+   oracle for (one session measured 4.1 % mIoU on it, a later one −0.74 points), while ours
+   keeps every Q/DQ in FP32, which ORT CPU runs as it runs the FP32-rest graph.
+9. **A pooling op (GlobalAveragePool, AveragePool, MaxPool) whose input is already quantized
+   for another consumer and whose output is quantized reads that quantized input**: [TRT]
+   fuses DQ → pool → Q into one quantized pooling layer (its figure 1, "a quantizable
+   AveragePool layer is fused with a DQ layer and a Q layer"). Left reading the float tensor,
+   the producer (a fused Conv) must write both the FP16 tensor for the pool and an INT8 copy
+   for the other consumer, i.e. a separate Q kernel — the reformat rule 6 avoids. In DeepLab v3
+   this is ASPP's image pooling on the backbone output (which also feeds ASPP's quantized
+   Convs). [MO]: pooling ops are quantized when a neighbour is (``find_quantizable_nodes``).
+   Pools whose input is not otherwise quantized (the SE blocks' pools, whose input also feeds a
+   float Mul) are left alone: quantizing them would add exactly that extra Q.
 
 A tensor feeding several quantized consumers gets one Q/DQ pair shared by all of them (one
 scale per tensor, as TensorRT requires for fusion); consumers that stay float keep reading the
@@ -63,6 +105,8 @@ from deeplab_trt.calibration.scales import quantize_weight, scale_from_amax, wei
 from deeplab_trt.runtime.errors import ToolkitError
 
 QUANTIZED_OPS = ("Conv",)
+#: Pooling ops TensorRT runs quantized when DQ → pool → Q surround them (rule 9).
+POOLING_OPS = ("GlobalAveragePool", "AveragePool", "MaxPool")
 #: Ops between a Conv and an Add that TensorRT still fuses into the Conv (BN is folded).
 FUSIBLE_PASS_THROUGH = ("BatchNormalization", "Identity")
 WEIGHT_MODES = ("int8", "qdq")
@@ -82,6 +126,7 @@ class QdqPlan:
     weights: dict[str, str] = field(default_factory=dict)
     residual_adds: list[str] = field(default_factory=list)
     float_convs: list[str] = field(default_factory=list)
+    quantized_pools: list[str] = field(default_factory=list)  #: rule 9
 
     @property
     def tensors(self) -> list[str]:
@@ -235,6 +280,16 @@ def plan_qdq(model: onnx.ModelProto, exclude=(), quantize_head: bool = False) ->
         tensor = node.input[residual]
         plan.activations.setdefault(tensor, []).append((name, residual))
         plan.residual_adds.append(name)
+
+    # Rule 9: a pool between two quantized tensors reads the quantized one (TensorRT fuses
+    # DQ -> pool -> Q); decided after the Convs and Adds, whose placement defines both ends.
+    for name in g.order:
+        node = g.nodes[name]
+        if node.op_type not in POOLING_OPS or _matches(name, exclude) or not node.input:
+            continue
+        if node.input[0] in plan.activations and node.output and node.output[0] in plan.activations:
+            plan.activations[node.input[0]].append((name, 0))
+            plan.quantized_pools.append(name)
     return plan
 
 

@@ -140,6 +140,7 @@ def write_report(report_dir: str | Path, result, title: str = "", plots: int = P
         "quantized_weights": len(result.plan.weights),
         "residual_adds": result.plan.residual_adds,
         "float_convs": result.plan.float_convs,
+        "quantized_pools": result.plan.quantized_pools,
         "layers": census.counts() if census is not None else None,
         "fp32_layers": census.fp32_layers if census is not None else None,
         "tensors": rows,
@@ -152,7 +153,8 @@ def write_report(report_dir: str | Path, result, title: str = "", plots: int = P
         f"- method: **{result.method}**" + (f" (percentile {result.percentile})" if result.percentile else ""),
         f"- source: {result.source}, {result.frames} frames, {result.seconds:.1f} s",
         f"- quantized activation tensors: {len(rows)}; Conv weights (per-channel): {len(result.plan.weights)}; "
-        f"residual Adds: {len(result.plan.residual_adds)}",
+        f"residual Adds: {len(result.plan.residual_adds)}; pools reading a quantized input: "
+        f"{len(result.plan.quantized_pools)}",
         f"- kept float: {', '.join(result.plan.float_convs) or 'none'}",
         *([f"- layers ({census.source} types): {census.summary()}"] if census is not None else []),
         "",
