@@ -110,7 +110,9 @@ def plan_precision(
     weak = flavour.has_weak_typing
     if onnx_is_qdq and precision != "int8":
         raise ToolkitError("the model has Q/DQ nodes (an INT8 graph): build it with --precision int8")
-    if onnx_is_fp16 and precision != "fp16":
+    # A Q/DQ graph with an FP16 rest ('calibrate --int8-rest fp16', the default on strongly typed flavours)
+    # has an FP16 input too: it is an INT8 graph, not an FP16 one.
+    if onnx_is_fp16 and precision != "fp16" and not (onnx_is_qdq and precision == "int8"):
         raise ToolkitError("the model is an FP16 graph: build it with --precision fp16 (or give the FP32 export)")
     if precision != "int8" and int8_mode == "implicit":
         raise ToolkitError("--int8-mode implicit applies to --precision int8 only")

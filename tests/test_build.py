@@ -542,3 +542,30 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(case, mobilenet, tmp_pa
     assert len(lines) == 1, proc.stderr
     assert expected in lines[0], lines[0]
     assert os.listdir(out_dir) == []  # no engine, no sidecar, no temporaries
+
+
+def test_calibrated_mixed_int8_fp16_graph_builds_from_the_cli(onnx_factory, tmp_path, rtx_flavour, capsys):
+    """The README's two steps on a strongly typed flavour: 'calibrate' (FP16 rest by default there) then
+    'build --precision int8' of its output; the engine's input is FP16 (the mixed graph's convention)."""
+    from deeplab_trt.benchmarks.scenes import SceneGenerator
+    from deeplab_trt.cli import main
+
+    model = onnx_factory(head="lowres")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    gen = SceneGenerator(64, 128, seed=5)
+    import cv2
+
+    for i, (img, _) in enumerate(gen.video_frames(4)):
+        cv2.imwrite(str(frames / f"{i}.png"), img)
+    qdq = tmp_path / "m.int8.onnx"
+    assert (
+        main(["calibrate", str(model), "--data", str(frames), "--int8-rest", "fp16", "--no-progress", "-o", str(qdq)])
+        == 0
+    )
+    engine = tmp_path / "m.int8.engine"
+    argv = ["build", str(qdq), "--precision", "int8", "--flavour", "tensorrt-rtx", "--no-progress", "-o", str(engine)]
+    assert main(argv) == 0, capsys.readouterr().err
+    record = EngineRecord.read(engine)
+    assert record.precision == "int8"
+    assert [t["dtype"] for t in record.io if t["mode"] == "input"] == ["float16"]

@@ -199,6 +199,15 @@ def test_int8_explicit_strongly_typed(key):
     assert calibrated.strongly_typed and calibrated.onnx_pass == "qdq"
 
 
+@pytest.mark.parametrize("key", ALL_FAKES)
+def test_mixed_int8_fp16_graph_given_builds_as_int8(key):
+    """'calibrate --int8-rest fp16' writes a Q/DQ graph with an FP16 input: an INT8 graph, not an FP16 one."""
+    plan = plan_precision(ALL_FAKES[key], "int8", onnx_is_qdq=True, onnx_is_fp16=True)
+    assert plan.precision == "int8" and plan.onnx_pass is None
+    with pytest.raises(ToolkitError, match="FP16 graph"):
+        plan_precision(ALL_FAKES[key], "fp32", onnx_is_fp16=True)
+
+
 def test_int8_implicit_only_on_trt10():
     plan = plan_precision(FAKE_TRT10, "int8", "implicit", has_data=True)
     assert plan.calibrator and "INT8" in plan.builder_flags and not plan.strongly_typed and plan.onnx_pass is None
