@@ -61,6 +61,39 @@ def segment_frames(
     return labels
 
 
+def segment_frames_on_gpu(segmenter: Any, frames: Sequence[np.ndarray], *, overlay: bool) -> tuple[list, list | None]:
+    """A GPU instance's work: per frame, one upload, then the CUDA kernels (preprocess into the engine's
+    input, inference, fused upsample+argmax, overlay in place); only labels (and the overlay) come back.
+
+    Why not :func:`segment_frames` on a GPU instance: that is the host path (numpy pre/post-processing
+    around the engine's host I/O), which leaves the kernels idle and moves the model input and the
+    logits across the bus instead of the frame and its labels.
+
+    Args:
+        segmenter: a :class:`~deeplab_trt.runtime.segmenter.Segmenter` over the engine.
+        frames: uint8 H×W×3 BGR host frames (as Triton hands them to the python backend).
+        overlay: also return the overlay pictures.
+    """
+    from deeplab_trt.runtime.cuda import api
+
+    labels_out: list[np.ndarray] = []
+    pictures: list[np.ndarray] | None = [] if overlay else None
+    for frame in frames:
+        device_frame = api.to_device(np.ascontiguousarray(frame))
+        labels = segmenter.segment(device_frame)
+        labels_out.append(labels.copy_to_host())
+        if pictures is not None:
+            segmenter.render(device_frame, labels, in_place=True)
+            pictures.append(device_frame.copy_to_host())
+    return labels_out, pictures
+
+
+def _wants_overlay(request: Any) -> bool:
+    """A request that names no outputs gets all of them (Triton's rule), else OVERLAY only if named."""
+    names = request.requested_output_names() if hasattr(request, "requested_output_names") else None
+    return not names or OVERLAY in names
+
+
 def _parameter(config: dict[str, Any], key: str, default: str | None = None) -> str | None:
     value = config.get("parameters", {}).get(key, {}).get("string_value")
     return default if value in (None, "") else value
@@ -91,7 +124,10 @@ class TritonPythonModel:
         options: dict[str, Any] = {}
         if args.get("model_instance_kind") == "GPU":
             options["device"] = int(args.get("model_instance_device_id") or 0)
-        if model_file.suffix.lower() in ENGINE_SUFFIXES:
+        # A GPU instance of an engine runs the CUDA kernels one frame at a time (segment_frames_on_gpu);
+        # otherwise the host path infers gathered frames in batches of up to max_batch.
+        use_kernels = "device" in options and model_file.suffix.lower() in ENGINE_SUFFIXES
+        if model_file.suffix.lower() in ENGINE_SUFFIXES and not use_kernels:
             options["batch"] = self.max_batch  # device buffers for the largest gathered batch, allocated once
         threads = _parameter(config, "threads")
         self.backend = open_backend(model_file, threads=int(threads) if threads else None, **options)
@@ -99,6 +135,11 @@ class TritonPythonModel:
         if classes is not None and json.loads(classes) != list(self.backend.spec.classes):
             raise ToolkitError(f"{model_file}: config parameter 'classes' disagrees with the model's own spec")
         self.lut = palette_bgr(self.backend.spec)
+        self.segmenter = None
+        if use_kernels:
+            from deeplab_trt.runtime.segmenter import Segmenter
+
+            self.segmenter = Segmenter(self.backend, device=options["device"], policy=self.policy, alpha=self.alpha)
         log.info("%s: %s on %s", config.get("name"), model_file.name, self.backend.name)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -119,22 +160,31 @@ class TritonPythonModel:
                 continue
             frames.extend(batch)
             counts.append(len(batch))
-        labels = segment_frames(self.backend, frames, policy=self.policy, max_batch=self.max_batch)
+        wants = [_wants_overlay(r) for r in requests]
+        gpu_pictures = None
+        if self.segmenter is not None:
+            labels, gpu_pictures = segment_frames_on_gpu(self.segmenter, frames, overlay=any(wants))
+        else:
+            labels = segment_frames(self.backend, frames, policy=self.policy, max_batch=self.max_batch)
         responses, start = [], 0
-        for n, (request, count) in enumerate(zip(requests, counts)):
+        for n, count in enumerate(counts):
             if n in errors:
                 responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(errors[n])))
                 continue
             mine, frames_in = labels[start : start + count], frames[start : start + count]
-            start += count
             # Contiguous copies: the stub hands Triton the array's buffer as is.
             outputs = [pb.Tensor(LABELS, np.ascontiguousarray(np.stack(mine)))]
-            wanted = request.requested_output_names() if hasattr(request, "requested_output_names") else None
-            if not wanted or OVERLAY in wanted:
-                pictures = [overlay(f, lab, self.lut, self.alpha) for f, lab in zip(frames_in, mine)]
+            if wants[n]:
+                if gpu_pictures is not None:
+                    pictures = gpu_pictures[start : start + count]
+                else:
+                    pictures = [overlay(f, lab, self.lut, self.alpha) for f, lab in zip(frames_in, mine)]
                 outputs.append(pb.Tensor(OVERLAY, np.ascontiguousarray(np.stack(pictures))))
+            start += count
             responses.append(pb.InferenceResponse(output_tensors=outputs))
         return responses
 
     def finalize(self) -> None:
+        if self.segmenter is not None:
+            self.segmenter.close()
         self.backend.close()

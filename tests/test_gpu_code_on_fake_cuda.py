@@ -902,3 +902,33 @@ def test_segmenter_waits_for_the_legacy_stream_before_reading_a_cai_v2_frame(fak
     x, geo = preprocess(frame, SPEC, "stretch")
     assert np.array_equal(labels.copy_to_host(), labels_from_output(model_function(x)[0], SPEC, geo))
     seg.close()
+
+
+def test_triton_gpu_instance_runs_the_cuda_kernels(fake, clip, opencv_without_ipp):
+    """Issue 14: a GPU instance serving an engine segments on the kernels (upload, preprocess, infer, fused
+    upsample+argmax, overlay in place), with the host path's labels and overlay."""
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
+    from deeplab_trt.runtime.postprocess import overlay, palette_bgr
+    from deeplab_trt.runtime.segmenter import Segmenter
+    from deeplab_trt.runtime.triton_python import segment_frames_on_gpu
+
+    loaded = types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+    backend = TensorRTBackend(loaded)
+    seg = Segmenter(backend, alpha=0.5)
+    with open_source(clip) as src:
+        frames = [src.read(), src.read()]
+    labels, pictures = segment_frames_on_gpu(seg, frames, overlay=True)
+    for frame, got, picture in zip(frames, labels, pictures):
+        x, geo = preprocess(frame, SPEC)
+        want = labels_from_output(model_function(x)[0], SPEC, geo)
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want)
+        assert np.array_equal(picture, overlay(frame, want, palette_bgr(SPEC), 0.5))
+    assert {"preprocess_u8_f32", "upsample_argmax_f32_u8", "render_u8"} <= set(fake.launches), "kernels, not numpy"
+    assert loaded.engine.contexts[0].executions == 2
+    seg.close()
+    backend.close()

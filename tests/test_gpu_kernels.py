@@ -311,3 +311,24 @@ def test_device_arrays_report_the_device_they_live_on(api):
             assert torch.equal(tensor.cpu(), torch.arange(8, dtype=torch.float32))
     finally:
         api.use_device(0)
+
+
+def test_triton_gpu_instance_work_on_torch_inference(api, torch_cuda):
+    """Issue 14 for real: segment_frames_on_gpu (a Triton GPU instance's work) uploads each host frame and runs
+    the kernels around the inference; labels and overlay equal the references on the same logits."""
+    from torch_inference import TorchInference, tiny_lowres_model, tiny_spec
+
+    from deeplab_trt.runtime.segmenter import Segmenter
+    from deeplab_trt.runtime.triton_python import segment_frames_on_gpu
+
+    spec = tiny_spec()
+    seg = Segmenter(inference=TorchInference(tiny_lowres_model(), spec), alpha=0.5)
+    frames = [RNG.integers(0, 256, (120, 200, 3), dtype=np.uint8) for _ in range(2)]
+    labels, pictures = segment_frames_on_gpu(seg, frames, overlay=True)
+    # the inference buffers hold the last frame's input and logits
+    ref_input, geo = preprocess(frames[-1], spec)
+    assert np.abs(seg.inference.input.copy_to_host() - ref_input).max() <= 1e-3
+    ref_labels = labels_from_output(seg.inference.output.copy_to_host()[0], spec, geo)
+    assert isinstance(labels[-1], np.ndarray) and np.array_equal(labels[-1], ref_labels)
+    assert np.array_equal(pictures[-1], render(frames[-1], ref_labels, palette_bgr(spec), "overlay", 0.5))
+    seg.close()
