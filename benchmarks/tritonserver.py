@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deeplab_trt.builder.triton import SITE_ENV
+from deeplab_trt.runtime.atomic import atomic_dir
 from deeplab_trt.runtime.errors import ToolkitError
 
 DIR_ENV = "DEEPLAB_TRT_TRITONSERVER_DIR"
@@ -115,9 +116,7 @@ def install(*, wheel: str | os.PathLike, dest: str | os.PathLike | None = None, 
     wheel = Path(wheel)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = f"pytriton/tritonserver/python_backend_stubs/{version}/triton_python_backend_stub"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as stage:
         try:
             with zipfile.ZipFile(wheel) as archive:
                 names = archive.namelist()
@@ -142,11 +141,6 @@ def install(*, wheel: str | os.PathLike, dest: str | os.PathLike | None = None, 
         if done.returncode != 0:
             raise ToolkitError(f"installing numpy<2 for the Triton python stub failed: {done.stderr.strip()[-300:]}")
         (stage / MARKER).write_text(f"{wheel.name}\npython {version}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(stage, dest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return dest
 
 

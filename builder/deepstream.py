@@ -30,9 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from deeplab_trt.runtime.atomic import atomic_dir
 from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
 from deeplab_trt.runtime.engine_record import EngineRecord, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
@@ -206,9 +206,7 @@ def deploy_deepstream(
     )
     spec = record.model_spec(source=str(path))
     batch = int(next(line for line in config.splitlines() if line.startswith("batch-size=")).split("=")[1])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as stage:
         (stage / CONFIG_NAME).write_text(config)
         (stage / LABELS_NAME).write_text("".join(f"{c}\n" for c in spec.classes))
         script = stage / PIPELINE_NAME
@@ -218,11 +216,4 @@ def deploy_deepstream(
         script.chmod(0o755)
         shutil.copyfile(path, stage / engine_name)
         shutil.copyfile(sidecar_path(path), stage / sidecar_path(Path(engine_name)).name)
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out

@@ -21,15 +21,16 @@ interrupted or refused deploy leaves no half-written model for Triton to trip ov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deeplab_trt.runtime.atomic import atomic_dir
 from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
 from deeplab_trt.runtime.engine_record import EngineRecord, sidecar_path
 from deeplab_trt.runtime.errors import ToolkitError
@@ -231,22 +232,13 @@ def _check_name(name: str) -> None:
         raise ToolkitError(f"--name {name!r}: not a usable Triton model (directory) name")
 
 
-def _stage_model(stage: Path, name: str, config: str, files: dict[str, Path]) -> None:
-    version = stage / name / "1"
-    version.mkdir(parents=True)
-    (stage / name / "config.pbtxt").write_text(config)
+def _stage_model(model_dir: Path, config: str, files: dict[str, Path]) -> None:
+    """A model directory: ``config.pbtxt`` and version ``1`` holding ``files``."""
+    version = model_dir / "1"
+    version.mkdir()
+    (model_dir / "config.pbtxt").write_text(config)
     for target, source in files.items():
         shutil.copyfile(source, version / target)
-
-
-def _publish(stage: Path, repo: Path) -> None:
-    """Move each staged model directory into ``repo``, replacing an older one of the same name."""
-    repo.mkdir(parents=True, exist_ok=True)
-    for staged in sorted(p for p in stage.iterdir() if not p.name.startswith(".")):
-        final = repo / staged.name
-        if final.exists():
-            os.replace(final, stage / f".old-{staged.name}")
-        os.replace(staged, final)
 
 
 def deploy_triton(
@@ -326,16 +318,13 @@ def deploy_triton(
         frame_size=frame_size,
         policy=policy,
     )
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
-    try:
-        _stage_model(stage, name, config, files)
-        (stage / name / "1" / "model.py").write_text(MODEL_PY)
+    # Every model directory is staged first; they replace the old ones only once all are written.
+    with contextlib.ExitStack() as staged:
+        segmenter_dir = staged.enter_context(atomic_dir(repo / name))
+        _stage_model(segmenter_dir, config, files)
+        (segmenter_dir / "1" / "model.py").write_text(MODEL_PY)
         for plan_name, plan_text in plans:
-            _stage_model(stage, plan_name, plan_text, {"model.plan": path})
-        _publish(stage, repo)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+            _stage_model(staged.enter_context(atomic_dir(repo / plan_name)), plan_text, {"model.plan": path})
     written = [TritonModel(name, repo / name, "segmenter")]
     written += [TritonModel(n, repo / n, "plan") for n, _ in plans]
     return written

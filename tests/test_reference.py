@@ -339,3 +339,21 @@ def test_spec_rejects_non_rgb_triples_in_one_line(field, value):
     kwargs[field] = value
     with pytest.raises(ToolkitError, match=f"model spec: {field}"):
         ModelSpec(**kwargs)
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    """The one way directories are written (Triton models, DeepStream configs, the unpacked server)."""
+    from deeplab_trt.runtime.atomic import atomic_dir
+
+    final = tmp_path / "out"
+    with atomic_dir(final) as stage:
+        (stage / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as stage:
+            (stage / "b.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
+    with atomic_dir(final) as stage:
+        (stage / "c.txt").write_text("two")
+    assert sorted(p.name for p in final.iterdir()) == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no stage or old copy left behind"
