@@ -449,7 +449,7 @@ def check_kernel_numerics(ctx: Context) -> dict:
 
 def check_kernel_bandwidth(ctx: Context) -> dict:
     """Preprocess at frame size (every pixel read once) vs a device-to-device copy; goal >= 0.7 of it."""
-    from deeplab_trt.benchmarks.gpu_kernels import copy_bandwidth, time_ms
+    from deeplab_trt.benchmarks.gpu_kernels import copy_bandwidth, preprocess_bandwidth
     from deeplab_trt.runtime.preprocess import Geometry
 
     api, kernels, stream = _cuda()
@@ -461,23 +461,19 @@ def check_kernel_bandwidth(ctx: Context) -> dict:
         spec = _bench_spec(CLASSES, (fh, fw))
         geo = Geometry.compute((fh, fw), (fh, fw), "stretch")
         for dtype in (np.float32, np.float16):
-            out = api.empty((1, 3, fh, fw), dtype)
-            ms = time_ms(
-                api,
-                stream,
-                lambda: kernels.preprocess(frame, fh, fw, out, spec, geo, out_dtype=dtype, stream=stream.handle),  # noqa: B023
-                ctx.iters,
-                ctx.repeats,
-            )
-            gbs = (fh * fw * 3 + out.nbytes) / (ms * 1e-3) / 1e9
             rows.append(
-                {
-                    "frame": [fh, fw],
-                    "dtype": np.dtype(dtype).name,
-                    "ms": ms,
-                    "gbs": gbs,
-                    "ratio_to_memcpy": gbs / copy_gbs,
-                }
+                preprocess_bandwidth(
+                    api,
+                    kernels,
+                    stream,
+                    frame,
+                    spec,
+                    geo,
+                    dtype,
+                    copy_gbs=copy_gbs,
+                    iters=ctx.iters,
+                    repeats=ctx.repeats,
+                )
             )
     worst = min(r["ratio_to_memcpy"] for r in rows)
     numbers = {
