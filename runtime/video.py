@@ -241,7 +241,7 @@ def open_source(
         )
         if pipeline is not None:
             kind = classify_source(src)
-            live = kind in ("csi", "v4l2") or kind == "url"
+            live = kind in ("csi", "v4l2", "url")
             log.info("%s: GStreamer pipeline: %s", src, pipeline)
             return _open_gstreamer(pipeline, str(src).strip(), kind, live=live)
         return _open_source(src)

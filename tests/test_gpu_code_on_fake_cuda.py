@@ -263,6 +263,18 @@ def reference_pictures(clip, options) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------
+
+
+def fake_loaded_engine(fake):
+    """What ``load_engine`` returns, around a fake engine: the input of ``TensorRTBackend``."""
+    return types.SimpleNamespace(
+        path="fake.engine",
+        engine=FakeEngine(fake),
+        spec=SPEC,
+        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
+    )
+
+
 def test_api_objects_on_fake(fake):
     from deeplab_trt.runtime.cuda import api
 
@@ -369,12 +381,7 @@ def test_tensorrt_backend_host_contract(fake):
     from deeplab_trt.runtime.backends.tensorrt import TensorRTBackend
     from deeplab_trt.runtime.errors import ToolkitError
 
-    loaded = types.SimpleNamespace(
-        path="fake.engine",
-        engine=FakeEngine(fake),
-        spec=SPEC,
-        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
-    )
+    loaded = fake_loaded_engine(fake)
     backend = TensorRTBackend(loaded)
     assert isinstance(backend, Backend) and backend.pipeline == "gpu" and backend.fixed_batch is None
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 48)).astype(np.float32)
@@ -581,12 +588,7 @@ def test_segmenter_over_an_engine_serves_host_and_device_frames(fake, clip, open
     from deeplab_trt.runtime.cuda import api
     from deeplab_trt.runtime.segmenter import Segmenter
 
-    loaded = types.SimpleNamespace(
-        path="fake.engine",
-        engine=FakeEngine(fake),
-        spec=SPEC,
-        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
-    )
+    loaded = fake_loaded_engine(fake)
     backend = TensorRTBackend(loaded)
     seg = Segmenter(backend)
     context = loaded.engine.contexts[0]
@@ -668,12 +670,7 @@ def test_engine_host_frames_from_another_thread_run_on_the_engines_device(fake, 
     from deeplab_trt.runtime.segmenter import Segmenter
 
     fake.device_count = 2
-    loaded = types.SimpleNamespace(
-        path="fake.engine",
-        engine=FakeEngine(fake),
-        spec=SPEC,
-        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
-    )
+    loaded = fake_loaded_engine(fake)
     backend = TensorRTBackend(loaded, device_index=1)
     seg = Segmenter(backend, device=1)
     with open_source(clip) as src:
@@ -912,12 +909,7 @@ def test_triton_gpu_instance_runs_the_cuda_kernels(fake, clip, opencv_without_ip
     from deeplab_trt.runtime.segmenter import Segmenter
     from deeplab_trt.runtime.triton_python import segment_frames_on_gpu
 
-    loaded = types.SimpleNamespace(
-        path="fake.engine",
-        engine=FakeEngine(fake),
-        spec=SPEC,
-        flavour=types.SimpleNamespace(label="FAKE TensorRT", module=FakeTrt),
-    )
+    loaded = fake_loaded_engine(fake)
     backend = TensorRTBackend(loaded)
     seg = Segmenter(backend, alpha=0.5)
     with open_source(clip) as src:
