@@ -63,7 +63,7 @@ from deeplab_trt.benchmarks.environment import cuda_device_reason, environment, 
 from deeplab_trt.runtime.engine_record import sha256_file
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.spec import ModelSpec, spec_from_onnx
-from deeplab_trt.runtime.video import Source
+from deeplab_trt.runtime.video import Sink, Source
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ class LockstepSource(Source):
         self.inner.close()
 
 
-class TimingSink:
+class TimingSink(Sink):
     """A null sink that records when each overlay arrives (and releases a lockstep source)."""
 
     description = "none (timed)"

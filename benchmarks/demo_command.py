@@ -28,7 +28,7 @@ import numpy as np
 
 from deeplab_trt.runtime.cli_types import positive_int
 from deeplab_trt.runtime.engine_record import sha256_file
-from deeplab_trt.runtime.video import Source
+from deeplab_trt.runtime.video import Sink, Source
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class SyntheticSource(Source):
         pass
 
 
-class ScoringSink:
+class ScoringSink(Sink):
     """Gets grey label pictures (``labels`` mode), scores them, writes the overlay to ``inner``."""
 
     wants_stop = False

@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from deeplab_trt.runtime.errors import ToolkitError
-from deeplab_trt.runtime.pipeline import RunOptions, Stats
+from deeplab_trt.runtime.pipeline import RunOptions, Stats, StreamStats
 from deeplab_trt.runtime.postprocess import labels_from_output, palette_bgr, render
 from deeplab_trt.runtime.preprocess import Geometry, preprocess
+from deeplab_trt.runtime.ticks import DEFAULT_LIVE_WAIT_S, TickGatherer
 from deeplab_trt.runtime.video import BackgroundReader, Sink, Source
 
 if TYPE_CHECKING:
@@ -55,16 +56,21 @@ DEFAULT_SLOTS = 3
 
 
 class Stage(Protocol):
-    """Per-frame work behind numbered slots: ``submit`` may be asynchronous, ``finish`` waits."""
+    """One tick's work behind numbered slots: ``submit`` may be asynchronous, ``finish`` waits.
+
+    ``submit(slot, frames)`` takes the tick's ``(stream index, BGR uint8 H×W×3 frame)`` pairs, at most one
+    per stream, in stream order (one batched inference for them all); ``finish(slot)`` returns the rendered
+    pictures in the order submitted and the stage times of the whole tick (seconds).
+    """
 
     slots: int
     name: str
 
     def bind_thread(self) -> None: ...
 
-    def submit(self, slot: int, frame: np.ndarray) -> None: ...
+    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None: ...
 
-    def finish(self, slot: int) -> tuple[np.ndarray, dict[str, float]]: ...
+    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]: ...
 
     def close(self) -> None: ...
 
@@ -76,42 +82,58 @@ class HostStage:
     """numpy/OpenCV references + ``backend.infer``: the CPU twin of :class:`CudaStage`.
 
     Why split this way: ``submit`` (preprocess + inference) runs on the stage thread and ``finish``
-    (labels + render) on the sink thread, so labels and rendering of frame N overlap the inference
-    of frame N+1 (numpy, OpenCV, ONNX Runtime and the encoders release the GIL). The output is
-    copied unless the backend promises a fresh array per call (``fresh_outputs``).
+    (labels + render) on the sink thread, so labels and rendering of tick N overlap the inference
+    of tick N+1 (numpy, OpenCV, ONNX Runtime and the encoders release the GIL). A tick's frames are
+    preprocessed into one batch (image j of the tick at row j; a fixed-batch model gets its whole
+    batch, the rows past the tick ignored). The output is copied unless the backend promises a
+    fresh array per call (``fresh_outputs``).
+
+    Args:
+        backend: the host backend.
+        options: what to do with each frame.
+        slots: ticks in flight.
+        streams: the most frames one tick holds (the batch to allocate).
     """
 
-    def __init__(self, backend: Backend, options: RunOptions, slots: int = 2):
+    def __init__(self, backend: Backend, options: RunOptions, slots: int = 2, *, streams: int = 1):
         self.backend = backend
         self.options = options
         self.slots = slots
         self.name = backend.name
         self.spec = backend.spec
         self.lut = palette_bgr(self.spec)
-        self.batch = np.zeros(
-            (backend.fixed_batch or 1, 3, self.spec.input_height, self.spec.input_width), backend.input_dtype
-        )
+        self.min_batch = backend.fixed_batch or backend.batch_limits[0]
+        rows = backend.fixed_batch or max(streams, self.min_batch)
+        self.batch = np.zeros((rows, 3, self.spec.input_height, self.spec.input_width), backend.input_dtype)
         self._pending: dict[int, tuple] = {}
 
     def bind_thread(self) -> None:
         pass
 
-    def submit(self, slot: int, frame: np.ndarray) -> None:
+    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
+        if len(frames) > len(self.batch):
+            raise ToolkitError(f"{self.name}: a tick of {len(frames)} frames exceeds the batch of {len(self.batch)}")
         t0 = time.perf_counter()
-        _, geo = preprocess(frame, self.spec, self.options.policy, self.backend.input_dtype, out=self.batch[0])
+        pictures = [frame for _, frame in frames]
+        geos = [
+            preprocess(frame, self.spec, self.options.policy, self.backend.input_dtype, out=self.batch[j])[1]
+            for j, frame in enumerate(pictures)
+        ]
         t1 = time.perf_counter()
-        output = self.backend.infer(self.batch)[0]
+        outputs = self.backend.infer(self.batch[: max(len(frames), self.min_batch)])[: len(frames)]
         t2 = time.perf_counter()
         if not self.backend.fresh_outputs:
-            output = output.copy()
-        self._pending[slot] = (frame, output, geo, {"preprocess": t1 - t0, "infer": t2 - t1})
+            outputs = outputs.copy()
+        self._pending[slot] = (pictures, outputs, geos, {"preprocess": t1 - t0, "infer": t2 - t1})
 
-    def finish(self, slot: int) -> tuple[np.ndarray, dict[str, float]]:
-        frame, output, geo, times = self._pending.pop(slot)
+    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
+        frames, outputs, geos, times = self._pending.pop(slot)
         t0 = time.perf_counter()
-        labels = labels_from_output(output, self.spec, geo)
-        picture = render(frame, labels, self.lut, self.options.mode, self.options.alpha)
-        return picture, {**times, "postprocess": time.perf_counter() - t0}
+        pictures = [
+            render(frame, labels_from_output(output, self.spec, geo), self.lut, self.options.mode, self.options.alpha)
+            for frame, output, geo in zip(frames, outputs, geos, strict=True)
+        ]
+        return pictures, {**times, "postprocess": time.perf_counter() - t0}
 
     def close(self) -> None:
         self._pending.clear()
@@ -326,7 +348,7 @@ _END = object()
 
 def make_stage(
     backend: Backend,
-    source: Source,
+    sources: Sequence[Source],
     options: RunOptions,
     *,
     stage: str = "cuda",
@@ -336,9 +358,9 @@ def make_stage(
     cuda_graph: bool = False,
 ) -> Stage:
     """``cuda``: kernels + the backend's device inference (TensorRT's runner, else a host adapter);
-    ``host``: the numpy references."""
+    ``host``: the numpy references. Either is sized for one frame of each of ``sources`` per tick."""
     if stage == "host":
-        return HostStage(backend, options, slots=slots or 2)
+        return HostStage(backend, options, slots=slots or 2, streams=len(sources))
     if stage != "cuda":
         raise ToolkitError(f"unknown pipeline stage {stage!r} (expected cuda or host)")
     if inference is None:
@@ -346,16 +368,83 @@ def make_stage(
         if inference is None:
             from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
-            inference = HostBackendInference(backend)
-    return CudaStage(
-        inference, options, source.size, slots=slots or DEFAULT_SLOTS, device_index=device_index, cuda_graph=cuda_graph
+            inference = HostBackendInference(backend, batch=len(sources))
+    if len(sources) > 1:
+        raise ToolkitError("the GPU pipeline takes one stream for now (batch > 1 is on its way)")
+    return _OneStream(
+        CudaStage(
+            inference,
+            options,
+            sources[0].size,
+            slots=slots or DEFAULT_SLOTS,
+            device_index=device_index,
+            cuda_graph=cuda_graph,
+        )
     )
 
 
+class _OneStream:
+    """TEMPORARY: the single-frame CudaStage behind the tick interface (until CudaStage takes ticks)."""
+
+    def __init__(self, inner):
+        self.inner, self.slots, self.name = inner, inner.slots, inner.name
+
+    def bind_thread(self) -> None:
+        self.inner.bind_thread()
+
+    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
+        self.inner.submit(slot, frames[0][1])
+
+    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
+        picture, times = self.inner.finish(slot)
+        return [picture], times
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def run_video(
+    backend: Backend, source: Source, sinks: Sequence[Sink], options: RunOptions | None = None, **loop
+) -> Stats:
+    """One stream through :func:`run_streams` (``loop``: its keyword options)."""
+    return run_streams(backend, [source], [sinks], options, **loop)
+
+
+def _stats_for(kind: str, stage: Stage, backend: Backend, sources: Sequence[Source], options: RunOptions) -> Stats:
+    spec = backend.spec
+    one = sources[0] if len(sources) == 1 else None
+    return Stats(
+        pipeline={"cuda": "gpu", "host": "cpu"}.get(kind, f"slots ({kind})"),
+        backend=stage.name,
+        model=spec.name,
+        input_size=spec.input_size,
+        policy=options.policy,
+        mode=options.mode,
+        source=one.description if one else f"{len(sources)} streams",
+        source_size=one.size if one else None,
+        source_fps=one.fps if one else None,
+        source_frames=one.frame_count if one else None,
+        streams=[StreamStats.of(i, source) for i, source in enumerate(sources)],
+    )
+
+
+def _expected_frames(sources: Sequence[Source], max_frames: int | None) -> int | None:
+    """The progress bar's total: every stream's frame count (capped by ``max_frames``), when all are known."""
+    counts = []
+    for source in sources:
+        count = source.frame_count
+        if max_frames is not None:
+            count = min(count, max_frames) if count else max_frames
+        if not count:
+            return None
+        counts.append(count)
+    return sum(counts)
+
+
+def run_streams(
     backend: Backend,
-    source: Source,
-    sinks: Sequence[Sink],
+    sources: Sequence[Source],
+    sinks: Sequence[Sequence[Sink]],
     options: RunOptions | None = None,
     *,
     stage: str | Stage = "cuda",
@@ -363,23 +452,30 @@ def run_video(
     inference=None,
     device_index: int = 0,
     cuda_graph: bool = False,
+    live_wait_s: float = DEFAULT_LIVE_WAIT_S,
 ) -> Stats:
-    """Segment ``source`` and write the pictures to ``sinks``: the one video loop, CPU and GPU.
+    """Segment ``sources`` and write each stream's pictures to its ``sinks``: the one video loop, CPU and GPU.
+
+    A decode thread per stream; the stage thread gathers a tick (:class:`~deeplab_trt.runtime.ticks.TickGatherer`:
+    the next frame of every running stream) and submits it as one batch to a free slot; this (the sink)
+    thread finishes slots in order and writes each picture to ``sinks[stream]``. One stream is the same loop
+    with ticks of one frame.
 
     The caller owns and closes the sinks. Drain policy (one, for every stage): a Ctrl-C, or an
     exception the stage thread raises as KeyboardInterrupt, stops feeding; frames already
     submitted are written, then the stats say ``interrupted``; a second Ctrl-C drops them. Any
-    other error drops what is in flight and reaches the caller. :func:`deeplab_trt.runtime.pipeline.run_video`
+    other error drops what is in flight and reaches the caller. :func:`deeplab_trt.runtime.pipeline.run_streams`
     chooses ``stage`` from the backend."""
     from tqdm import tqdm
 
     options = options or RunOptions()
-    spec = backend.spec
+    if len(sinks) != len(sources) or not sources:
+        raise ToolkitError(f"run_streams: {len(sources)} sources need as many sink lists, got {len(sinks)}")
     if isinstance(stage, str):
         kind = stage
         stage = make_stage(
             backend,
-            source,
+            sources,
             options,
             stage=stage,
             slots=slots,
@@ -389,37 +485,24 @@ def run_video(
         )
     else:
         kind = type(stage).__name__
-    stats = Stats(
-        pipeline={"cuda": "gpu", "host": "cpu"}.get(kind, f"slots ({kind})"),
-        backend=stage.name,
-        model=spec.name,
-        input_size=spec.input_size,
-        policy=options.policy,
-        mode=options.mode,
-        source=source.description,
-        source_size=source.size,
-        source_fps=source.fps,
-        source_frames=source.frame_count,
-    )
-    total = source.frame_count
-    if options.max_frames is not None:
-        total = min(total, options.max_frames) if total else options.max_frames
+    stats = _stats_for(kind, stage, backend, sources, options)
+    every_sink = list({id(sink): sink for per_stream in sinks for sink in per_stream}.values())
 
     free: queue.Queue = queue.Queue()
     for i in range(stage.slots):
         free.put(i)
     ready: queue.Queue = queue.Queue()  # at most `slots` entries: each holds a slot
     stop = threading.Event()
-    reader = BackgroundReader(source, max_frames=options.max_frames, queue_size=options.queue_size)
+    readers = [BackgroundReader(s, max_frames=options.max_frames, queue_size=options.queue_size) for s in sources]
+    gatherer = TickGatherer(readers, live_wait_s=live_wait_s)
 
     def gpu_thread() -> None:
         try:
             stage.bind_thread()
             while not stop.is_set():
-                item = reader.next(stop)
-                if item is None:
+                tick = gatherer.next(stop)
+                if tick is None:
                     break
-                frame, decode_s = item
                 slot = None
                 while slot is None and not stop.is_set():
                     try:
@@ -428,8 +511,8 @@ def run_video(
                         pass
                 if slot is None:
                     break
-                stage.submit(slot, frame)
-                ready.put((slot, decode_s))
+                stage.submit(slot, [(f.stream, f.frame) for f in tick])
+                ready.put((slot, tick))
         except BaseException as exc:  # handed to the sink loop, re-raised there  # noqa: BLE001
             ready.put(exc)
         finally:
@@ -437,7 +520,7 @@ def run_video(
 
     worker = threading.Thread(target=gpu_thread, name="gpu-stage", daemon=True)
     bar = tqdm(
-        total=total,
+        total=_expected_frames(sources, options.max_frames),
         unit="frame",
         desc="run (gpu)" if kind == "cuda" else "run",
         disable=not options.progress,
@@ -446,18 +529,27 @@ def run_video(
     timing = stats.stage_s
 
     def write(item) -> None:
-        slot, decode_s = item
-        picture, times = stage.finish(slot)
+        slot, tick = item
+        pictures, times = stage.finish(slot)
         t0 = time.perf_counter()
-        for sink in sinks:
-            sink.write(picture)
-        timing["encode"] += time.perf_counter() - t0
+        for taken, picture in zip(tick, pictures, strict=True):
+            for sink in sinks[taken.stream]:
+                sink.write(picture)
+        for sink in every_sink:
+            sink.end_tick()
+        written = time.perf_counter()
+        timing["encode"] += written - t0
         free.put(slot)
-        timing["decode"] += decode_s
+        for taken in tick:
+            timing["decode"] += taken.decode_s
+            stream = stats.streams[taken.stream]
+            stream.frames += 1
+            stream.latency_s.append(written - taken.taken_at)
         for key, value in times.items():
             timing[key] = timing.get(key, 0.0) + value
-        stats.frames += 1
-        bar.update(1)
+        stats.frames += len(tick)
+        stats.ticks += 1
+        bar.update(len(tick))
 
     start = time.perf_counter()
     worker.start()
@@ -468,7 +560,7 @@ def run_video(
                 if isinstance(item, BaseException):
                     raise item
                 write(item)
-                if any(s.wants_stop for s in sinks):
+                if any(s.wants_stop for s in every_sink):
                     stats.stopped_by_sink = True
                     break
         except KeyboardInterrupt:
@@ -484,8 +576,12 @@ def run_video(
         stats.wall_s = time.perf_counter() - start
         stop.set()
         worker.join(timeout=10.0)
-        reader.close()
+        for reader in readers:
+            reader.close()
         bar.close()
-        stats.dropped = reader.dropped
+        for stream, reader, why in zip(stats.streams, readers, gatherer.ended, strict=True):
+            stream.dropped = reader.dropped
+            stream.ended = why or ("interrupted" if stats.interrupted else "stopped")
+        stats.dropped = sum(reader.dropped for reader in readers)
         stage.close()
     return stats

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from deeplab_trt.runtime.errors import ToolkitError
 from deeplab_trt.runtime.postprocess import MODES
@@ -48,6 +51,48 @@ class RunOptions:
 
 
 @dataclass
+class StreamStats:
+    """One stream of a run: what it was, how many frames it gave, how it ended, its latency.
+
+    ``latency_s`` holds, per frame, the time from the tick taking the frame off its decoder to its
+    picture being written (what a viewer of that stream waits beyond decoding); ``ended`` says why
+    the stream stopped: ``end of stream``, ``max frames``, ``failed: ...``, ``stopped`` (the run
+    stopped first: Ctrl-C, a closed window, another error).
+    """
+
+    index: int
+    source: str
+    size: tuple[int, int]  # (w, h) decoded
+    fps: float | None
+    frame_count: int | None
+    is_live: bool
+    frames: int = 0
+    dropped: int = 0
+    ended: str = ""
+    latency_s: list[float] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)  # {"path", "size", "fps", "frames"}
+    # A live source's drops: {"reconnects", "gap_s", "end_reason"} (runtime/reconnect.py); None otherwise.
+    source_status: dict | None = None
+
+    @classmethod
+    def of(cls, index: int, source: Source) -> StreamStats:
+        return cls(index, source.description, source.size, source.fps, source.frame_count, source.is_live)
+
+    def latency_ms(self) -> dict[str, float | None]:
+        """p50 / p99 / max of the per-frame latency, in ms (``None`` without frames)."""
+        if not self.latency_s:
+            return {"p50": None, "p99": None, "max": None}
+        ms = np.asarray(self.latency_s) * 1000.0
+        return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        del d["latency_s"]
+        d["latency_ms"] = self.latency_ms()
+        return d
+
+
+@dataclass
 class Stats:
     """What a run did and how long each stage took (wall-clock seconds, summed over frames).
 
@@ -75,6 +120,8 @@ class Stats:
     outputs: list[dict] = field(default_factory=list)  # {"path", "size", "fps", "frames"}
     # A live source's drops: {"reconnects", "gap_s", "end_reason"} (runtime/reconnect.py); None otherwise.
     source_status: dict | None = None
+    streams: list[StreamStats] = field(default_factory=list)  # one per source, in ``--source`` order
+    ticks: int = 0  # batched inferences (one per tick; equal to ``frames`` with one stream)
 
     @property
     def fps(self) -> float:
@@ -84,16 +131,56 @@ class Stats:
         n = max(self.frames, 1)
         return {s: 1000.0 * t / n for s, t in self.stage_s.items()}
 
+    @property
+    def mean_batch(self) -> float:
+        return self.frames / self.ticks if self.ticks else 0.0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fps"] = self.fps
         d["ms_per_frame"] = self.ms_per_frame()
+        d["streams"] = [s.to_dict() for s in self.streams]
+        d["mean_batch"] = self.mean_batch
         return d
+
+    def stream_lines(self) -> list[str]:
+        """One line per stream (runs of several streams): frames, FPS, latency, outputs, how it ended."""
+        lines = []
+        for st in self.streams:
+            lat = st.latency_ms()
+            latency = f"latency p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms" if st.frames else "no frames"
+            w, h = st.size
+            fps = st.frames / self.wall_s if self.wall_s > 0 else 0.0
+            line = (
+                f"[{st.index}] {st.source} ({w}x{h}): {st.frames} frames, {fps:.1f} FPS, {latency}; ended: {st.ended}"
+            )
+            if st.dropped:
+                line += f"; dropped {st.dropped} live frames"
+            lines.append(line)
+            for out in st.outputs:
+                ow, oh = out["size"]
+                lines.append(f"    wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
+            if st.source_status is not None:
+                ss = st.source_status
+                lines.append(
+                    f"    source: {ss['reconnects']} reconnect(s), {ss['gap_s']:.1f} s without frames; "
+                    f"ended: {ss['end_reason']}"
+                )
+        return lines
 
     def report_lines(self) -> list[str]:
         """The human summary ``run`` prints at the end."""
         ms = self.ms_per_frame()
         h, w = self.input_size or (0, 0)
+        if len(self.streams) > 1:
+            return [
+                *self.stream_lines(),
+                f"aggregate: {self.frames} frames of {len(self.streams)} streams in {self.wall_s:.2f} s: "
+                f"{self.fps:.1f} FPS, {self.ticks} batched inferences (mean batch {self.mean_batch:.2f}) "
+                f"({self.backend}, {self.pipeline} pipeline, {h}x{w} input, {self.policy})",
+                "ms/frame: " + "  ".join(f"{s} {ms[s]:.1f}" for s in STAGES),
+                *(["interrupted (Ctrl-C): stopped early; what was written is finalised"] if self.interrupted else []),
+            ]
         lines = [
             f"{self.frames} frames in {self.wall_s:.2f} s: {self.fps:.1f} FPS "
             f"({self.backend}, {self.pipeline} pipeline, {h}x{w} input, {self.policy})",
@@ -114,6 +201,52 @@ class Stats:
         return lines
 
 
+def run_streams(
+    backend: Backend,
+    sources: Sequence[Source],
+    sinks: Sequence[Sequence[Sink]],
+    options: RunOptions | None = None,
+) -> Stats:
+    """Segment several streams with one model: each tick, one batched inference of every running stream's next frame.
+
+    Args:
+        backend: what infers; its batch must hold ``len(sources)`` images (:func:`check_batch_capacity`).
+        sources: the streams (files, cameras, URLs; sizes and frame rates may differ).
+        sinks: per stream, that stream's sinks (``sinks[i]`` gets stream ``i``'s pictures, in order); a sink
+            may be shared by streams (a mosaic's tiles are sinks of one window).
+        options: what to do with each frame (``max_frames`` counts per stream).
+
+    A stream that ends or fails leaves the batch; the others go on (:mod:`deeplab_trt.runtime.ticks`). The
+    stats are the aggregate (``fps`` = all frames / wall time) with one :class:`StreamStats` per stream.
+    """
+    from deeplab_trt.runtime.gpu_pipeline import run_streams as slot_loop
+
+    return slot_loop(backend, sources, sinks, options, stage="cuda" if backend.pipeline == "gpu" else "host")
+
+
+def check_batch_capacity(backend: Backend, streams: int, model: str) -> None:
+    """A one-line error, saying how to get a model that can, when ``backend`` cannot infer ``streams`` images at once.
+
+    Args:
+        backend: the opened model.
+        streams: how many streams one tick batches.
+        model: the model's path, for the message.
+    """
+    low, high = backend.batch_limits
+    if high is not None and streams > high:
+        if backend.fixed_batch is not None:
+            got = f"takes a fixed batch of {backend.fixed_batch}"
+        else:
+            got = f"has a batch profile of {low}..{high}"
+        export = f"deeplab-trt export --dynamic-batch 1:{streams}:{streams} (or --batch {streams})"
+        how = (
+            f"rebuild it with 'deeplab-trt build --profile-batch 1:{streams}:{streams}' from an ONNX made by '{export}'"
+            if Path(model).suffix.lower() in (".engine", ".plan")
+            else f"export one with '{export}'"
+        )
+        raise ToolkitError(f"{model}: {streams} streams need a batch of {streams}, but the model {got}; {how}")
+
+
 def run_video(backend: Backend, source: Source, sinks: Sequence[Sink], options: RunOptions | None = None) -> Stats:
     """Segment every frame of ``source`` with ``backend`` and write the rendering to ``sinks``.
 
@@ -128,9 +261,7 @@ def run_video(backend: Backend, source: Source, sinks: Sequence[Sink], options: 
     sink thread, frames in order); this only chooses its stage, so ``run``, ``demo`` and ``bench`` drive
     every backend alike.
     """
-    from deeplab_trt.runtime.gpu_pipeline import run_video as slot_loop
-
-    return slot_loop(backend, source, sinks, options, stage="cuda" if backend.pipeline == "gpu" else "host")
+    return run_streams(backend, [source], [sinks], options)
 
 
 def runner_for(backend: Backend):

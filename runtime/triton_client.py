@@ -19,6 +19,7 @@ import concurrent.futures
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,20 +148,25 @@ class TritonStage:
         self.name = segmenter.model.name
         self.lut = palette_bgr(segmenter.spec)
         self._pool = concurrent.futures.ThreadPoolExecutor(slots, thread_name_prefix="triton")
-        self._pending: dict[int, tuple[np.ndarray, concurrent.futures.Future, float]] = {}
+        self._pending: dict[int, tuple[list[tuple[np.ndarray, concurrent.futures.Future]], float]] = {}
 
     def bind_thread(self) -> None:
         pass
 
-    def submit(self, slot: int, frame: np.ndarray) -> None:
-        self._pending[slot] = (frame, self._pool.submit(self.segmenter.segment, frame), time.perf_counter())
+    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
+        """One request per frame (the server's dynamic batcher batches requests from every stream)."""
+        sent = time.perf_counter()
+        self._pending[slot] = ([(frame, self._pool.submit(self.segmenter.segment, frame)) for _, frame in frames], sent)
 
-    def finish(self, slot: int) -> tuple[np.ndarray, dict[str, float]]:
-        frame, future, sent = self._pending.pop(slot)
-        labels = future.result()[0]
+    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
+        requests, sent = self._pending.pop(slot)
+        labels = [future.result()[0] for _, future in requests]
         t0 = time.perf_counter()
-        picture = render(frame, labels, self.lut, self.options.mode, self.options.alpha)
-        return picture, {"infer": t0 - sent, "postprocess": time.perf_counter() - t0}
+        pictures = [
+            render(frame, lab, self.lut, self.options.mode, self.options.alpha)
+            for (frame, _), lab in zip(requests, labels, strict=True)
+        ]
+        return pictures, {"infer": t0 - sent, "postprocess": time.perf_counter() - t0}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -375,10 +375,13 @@ class BackgroundReader:
     """
 
     _END = object()
+    #: what :meth:`next_before` returns when no frame came before the deadline
+    LATE = object()
 
     def __init__(self, source: Source, max_frames: int | None = None, queue_size: int = 4):
         self.source = source
         self.max_frames = max_frames
+        self.reached_max = False  # the source was stopped at max_frames (not at its end)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self.stop_event = threading.Event()
         self.dropped = 0
@@ -411,6 +414,7 @@ class BackgroundReader:
                 n += 1
                 if not self._put((frame, dt)):
                     return
+            self.reached_max = self.max_frames is not None and n >= self.max_frames
         except BaseException as exc:  # handed to the consumer  # noqa: BLE001
             self._put(exc)
             return
@@ -422,6 +426,24 @@ class BackgroundReader:
             try:
                 item = self.queue.get(timeout=0.1)
             except queue.Empty:
+                continue
+            if item is self._END:
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return None
+
+    def next_before(self, deadline: float, stop: threading.Event | None = None):
+        """Like :meth:`next`, but :attr:`LATE` when no frame is there by ``deadline`` (``perf_counter`` time).
+
+        Why: a tick of several streams waits for a live stream only so long (``runtime/ticks.py``)."""
+        while stop is None or not stop.is_set():
+            try:
+                item = self.queue.get(timeout=min(0.1, max(0.0, deadline - time.perf_counter())))
+            except queue.Empty:
+                if time.perf_counter() >= deadline:
+                    return self.LATE
                 continue
             if item is self._END:
                 return None
@@ -452,6 +474,9 @@ class Sink:
 
     def write(self, frame: np.ndarray) -> None:
         raise NotImplementedError
+
+    def end_tick(self) -> None:
+        """Called once per tick of the loop, after every stream's picture of it was written (a mosaic shows then)."""
 
     def close(self) -> None:
         pass

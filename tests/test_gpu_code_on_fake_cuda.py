@@ -60,6 +60,7 @@ class NumpyBackend:
     spec = SPEC
     input_dtype = np.dtype(np.float32)
     fixed_batch = None
+    batch_limits = (1, None)
     pipeline = "cpu"
     fresh_outputs = True
     runner = None

@@ -24,7 +24,7 @@ from deeplab_trt.cli import main as cli_main
 from deeplab_trt.runtime.backends import open_backend
 from deeplab_trt.runtime.pipeline import RunOptions, run_video
 from deeplab_trt.runtime.postprocess import palette_bgr
-from deeplab_trt.runtime.video import BackgroundReader, VideoFileSink, even_size, open_source, probe_video
+from deeplab_trt.runtime.video import BackgroundReader, Sink, VideoFileSink, even_size, open_source, probe_video
 
 PYTHON = sys.executable
 
@@ -315,7 +315,7 @@ def test_bad_inputs_one_line_no_output(kind, lowres_onnx, odd_clip, tmp_path):
     assert list(outdir.iterdir()) == []
 
 
-class _RecordingSink:
+class _RecordingSink(Sink):
     """A real in-memory sink: keeps every frame; can fail or ask to stop after N frames."""
 
     def __init__(self, fail_at: int | None = None, stop_after: int | None = None):

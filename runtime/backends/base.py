@@ -12,6 +12,8 @@ Contract
                  pipeline preprocesses straight into it.
 ``fixed_batch``  the batch size the model requires (``None``: a dynamic batch; any N the
                  model's profile allows).
+``batch_limits`` (smallest, largest) batch one ``infer`` takes (largest ``None``: no limit); what a
+                 run of N streams checks before it starts (one batched inference per tick).
 ``pipeline``     which stage of the one video loop (:func:`deeplab_trt.runtime.pipeline.run_video`)
                  drives it: ``"cpu"``: the numpy references around ``infer``; ``"gpu"``: the CUDA
                  kernels around ``runner`` (device buffers).
@@ -45,6 +47,7 @@ class Backend(Protocol):
     spec: ModelSpec
     input_dtype: np.dtype
     fixed_batch: int | None
+    batch_limits: tuple[int, int | None]
     pipeline: str
     fresh_outputs: bool
     runner: object | None
@@ -64,6 +67,11 @@ class BackendBase:
     fixed_batch: int | None = None
     fresh_outputs = False
     runner: object | None = None
+
+    @property
+    def batch_limits(self) -> tuple[int, int | None]:
+        """A fixed batch B: (B, B); a dynamic one: any N (backends with a profile override this)."""
+        return (self.fixed_batch, self.fixed_batch) if self.fixed_batch is not None else (1, None)
 
     def __enter__(self):
         return self

@@ -304,6 +304,11 @@ class TensorRTBackend(BackendBase):
         self.stream = api.Stream()
         self._staging: dict[str, Any] = {}
 
+    @property
+    def batch_limits(self) -> tuple[int, int | None]:
+        """The engine's profile (or its fixed batch): what one inference may take."""
+        return (self.runner.min_batch, self.runner.max_batch)
+
     def _pinned(self, key: str, shape, dtype) -> np.ndarray:
         from deeplab_trt.runtime.cuda import api
 
