@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,10 +42,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--source",
         "-s",
-        required=True,
+        action="append",
         help="video file, image sequence (dir/%%04d.png), camera index (0) or /dev/videoN, rtsp://... or "
         "http://... URL, a GStreamer pipeline ending in appsink, or (GStreamer, e.g. Jetson) csi://N "
-        "(nvarguscamerasrc sensor N) or v4l2:///dev/videoN (v4l2src)",
+        "(nvarguscamerasrc sensor N) or v4l2:///dev/videoN (v4l2src). Repeat it for several streams: "
+        "one batched inference per tick over every running stream",
+    )
+    p.add_argument(
+        "--sources",
+        type=Path,
+        metavar="FILE",
+        help="more sources, one per line (blank lines and # comments ignored), after any --source",
     )
     p.add_argument(
         "--decoder",
@@ -77,8 +86,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default="none",
         help="rotate/flip csi://, v4l2:// and --decoder nvv4l2 frames (many CSI modules need rotate-180)",
     )
-    p.add_argument("--output", "-o", type=Path, help="output video (.mp4, .avi, .mkv; .mkv is lossless FFV1)")
-    p.add_argument("--show", action="store_true", help="show the result in a window (q/Esc stops)")
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",  # a str: a trailing / (a directory for several streams) must survive
+        help="output video (.mp4, .avi, .mkv; .mkv is lossless FFV1). Several streams: a directory (DIR/: "
+        "DIR/{index}_{name}.mp4) or a pattern with {index} and/or {name} (out_{index}.mkv), one file per stream",
+    )
+    p.add_argument(
+        "--show", action="store_true", help="show the result in a window (q/Esc stops); several streams: a mosaic"
+    )
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -131,24 +148,77 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _check_paths(args) -> None:
+def source_list(args) -> list[str]:
+    """Every ``--source``, then the lines of ``--sources FILE``; one line naming the file when it is wrong."""
+    sources = list(args.source or [])
+    if args.sources is not None:
+        try:
+            text = args.sources.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = "no such file" if isinstance(exc, FileNotFoundError) else getattr(exc, "strerror", None) or str(exc)
+            raise ToolkitError(f"{args.sources}: cannot read --sources ({why})") from exc
+        sources += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if len(sources) == len(args.source or []):
+            raise ToolkitError(f"{args.sources}: --sources lists no source (one URL or path per line)")
+    if not sources:
+        raise ToolkitError("give a video with --source (repeat it, or --sources FILE, for several streams)")
+    return sources
+
+
+def stream_name(source: str) -> str:
+    """A file-name-safe short name for a source (its file stem, camera index, or URL host and path)."""
+    from deeplab_trt.runtime.video import classify_source
+
+    kind = classify_source(source)
+    text = Path(source).stem if kind in ("file", "sequence") else f"camera{source}" if kind == "camera" else source
+    text = re.sub(r"^[a-zA-Z0-9+.-]*://", "", text)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.")[:40] or "stream"
+
+
+def output_paths(text: str | None, sources: list[str]) -> list[Path | None]:
+    """Each stream's output file: ``--output`` itself for one stream; for several, a directory or a pattern.
+
+    Args:
+        text: the ``--output`` value as given (``None``: no files).
+        sources: the streams' sources, in order.
+    """
+    if text is None:
+        return [None] * len(sources)
+    output = Path(text)
+    if len(sources) == 1 and "{" not in text:
+        return [output]
+    names = [stream_name(src) for src in sources]
+    paths: list[Path | None]
+    if "{" in text:
+        try:
+            paths = [Path(text.format(index=i, name=name)) for i, name in enumerate(names)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ToolkitError(f"--output {text}: a pattern may use {{index}} and {{name}} only ({exc})") from exc
+    elif text.endswith(("/", os.sep)) or output.is_dir():
+        paths = [output / f"{i}_{name}.mp4" for i, name in enumerate(names)]
+    else:
+        raise ToolkitError(
+            f"--output {text}: {len(sources)} streams need a directory (end it with /) "
+            "or a pattern with {index} (e.g. out_{index}.mp4)"
+        )
+    if len(set(paths)) != len(paths):
+        raise ToolkitError(f"--output {text}: streams would share a file; put {{index}} in the pattern")
+    return paths
+
+
+def _check_paths(args, sources: list[str], outputs: list[Path | None]) -> None:
     """Output-side checks that need no model or video (fail before the slow work)."""
     from deeplab_trt.runtime.video import LOSSLESS_SUFFIXES, check_video_output, classify_source
 
-    if args.output is not None:
-        check_video_output(args.output)
-        suffix = args.output.suffix.lower()
-        if (
-            classify_source(args.source) == "file"
-            and Path(args.source).exists()
-            and Path(args.source).resolve() == args.output.resolve()
-        ):
-            raise ToolkitError(f"{args.output}: output would overwrite the source")
-        if args.mode == "labels" and suffix not in LOSSLESS_SUFFIXES:
-            log.warning(
-                "%s: --mode labels through a lossy codec changes label values; use .mkv (lossless)", args.output
-            )
-    for path in (args.output, args.json):
+    for source, output in zip(sources, outputs, strict=True):
+        if output is None:
+            continue
+        check_video_output(output)
+        if classify_source(source) == "file" and Path(source).exists() and Path(source).resolve() == output.resolve():
+            raise ToolkitError(f"{output}: output would overwrite the source")
+        if args.mode == "labels" and output.suffix.lower() not in LOSSLESS_SUFFIXES:
+            log.warning("%s: --mode labels through a lossy codec changes label values; use .mkv (lossless)", output)
+    for path in (*outputs, args.json):
         if path is not None and path.parent.exists() and not path.parent.is_dir():
             raise ToolkitError(f"{path}: {path.parent} is not a directory")
 
@@ -181,7 +251,7 @@ def source_options(args) -> dict:
     }
 
 
-def _open_with_reconnect(args, open_source):
+def _open_with_reconnect(args, source: str, open_source):
     """The source, reopened with backoff when a live one drops (``--reconnect``); files as they are."""
     from deeplab_trt.runtime.reconnect import Backoff, ReconnectingSource
 
@@ -190,80 +260,125 @@ def _open_with_reconnect(args, open_source):
             f"--reconnect {args.reconnect} / --reconnect-delay {args.reconnect_delay}: must not be negative"
         )
     backoff = Backoff(attempts=args.reconnect, delay=args.reconnect_delay, max_delay=max(8.0, args.reconnect_delay))
-    return ReconnectingSource(lambda: open_source(args.source, **source_options(args)), backoff=backoff)
+    return ReconnectingSource(lambda: open_source(source, **source_options(args)), backoff=backoff)
 
 
-def _engine_options(args) -> dict:
-    """Options only a TensorRT engine takes (ONNX Runtime's backend would reject them)."""
+def _engine_options(args, streams: int = 1) -> dict:
+    """Options only a TensorRT engine takes (ONNX Runtime's backend would reject them): its runtime
+    cache, and the batch to allocate for (one image per stream)."""
     from deeplab_trt.runtime.backends.base import ENGINE_SUFFIXES
 
-    is_engine = Path(args.model).suffix.lower() in ENGINE_SUFFIXES
-    return {"runtime_cache": False} if is_engine and getattr(args, "no_runtime_cache", False) else {}
+    if Path(args.model).suffix.lower() not in ENGINE_SUFFIXES:
+        return {}
+    options: dict = {"runtime_cache": False} if getattr(args, "no_runtime_cache", False) else {}
+    if streams > 1:
+        options["batch"] = streams
+    return options
+
+
+def _describe(source) -> None:
+    log.info(
+        "%s: %dx%d, %g fps%s",
+        source.description,
+        *source.size,
+        source.fps,
+        f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
+    )
+
+
+def _open_sinks(stack, args, sources, outputs) -> list[list]:
+    """Each stream's sinks, entered on ``stack`` (a clean exit or Ctrl-C finalises them, an error discards them).
+
+    The window first: "no display" must fail before an output file is started."""
+    from deeplab_trt.runtime.mosaic import Mosaic
+    from deeplab_trt.runtime.video import NullSink, VideoFileSink, WindowSink
+
+    sinks: list[list] = [[] for _ in sources]
+    if args.show:
+        title = (
+            f"deeplab-trt: {sources[0].description}" if len(sources) == 1 else f"deeplab-trt: {len(sources)} streams"
+        )
+        window = stack.enter_context(WindowSink(title))
+        if len(sources) == 1:
+            sinks[0].append(window)
+        else:
+            mosaic = Mosaic(window, [s.size for s in sources])
+            for i in range(len(sources)):
+                sinks[i].append(mosaic.tile(i))
+    for i, (source, output) in enumerate(zip(sources, outputs, strict=True)):
+        if output is None:
+            continue
+        if not source.fps_reported:
+            log.warning(
+                "%s: the source reports no frame rate; writing %s at %g fps", source.description, output, source.fps
+            )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        sinks[i].insert(0, stack.enter_context(VideoFileSink(output, source.fps, source.size)))
+    return [per_stream or [NullSink()] for per_stream in sinks]
+
+
+def _record_streams(stats, sources, sinks) -> None:
+    """Per stream: the files written (closed, renamed into place by now) and a live source's drops."""
+    from deeplab_trt.runtime.reconnect import ReconnectingSource
+    from deeplab_trt.runtime.video import VideoFileSink
+
+    for stream, source, per_stream in zip(stats.streams, sources, sinks, strict=True):
+        for sink in per_stream:
+            if isinstance(sink, VideoFileSink) and sink.frames:
+                stream.outputs.append(
+                    {"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps, "frames": sink.frames}
+                )
+        if isinstance(source, ReconnectingSource) and source.is_live:
+            stream.source_status = source.summary()
+    if len(stats.streams) == 1:  # one stream: its outputs and drops are the run's, as they always were
+        stats.outputs = stats.streams[0].outputs
+        stats.source_status = stats.streams[0].source_status
 
 
 def main(args) -> int:
     from deeplab_trt.runtime.atomic import write_text_atomic
     from deeplab_trt.runtime.backends import open_backend
-    from deeplab_trt.runtime.pipeline import RunOptions, runner_for
-    from deeplab_trt.runtime.reconnect import ReconnectingSource
-    from deeplab_trt.runtime.video import NullSink, VideoFileSink, WindowSink, open_source
+    from deeplab_trt.runtime.pipeline import RunOptions, check_batch_capacity, run_streams
+    from deeplab_trt.runtime.video import open_source
 
     options = RunOptions(
         mode=args.mode, alpha=args.alpha, policy=args.policy, max_frames=args.max_frames, progress=not args.no_progress
     )
-    _check_paths(args)
+    names = source_list(args)
+    outputs = output_paths(args.output, names)
+    _check_paths(args, names, outputs)
     if (args.model is None) == (args.triton is None):
         raise ToolkitError("give a model file, or --triton URL for a served model (not both)")
     stage = None
     with contextlib.ExitStack() as stack:
-        if args.triton is not None:
+        if args.triton is not None:  # the server batches the streams' requests (its dynamic batcher)
             backend, stage = _remote(args, options)
             stack.callback(stage.close)
         else:
-            backend = open_backend(args.model, args.backend, threads=args.threads, **_engine_options(args))
+            backend = open_backend(
+                args.model, args.backend, threads=args.threads, **_engine_options(args, streams=len(names))
+            )
             stack.callback(backend.close)
-        source = stack.enter_context(_open_with_reconnect(args, open_source))
+            check_batch_capacity(backend, len(names), args.model)
+        sources = [stack.enter_context(_open_with_reconnect(args, name, open_source)) for name in names]
+        for source in sources:
+            _describe(source)
         log.info(
-            "%s: %dx%d, %g fps%s -> %s (%s, %dx%d input)",
-            source.description,
-            *source.size,
-            source.fps,
-            f", {source.frame_count} frames" if source.frame_count else " (live)" if source.is_live else "",
+            "-> %s (%s, %dx%d input)",
             args.model or args.triton,
             backend.name,
             backend.spec.input_height,
             backend.spec.input_width,
         )
-        sinks = []
-        # Sinks are entered last: a clean exit or Ctrl-C finalises them, an error discards them.
-        # The window first: "no display" must fail before an output file is started.
-        if args.show:
-            sinks.append(stack.enter_context(WindowSink(f"deeplab-trt: {source.description}")))
-        if args.output is not None:
-            if not source.fps_reported:
-                log.warning(
-                    "%s: the source reports no frame rate; writing %s at %g fps",
-                    source.description,
-                    args.output,
-                    source.fps,
-                )
-            sinks.insert(0, stack.enter_context(VideoFileSink(args.output, source.fps, source.size)))
-        if not sinks:
-            sinks.append(NullSink())
+        sinks = _open_sinks(stack, args, sources, outputs)
         if stage is not None:
-            from deeplab_trt.runtime.gpu_pipeline import run_video
+            from deeplab_trt.runtime.gpu_pipeline import run_streams as slot_loop
 
-            stats = run_video(backend, source, sinks, options, stage=stage)
+            stats = slot_loop(backend, sources, sinks, options, stage=stage)
         else:
-            stats = runner_for(backend)(backend, source, sinks, options)
+            stats = run_streams(backend, sources, sinks, options)
     # Sinks are closed (files renamed into place) here.
-    for sink in sinks:
-        if isinstance(sink, VideoFileSink) and sink.frames:
-            stats.outputs.append(
-                {"path": str(sink.path), "size": list(sink.output_size), "fps": sink.fps, "frames": sink.frames}
-            )
-    if isinstance(source, ReconnectingSource) and source.is_live:
-        stats.source_status = source.summary()
+    _record_streams(stats, sources, sinks)
     for line in stats.report_lines():
         print(line)
     if args.json is not None:

@@ -198,3 +198,128 @@ def test_a_late_live_stream_does_not_hold_back_the_files(dynamic_onnx, clips):
     assert len(sinks[1].pictures) == 3 == stats.streams[1].frames
     assert stats.frames == 12 and stats.ticks >= 9
     assert stats.wall_s < 2.0  # waiting for the live frame each tick would take 9 x 0.25 s
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI: run MODEL --source A --source B [--sources FILE]
+# ---------------------------------------------------------------------------------------------
+def run_cli(*args) -> int:
+    from deeplab_trt.cli import main as cli_main
+
+    return cli_main(["run", *map(str, args), "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def clips_at_rates(tmp_path_factory):
+    """Two mp4 files of different sizes, lengths and frame rates."""
+    root = tmp_path_factory.mktemp("rates")
+    return [
+        write_video(root / "street.mp4", 8, (160, 96), fps=10.0),
+        write_video(root / "yard.mp4", 5, (128, 80), fps=25.0),
+    ]
+
+
+def test_cli_two_streams_each_written_at_its_own_size_and_rate(dynamic_onnx, clips_at_rates, tmp_path, capsys):
+    import json
+
+    from deeplab_trt.runtime.video import probe_video
+
+    listing = tmp_path / "cams.txt"
+    listing.write_text(f"# the yard camera\n\n{clips_at_rates[1]}\n")
+    out, stats_json = tmp_path / "out", tmp_path / "stats.json"
+    code = run_cli(dynamic_onnx, "-s", clips_at_rates[0], "--sources", listing, "-o", f"{out}/", "--json", stats_json)
+    assert code == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["0_street.mp4", "1_yard.mp4"]
+    for clip, name in zip(clips_at_rates, written, strict=True):
+        src, got = probe_video(clip), probe_video(out / name)
+        assert got["frames"] == src["frames"] and got["size"] == src["size"]
+        assert got["fps"] == pytest.approx(src["fps"])
+    stats = json.loads(stats_json.read_text())
+    assert stats["frames"] == 13 and stats["ticks"] == 8 and len(stats["streams"]) == 2
+    assert [s["frames"] for s in stats["streams"]] == [8, 5]
+    assert [s["ended"] for s in stats["streams"]] == ["end of stream"] * 2
+    assert stats["streams"][1]["outputs"][0]["path"] == str(out / "1_yard.mp4")
+    assert stats["streams"][0]["latency_ms"]["p99"] >= stats["streams"][0]["latency_ms"]["p50"] > 0
+    printed = capsys.readouterr().out
+    assert f"[1] {clips_at_rates[1]} (128x80): 5 frames" in printed and "aggregate: 13 frames of 2 streams" in printed
+    assert f"wrote {out / '1_yard.mp4'}: 5 frames, 128x80, 25 fps" in printed
+
+
+def test_cli_output_pattern(dynamic_onnx, clips_at_rates, tmp_path):
+    assert (
+        run_cli(dynamic_onnx, "-s", clips_at_rates[0], "-s", clips_at_rates[1], "-o", tmp_path / "seg_{index}.mkv") == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg_0.mkv", "seg_1.mkv"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["-o", "{tmp}/one.mp4"], "2 streams need a directory"),
+        (["-o", "{tmp}/x_{{bad}}.mp4"], "{index} and {name} only"),
+        (
+            ["-o", "{tmp}/same.mp4", "--sources", "{tmp}/missing.txt"],
+            "missing.txt: cannot read --sources (no such file)",
+        ),
+    ],
+)
+def test_cli_bad_stream_options_are_one_line_and_write_nothing(
+    dynamic_onnx, clips_at_rates, tmp_path, capsys, extra, named
+):
+    args = [a.format(tmp=tmp_path) for a in extra]
+    assert run_cli(dynamic_onnx, "-s", clips_at_rates[0], "-s", clips_at_rates[1], *args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_model_too_small_for_the_streams_says_how_to_export_one(onnx_factory, clips_at_rates, tmp_path, capsys):
+    fixed1 = onnx_factory(head="lowres", height=64, width=128, num_classes=5)
+    code = run_cli(fixed1, "-s", clips_at_rates[0], "-s", clips_at_rates[1], "-o", f"{tmp_path}/out/")
+    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixed batch of 1" in err[0] and "--dynamic-batch 1:2:2" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_names_are_file_name_safe():
+    from deeplab_trt.runtime.run_command import stream_name
+
+    assert stream_name("/data/cam 1.mp4") == "cam_1"
+    assert stream_name("0") == "camera0"
+    assert stream_name("rtsp://10.0.0.7:8554/live/front") == "10.0.0.7_8554_live_front"
+    assert stream_name("frames/%04d.png") == "04d"
+
+
+# ---------------------------------------------------------------------------------------------
+# --show with several streams: the mosaic
+# ---------------------------------------------------------------------------------------------
+def test_mosaic_grid_fits_each_picture_in_its_cell():
+    from deeplab_trt.runtime.mosaic import compose, grid_for, tile_size
+
+    assert [grid_for(n) for n in (1, 2, 3, 4, 5, 9, 10)] == [(1, 1), (2, 1), (2, 2), (2, 2), (3, 2), (3, 3), (4, 3)]
+    assert tile_size([(640, 360), (320, 240)]) == (640, 360)
+    assert tile_size([(1920, 1080)] * 4) == (960, 540)  # 2x2 of 1080p fits 1920x1080
+    red, blue = np.zeros((50, 100, 3), np.uint8), np.zeros((100, 100, 3), np.uint8)
+    red[..., 2], blue[..., 0] = 255, 255
+    mosaic = compose([red, blue, None], (100, 50))
+    assert mosaic.shape == (100, 200, 3)
+    assert (mosaic[30:50, 40:100] == (0, 0, 255)).all()  # cell 0: red fills it (same aspect)
+    assert (mosaic[10:40, 130:170] == (255, 0, 0)).all() and (mosaic[30:50, 100:120] == 0).all()  # blue, boxed
+    assert (mosaic[60:100, 40:100] == 0).all()  # cell 2: no picture yet
+
+
+def test_mosaic_draws_once_per_tick(dynamic_onnx, clips):
+    from deeplab_trt.runtime.mosaic import Mosaic
+
+    window = CollectSink()
+    window.description = "window"
+    sources = [open_source(c) for c in clips]
+    mosaic = Mosaic(window, [s.size for s in sources])
+    with open_backend(dynamic_onnx) as backend:
+        stats = run_streams(backend, sources, [[mosaic.tile(i)] for i in range(3)], OPTIONS)
+    for s in sources:
+        s.close()
+    assert len(window.pictures) == stats.ticks == 9
+    assert window.pictures[0].shape == (2 * 120, 2 * 200, 3)  # 2x2 grid of the largest stream's size
