@@ -347,6 +347,53 @@ def test_client_mode_run_equals_a_local_run(server, dynamic_onnx, tmp_path):
         assert len(got) == len(want) == 10 and all(np.array_equal(a, b) for a, b in zip(got, want)), url
 
 
+def test_client_mode_several_streams_equal_a_local_batched_run(server, dynamic_onnx, tmp_path):
+    """``run --triton URL -s A -s B``: one request per frame (the server batches them); each stream's lossless
+    label video equals the local batched run's."""
+    import cv2
+
+    from deeplab_trt.benchmarks.scenes import render_video
+
+    videos = []
+    for i, (frames, seed) in enumerate(((8, 3), (5, 4))):
+        videos.append(tmp_path / f"cam{i}.mkv")
+        writer = cv2.VideoWriter(str(videos[-1]), cv2.VideoWriter_fourcc(*"FFV1"), 10.0, FRAME_HW[::-1])
+        for frame, _ in render_video(seed, frames, size=FRAME_HW):
+            writer.write(frame)
+        writer.release()
+
+    def run(out: str, *model) -> dict:
+        stats = tmp_path / "stats.json"
+        sources = [arg for video in videos for arg in ("-s", str(video))]
+        proc = subprocess.run(
+            [sys.executable, "-m", "deeplab_trt", "run", *model, *sources, "-o", out, "--mode", "labels"]
+            + ["--no-progress", "--json", str(stats)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(ROOT),
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(stats.read_text())
+
+    local = run(str(tmp_path / "local_{index}.mkv"), str(dynamic_onnx))
+    remote = run(str(tmp_path / "remote_{index}.mkv"), "--triton", f"grpc://{server.grpc_url}")
+    assert [s["frames"] for s in remote["streams"]] == [s["frames"] for s in local["streams"]] == [8, 5]
+    for i in range(2):
+        got, want = (_decoded(tmp_path / f"{kind}_{i}.mkv") for kind in ("remote", "local"))
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want)), i
+
+
+def _decoded(path: Path) -> list[np.ndarray]:
+    import cv2
+
+    cap, out = cv2.VideoCapture(str(path)), []
+    while (got := cap.read())[0]:
+        out.append(got[1])
+    cap.release()
+    return out
+
+
 def test_client_mode_errors_are_one_line(server, tmp_path):
     from deeplab_trt.runtime.triton_client import TritonSegmenter, parse_url
 
