@@ -330,6 +330,8 @@ def _record_streams(stats, sources, sinks) -> None:
                 )
         if isinstance(source, ReconnectingSource) and source.is_live:
             stream.source_status = source.summary()
+            if stream.ended == "end of stream":  # the source knows why: gave up reconnecting, came back resized...
+                stream.ended = stream.source_status["end_reason"]
     if len(stats.streams) == 1:  # one stream: its outputs and drops are the run's, as they always were
         stats.outputs = stats.streams[0].outputs
         stats.source_status = stats.streams[0].source_status

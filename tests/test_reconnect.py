@@ -208,3 +208,45 @@ def test_run_survives_an_http_stream_restart(tmp_path, onnx_factory):
     # frames of both connections arrived (live: the reader may drop a few when inference lags)
     assert stats["frames"] + stats["dropped"] > 35, stats
     assert time.monotonic() - t0 < 60
+
+
+def test_a_live_stream_that_drops_does_not_stop_a_file_beside_it(tmp_path, onnx_factory):
+    """Two streams, one batched inference per tick: the HTTP stream drops, is reopened, then gone for good;
+    the file beside it is segmented whole; the summary says how each ended."""
+    from video_helpers import write_video
+
+    from deeplab_trt.cli import main
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    first = _Stream(port, frames=20)
+
+    def restart():
+        while first.served < 20:
+            time.sleep(0.05)
+        first.stop()
+        time.sleep(1.0)
+        second = _Stream(port, frames=20)
+        while second.served < 20:
+            time.sleep(0.05)
+        second.stop()
+
+    server = threading.Thread(target=restart, daemon=True)
+    server.start()
+    clip = write_video(tmp_path / "file.avi", 12, (128, 72), fourcc="MJPG")
+    model = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
+    stats_path = tmp_path / "stats.json"
+    rc = main(
+        ["run", str(model), "-s", str(clip), "-s", url, "--reconnect", "2", "--reconnect-delay", "0.3"]
+        + ["-o", str(tmp_path / "out") + "/", "--json", str(stats_path), "--no-progress"]
+    )
+    server.join(timeout=30)
+    assert rc == 0
+    stats = json.loads(stats_path.read_text())
+    file, live = stats["streams"]
+    assert file["frames"] == 12 and file["ended"] == "end of stream" and file["source_status"] is None
+    assert live["source_status"]["reconnects"] == 1 and live["source_status"]["gap_s"] > 0.5
+    assert live["ended"].startswith("gave up after 2 reconnect attempts"), live
+    assert live["frames"] + live["dropped"] > 25 and live["outputs"][0]["frames"] == live["frames"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["0_file.mp4", f"1_127.0.0.1_{port}_live.ts.mp4"]
