@@ -28,6 +28,8 @@ _EXPORTS = {
     "EngineRecord": "deeplab_trt.runtime.engine_record",
     "open_source": "deeplab_trt.runtime.video",
     "run_video": "deeplab_trt.runtime.pipeline",
+    "run_streams": "deeplab_trt.runtime.pipeline",
+    "RunOptions": "deeplab_trt.runtime.pipeline",
     "Segmenter": "deeplab_trt.runtime.segmenter",
     "export_onnx": "deeplab_trt.builder.export",
     "build_engine": "deeplab_trt.builder.engine",
