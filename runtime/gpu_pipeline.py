@@ -544,7 +544,7 @@ def run_streams(
             timing["decode"] += taken.decode_s
             stream = stats.streams[taken.stream]
             stream.frames += 1
-            stream.latency_s.append(written - taken.taken_at)
+            stream.latency.add(written - taken.taken_at)
         for key, value in times.items():
             timing[key] = timing.get(key, 0.0) + value
         stats.frames += len(tick)

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.latency import LatencyHistogram
 from deeplab_trt.runtime.postprocess import MODES
 from deeplab_trt.runtime.preprocess import POLICIES
 
@@ -54,8 +53,9 @@ class RunOptions:
 class StreamStats:
     """One stream of a run: what it was, how many frames it gave, how it ended, its latency.
 
-    ``latency_s`` holds, per frame, the time from the tick taking the frame off its decoder to its
-    picture being written (what a viewer of that stream waits beyond decoding); ``ended`` says why
+    ``latency`` counts, per frame, the time from the tick taking the frame off its decoder to its
+    picture being written (what a viewer of that stream waits beyond decoding), in constant memory
+    (:class:`~deeplab_trt.runtime.latency.LatencyHistogram`: runs last days); ``ended`` says why
     the stream stopped: ``end of stream``, ``max frames``, ``failed: ...``, ``stopped`` (the run
     stopped first: Ctrl-C, a closed window, another error).
     """
@@ -69,7 +69,7 @@ class StreamStats:
     frames: int = 0
     dropped: int = 0
     ended: str = ""
-    latency_s: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     outputs: list[dict] = field(default_factory=list)  # {"path", "size", "fps", "frames"}
     # A live source's drops: {"reconnects", "gap_s", "end_reason"} (runtime/reconnect.py); None otherwise.
     source_status: dict | None = None
@@ -79,15 +79,11 @@ class StreamStats:
         return cls(index, source.description, source.size, source.fps, source.frame_count, source.is_live)
 
     def latency_ms(self) -> dict[str, float | None]:
-        """p50 / p99 / max of the per-frame latency, in ms (``None`` without frames)."""
-        if not self.latency_s:
-            return {"p50": None, "p99": None, "max": None}
-        ms = np.asarray(self.latency_s) * 1000.0
-        return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+        """p50 / p99 / max of the per-frame latency, in ms (``None`` without frames; percentiles within 1 %)."""
+        return self.latency.summary_ms()
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        del d["latency_s"]
+        d = {k: v for k, v in asdict(self).items() if k != "latency"}
         d["latency_ms"] = self.latency_ms()
         return d
 

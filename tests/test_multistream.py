@@ -134,7 +134,7 @@ def test_three_streams_of_different_sizes_equal_their_single_stream_runs(dynamic
     assert all(s.latency_ms()["p50"] > 0 for s in stats.streams)
     assert stats.mean_batch == pytest.approx(21 / 9)
     d = stats.to_dict()
-    assert len(d["streams"]) == 3 and d["streams"][1]["size"] == (128, 72) and "latency_s" not in d["streams"][0]
+    assert len(d["streams"]) == 3 and d["streams"][1]["size"] == (128, 72) and "latency" not in d["streams"][0]
     lines = stats.report_lines()
     assert lines[0].startswith(f"[0] {clips[0]} (160x96): 9 frames")
     assert any(line.startswith("aggregate: 21 frames of 3 streams") for line in lines)
@@ -323,3 +323,21 @@ def test_mosaic_draws_once_per_tick(dynamic_onnx, clips):
         s.close()
     assert len(window.pictures) == stats.ticks == 9
     assert window.pictures[0].shape == (2 * 120, 2 * 200, 3)  # 2x2 grid of the largest stream's size
+
+
+def test_latency_histogram_percentiles_within_one_percent_in_constant_memory():
+    from deeplab_trt.runtime.latency import LatencyHistogram
+
+    rng = np.random.default_rng(3)
+    samples = np.concatenate([rng.lognormal(np.log(0.03), 0.4, 20_000), [2.5]])  # ~30 ms, one 2.5 s stall
+    hist = LatencyHistogram()
+    assert hist.summary_ms() == {"p50": None, "p99": None, "max": None}
+    size = hist.counts.nbytes
+    for s in samples:
+        hist.add(float(s))
+    assert hist.counts.nbytes == size and hist.count == len(samples)
+    for q in (50, 90, 99):
+        assert hist.percentile(q) == pytest.approx(np.percentile(samples, q), rel=0.01)
+    assert hist.summary_ms()["max"] == pytest.approx(2500.0)
+    hist.add(0.0)  # below the floor: the first bin, no error
+    assert hist.percentile(0) <= 2e-5
