@@ -12,8 +12,10 @@ extra) a PNG of RSS against frames.
         [--size 64x128] [--json OUT.json] [--plot OUT.png]
 
 Without ``--model`` it exports deeplabv3_mobilenet_v3_large with random weights at ``--size`` (the
-``export`` extra; cached like the other benchmarks' models). CPU only here; on a GPU the device
-memory would be sampled the same way (not implemented: no GPU has been lent).
+``export`` extra; cached like the other benchmarks' models). A TensorRT engine (``--model X.engine``)
+runs the GPU pipeline, and then the device memory in use (``cudaMemGetInfo``: total − free, every
+process on the GPU) is sampled at the same frames, with the same ≤ 5 % rule; that path is tested on
+the fake CUDA only (no GPU has been lent).
 """
 
 from __future__ import annotations
@@ -42,19 +44,32 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-class RssSink(Sink):
-    """Counts frames and records ``(frame, rss)`` every ``every`` frames (and at the first one)."""
+def device_used_bytes() -> int:
+    """Device memory in use on the current CUDA device (total − free: every process's, not only ours)."""
+    from deeplab_trt.runtime.cuda import api
 
-    def __init__(self, every: int, read_rss=rss_bytes):
+    free, total = api.memory_info()
+    return total - free
+
+
+class RssSink(Sink):
+    """Counts frames and records ``(frame, rss)`` every ``every`` frames (and at the first one);
+    with ``read_device``, ``(frame, device bytes in use)`` at the same frames."""
+
+    def __init__(self, every: int, read_rss=rss_bytes, read_device=None):
         self.every = every
         self.read_rss = read_rss
+        self.read_device = read_device
         self.frames = 0
         self.samples: list[tuple[int, int]] = []
+        self.device_samples: list[tuple[int, int]] = []
 
     def write(self, frame: np.ndarray) -> None:
         self.frames += 1
         if self.frames == 1 or self.frames % self.every == 0:
             self.samples.append((self.frames, self.read_rss()))
+            if self.read_device is not None:
+                self.device_samples.append((self.frames, self.read_device()))
 
 
 def growth(samples: list[tuple[int, int]], *, after: int = 1000) -> float | None:
@@ -65,7 +80,7 @@ def growth(samples: list[tuple[int, int]], *, after: int = 1000) -> float | None
     return (samples[-1][1] - base) / base
 
 
-def soak(backend, frames: list[np.ndarray], *, count: int, every: int) -> dict:
+def soak(backend, frames: list[np.ndarray], *, count: int, every: int, read_device=None) -> dict:
     """Run ``count`` frames through the video loop and return the samples and the growth.
 
     Args:
@@ -73,21 +88,32 @@ def soak(backend, frames: list[np.ndarray], *, count: int, every: int) -> dict:
         frames: distinct BGR frames, cycled.
         count: frames to run.
         every: sample the RSS every this many frames.
+        read_device: how to read device memory in use (default: :func:`device_used_bytes` when the backend
+            runs the GPU pipeline, else none).
     """
     from deeplab_trt.benchmarks.bench import ArraySource
     from deeplab_trt.runtime.pipeline import RunOptions, run_video
 
-    sink = RssSink(every)
+    if read_device is None and backend.pipeline == "gpu":
+        read_device = device_used_bytes
+    sink = RssSink(every, read_device=read_device)
     stats = run_video(backend, ArraySource(frames, count), [sink], RunOptions(max_frames=count, progress=False))
     g = growth(sink.samples)
-    return {
+    result = {
         "frames": stats.frames,
         "fps": stats.fps,
+        "pipeline": stats.pipeline,
         "samples": [{"frame": f, "rss_mb": r / 2**20} for f, r in sink.samples],
         "growth_1000_to_last": g,
         "goal": MAX_GROWTH,
         "met": g is not None and g <= MAX_GROWTH,
     }
+    if read_device is not None:
+        dg = growth(sink.device_samples)
+        result["device_samples"] = [{"frame": f, "device_mb": b / 2**20} for f, b in sink.device_samples]
+        result["device_growth_1000_to_last"] = dg
+        result["met"] = result["met"] and dg is not None and dg <= MAX_GROWTH
+    return result
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -138,21 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         from deeplab_trt.calibration.report import pyplot
 
         pyplot(purpose="soak --plot")  # fail before the long run, not after it
-    with open_backend(_model(args), "onnxruntime") as backend:
+    with open_backend(_model(args)) as backend:  # an engine: the GPU pipeline, device memory sampled too
         h, w = backend.spec.input_height, backend.spec.input_width
         frames = [img for img, _ in SceneGenerator(h, w, seed=7).video_frames(16)]
         result = soak(backend, frames, count=args.frames, every=args.every)
     print(f"command: python -m deeplab_trt.benchmarks.soak {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {machine_line()}")
-    print(f"{result['frames']} frames at {result['fps']:.1f} FPS ({w}x{h} frames, ONNX Runtime CPU)")
-    print("| frame | RSS (MB) |\n|--:|--:|")
-    for sample in result["samples"]:
-        print(f"| {sample['frame']} | {sample['rss_mb']:.1f} |")
-    g = result["growth_1000_to_last"]
+    print(f"{result['frames']} frames at {result['fps']:.1f} FPS ({w}x{h} frames, {backend.name})")
+    device = result.get("device_samples")
+    print("| frame | RSS (MB) |" + (" device in use (MB) |\n|--:|--:|--:|" if device else "\n|--:|--:|"))
+    for i, sample in enumerate(result["samples"]):
+        print(
+            f"| {sample['frame']} | {sample['rss_mb']:.1f} |" + (f" {device[i]['device_mb']:.1f} |" if device else "")
+        )
     verdict = "met" if result["met"] else "NOT met"
-    print(
-        f"RSS growth, frame 1000 -> {result['frames']}: {'n/a' if g is None else f'{100 * g:+.2f}%'} (goal <= 5%: {verdict})"
-    )
+    for what, g in (
+        ("RSS", result["growth_1000_to_last"]),
+        ("device memory", result.get("device_growth_1000_to_last")),
+    ):
+        if what == "RSS" or device:
+            print(f"{what} growth, frame 1000 -> {result['frames']}: {'n/a' if g is None else f'{100 * g:+.2f}%'}")
+    print(f"goal <= 5%: {verdict}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     if args.plot is not None:

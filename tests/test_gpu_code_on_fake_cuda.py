@@ -925,3 +925,9 @@ def test_triton_gpu_instance_runs_the_cuda_kernels(fake, clip, opencv_without_ip
     assert loaded.engine.contexts[0].executions == 2
     seg.close()
     backend.close()
+
+
+def test_soak_reads_device_memory_in_use_through_cuda_mem_get_info(fake):
+    from deeplab_trt.benchmarks.soak import device_used_bytes
+
+    assert device_used_bytes() == (8 << 30) - (4 << 30)  # the fake's total - free

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deeplab_trt.benchmarks.soak import MAX_GROWTH, RssSink, growth, rss_bytes, soak
 
@@ -33,3 +34,23 @@ def test_short_soak_through_the_video_loop(onnx_factory):
         result = soak(backend, frames, count=120, every=40)
     assert result["frames"] == 120 and [s["frame"] for s in result["samples"]] == [1, 40, 80, 120]
     assert result["growth_1000_to_last"] is None and not result["met"]  # too short for a verdict
+
+
+def test_soak_samples_device_memory_when_asked_and_judges_it_too(onnx_factory):
+    """The GPU path's device sampling (a real reader needs a GPU: the values are scripted here)."""
+    from deeplab_trt.runtime.backends import open_backend
+
+    used = iter(range(1000, 2000, 10))
+    with open_backend(onnx_factory(), "onnxruntime") as backend:
+        frames = [np.full((64, 128, 3), v, np.uint8) for v in (0, 80)]
+        result = soak(backend, frames, count=1600, every=400, read_device=lambda: next(used) << 20)
+    assert [s["device_mb"] for s in result["device_samples"]] == [1000, 1010, 1020, 1030, 1040]
+    assert abs(result["device_growth_1000_to_last"] - 10 / 1030) < 1e-9  # frame 1200 -> 1600
+    assert result["met"] == (result["growth_1000_to_last"] <= 0.05)
+
+
+@pytest.mark.gpu
+def test_device_memory_in_use_on_a_real_device():
+    from deeplab_trt.benchmarks.soak import device_used_bytes
+
+    assert 0 < device_used_bytes()
