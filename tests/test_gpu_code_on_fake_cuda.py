@@ -479,6 +479,9 @@ def test_tensorrt_backend_keeps_the_rtx_runtime_cache_per_engine_and_gpu(fake, t
     assert _engine_options(types.SimpleNamespace(model="m.engine", no_runtime_cache=True)) == {"runtime_cache": False}
     assert _engine_options(types.SimpleNamespace(model="m.onnx", no_runtime_cache=True)) == {}
     assert _engine_options(types.SimpleNamespace(model="m.plan", no_runtime_cache=False)) == {}
+    many = types.SimpleNamespace(model="m.engine", no_runtime_cache=False)
+    assert _engine_options(many, streams=3) == {"batch": 3}  # run -s A -s B -s C: buffers for 3 images
+    assert _engine_options(types.SimpleNamespace(model="m.onnx", no_runtime_cache=False), streams=3) == {}
 
 
 def test_cuda_graph_on_rtx_needs_an_engine_built_with_user_allocation(fake, clip, opencv_without_ipp):
