@@ -190,6 +190,11 @@ class TensorRTRunner:
         out_buf = self._buffers[self.output_name]
         self.output = DeviceArray(out_buf.ptr, out_shape, self.output_dtype, owner=out_buf, device_id=out_buf.device_id)
 
+    @property
+    def batch_limits(self) -> tuple[int, int]:
+        """(min, max) batch :meth:`set_batch` accepts: the profile's range, or the fixed batch twice."""
+        return self.min_batch, self.max_batch
+
     def set_batch(self, n: int) -> None:
         """Use batch ``n`` from now on (dynamic engines: ``set_input_shape``; buffers stay bound,
         and grow, re-bound, only when ``n`` exceeds what was allocated)."""
