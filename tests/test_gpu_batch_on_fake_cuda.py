@@ -249,6 +249,22 @@ def test_tensorrt_runner_runs_one_batch_per_tick(fake, dynamic, integrated, open
         assert fake.launches.count(name) == launches
 
 
+def test_a_profile_minimum_above_one_pads_small_ticks(fake, opencv_without_ipp):  # noqa: F811 - the fixture
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.gpu_pipeline import CudaStage
+
+    engine = FakeEngine(fake)
+    engine.profile = ((2, 3, 32, 48), (2, 3, 32, 48), (4, 3, 32, 48))
+    runner = TensorRTRunner(engine, SPEC, FakeTrt)
+    assert runner.batch == 2 and runner.batch_limits == (2, 4)
+    options = RunOptions(mode="mask", policy="letterbox", progress=False)
+    stage = CudaStage(runner, options, SIZES, slots=2)
+    got = run_ticks(stage)
+    stage.close()
+    assert engine.contexts[0].batches == [3, 2, 2, 3]  # the tick of one runs the profile's minimum
+    assert agreement(got, cpu_reference(_Model(), options)) >= 0.999
+
+
 def test_cuda_graphs_replay_full_ticks_and_run_partial_ones_eagerly(fake, opencv_without_ipp):  # noqa: F811 - the fixture
     from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
     from deeplab_trt.runtime.gpu_pipeline import CudaStage

@@ -142,7 +142,7 @@ class TensorRTRunner:
         self.capacity = 0
         self.batch = 0
         self._allocate(alloc)
-        self.set_batch(1 if self.dynamic else alloc)
+        self.set_batch(self.min_batch if self.dynamic else alloc)  # the smallest the profile allows (1 as a rule)
 
     # ---- binding and shapes ---------------------------------------------------------------
     def _allocate(self, n: int) -> None:
