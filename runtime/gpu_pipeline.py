@@ -19,10 +19,11 @@ the CPU pipeline. Per-stage GPU times come from CUDA events (``upload``, ``prepr
 ``infer``, ``postprocess``, ``download``); ``decode`` and ``encode`` are host times, as in
 :class:`deeplab_trt.runtime.pipeline.Stats`, which this returns too.
 
-Optional CUDA graphs (``cuda_graph=True``): after the first frame (which also runs TensorRT's
-``execute_async_v3`` once outside capture, as TensorRT requires), each slot's kernel +
-inference sequence is captured once and replayed; the per-stage split is then reported as
-one ``infer`` time (events cannot be recorded inside the captured sequence).
+Optional CUDA graphs (``cuda_graph=True``): after the first full tick (which also runs TensorRT's
+``execute_async_v3`` once outside capture, as TensorRT requires), each slot's full tick (every
+stream's kernels + the one batched inference) is captured once and replayed; a partial tick runs
+eagerly (:class:`CudaStage`). The per-stage split of a replayed tick is reported as one ``infer``
+time (events cannot be recorded inside the captured sequence).
 
 The orchestration is independent of CUDA: :class:`HostStage` runs the numpy references behind
 the same slot interface; it is the CPU stage of ``deeplab-trt run``, so CI runs this very loop.
@@ -455,38 +456,14 @@ def make_stage(
             from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
             inference = HostBackendInference(backend, batch=len(sources))
-    if len(sources) > 1:
-        raise ToolkitError("the GPU pipeline takes one stream for now (batch > 1 is on its way)")
-    return _OneStream(
-        CudaStage(
-            inference,
-            options,
-            sources[0].size,
-            slots=slots or DEFAULT_SLOTS,
-            device_index=device_index,
-            cuda_graph=cuda_graph,
-        )
+    return CudaStage(
+        inference,
+        options,
+        [source.size for source in sources],
+        slots=slots or DEFAULT_SLOTS,
+        device_index=device_index,
+        cuda_graph=cuda_graph,
     )
-
-
-class _OneStream:
-    """TEMPORARY: the single-frame CudaStage behind the tick interface (until CudaStage takes ticks)."""
-
-    def __init__(self, inner):
-        self.inner, self.slots, self.name = inner, inner.slots, inner.name
-
-    def bind_thread(self) -> None:
-        self.inner.bind_thread()
-
-    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
-        self.inner.submit(slot, frames[0][1])
-
-    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
-        picture, times = self.inner.finish(slot)
-        return [picture], times
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def run_video(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_gpu_code_on_fake_cuda import (  # noqa: F401 - emulator_lib/fake are fixtures
     SPEC,
+    CollectSink,
     FakeEngine,
     FakeTrt,
     NumpyBackend,
@@ -37,6 +38,7 @@ class RecordingBackend(NumpyBackend):
 
     def __init__(self, fixed_batch: int | None = None):
         self.fixed_batch = fixed_batch
+        self.batch_limits = (fixed_batch, fixed_batch) if fixed_batch else (1, None)
         self.batches: list[int] = []
 
     def infer(self, batch):
@@ -312,3 +314,57 @@ def test_batched_tick_on_a_gpu(onnx_factory, batch):
         expected = cpu_reference(one, options)
     # GPU preprocessing differs from OpenCV by ~1e-5: a rare near-tie may flip through the model
     assert agreement(got, expected) >= 0.99
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop: run_streams with the CUDA stage, two sources of different sizes and lengths
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_clips(tmp_path_factory):
+    """Two MJPG clips: 6 frames of 75x45 and 4 frames of 40x64 (so the last two ticks are partial)."""
+    root = tmp_path_factory.mktemp("two")
+    paths = []
+    for stream, frames in ((0, 6), (1, 4)):
+        path = root / f"s{stream}.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, SIZES[stream])
+        for t in range(frames):
+            writer.write(make_frame(stream, t))
+        writer.release()
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("inference", ["host", "tensorrt"])
+def test_run_streams_with_the_cuda_stage(fake, two_clips, inference, opencv_without_ipp):  # noqa: F811 - the fixture
+    from deeplab_trt.runtime import gpu_pipeline
+    from deeplab_trt.runtime.backends.tensorrt import TensorRTRunner
+    from deeplab_trt.runtime.video import open_source
+
+    options = RunOptions(mode="overlay", policy="letterbox", progress=False)
+    loop = {}
+    if inference == "tensorrt":
+        engine = FakeEngine(fake)
+        loop = {"inference": TensorRTRunner(engine, SPEC, FakeTrt), "cuda_graph": True, "slots": 2}
+    runs = {}
+    for stage in ("host", "cuda"):
+        sinks = [CollectSink(), CollectSink()]
+        with open_source(two_clips[0]) as a, open_source(two_clips[1]) as b:
+            stats = gpu_pipeline.run_streams(
+                NumpyBackend(),
+                [a, b],
+                [[sinks[0]], [sinks[1]]],
+                options,
+                stage=stage,
+                **(loop if stage == "cuda" else {}),
+            )
+        runs[stage] = (stats, sinks)
+    stats, sinks = runs["cuda"]
+    assert stats.pipeline == "gpu" and stats.frames == 10 and stats.ticks == 6
+    assert [s.frames for s in stats.streams] == [6, 4] and [len(s.pictures) for s in sinks] == [6, 4]
+    assert {"upload", "preprocess", "infer", "postprocess", "download"} <= set(stats.stage_s)
+    for host_sink, cuda_sink in zip(runs["host"][1], sinks):
+        assert [p.shape for p in host_sink.pictures] == [p.shape for p in cuda_sink.pictures]
+        assert agreement([host_sink.pictures], [cuda_sink.pictures]) >= 0.999
+    if inference == "tensorrt":  # 4 full ticks of 2 (graphs from the second), then 2 eager ticks of 1
+        assert engine.contexts[0].batches == [2, 2, 2, 1, 1]
+        assert fake.captures == 2 and fake.graph_launches == 3

@@ -55,9 +55,10 @@ class HostBackendInference:
     host memory, runs ``backend.infer``, and queues the output's copy back on the stream.
 
     ``batch``: the most images one ``enqueue`` carries (the GPU pipeline passes its number of
-    streams). A dynamic backend (``fixed_batch`` None) gets buffers for ``batch`` images and,
-    after ``set_batch(n)``, infers only the first ``n``; a fixed-batch backend always infers its
-    ``fixed_batch`` (the caller pads), so ``batch`` beyond it is an error.
+    streams). A dynamic backend (``fixed_batch`` None) gets buffers for ``batch`` images (at least
+    its ``batch_limits`` minimum) and, after ``set_batch(n)``, infers only the first ``n``; a
+    fixed-batch backend always infers its ``fixed_batch`` (the caller pads), so ``batch`` beyond it,
+    or beyond a dynamic backend's maximum, is an error.
     """
 
     capturable = False
@@ -68,11 +69,14 @@ class HostBackendInference:
         self.backend = backend
         self.spec: ModelSpec = backend.spec
         self.name = f"{backend.name} (host inference)"
-        fixed = getattr(backend, "fixed_batch", None)
+        fixed = backend.fixed_batch
+        low, high = backend.batch_limits
         if fixed is not None and batch is not None and batch > fixed:
             raise ToolkitError(f"{backend.name}: the model takes a fixed batch of {fixed}; {batch} images do not fit")
-        n = fixed or batch or 1
-        self.batch_limits = (n, n) if fixed else (1, n)
+        n = fixed or max(batch or 1, low)
+        if high is not None and n > high:
+            raise ToolkitError(f"{backend.name}: batch {n} exceeds the model's largest ({high})")
+        self.batch_limits = (n, n) if fixed else (low, n)
         dtype = np.dtype(backend.input_dtype)
         shape = (n, 3, self.spec.input_height, self.spec.input_width)
         self._input = api.empty(shape, dtype)
