@@ -368,3 +368,24 @@ def test_run_streams_with_the_cuda_stage(fake, two_clips, inference, opencv_with
     if inference == "tensorrt":  # 4 full ticks of 2 (graphs from the second), then 2 eager ticks of 1
         assert engine.contexts[0].batches == [2, 2, 2, 1, 1]
         assert fake.captures == 2 and fake.graph_launches == 3
+
+
+@pytest.mark.gpu
+def test_run_streams_with_the_cuda_stage_on_a_gpu(onnx_factory, two_clips):
+    """The loop over two clips on a device: the CUDA stage (ORT inference) vs the host stage."""
+    from deeplab_trt.runtime import gpu_pipeline
+    from deeplab_trt.runtime.backends import open_backend
+    from deeplab_trt.runtime.video import open_source
+
+    path = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
+    options = RunOptions(mode="labels", policy="letterbox", progress=False)
+    runs = {}
+    with open_backend(path) as backend:
+        for stage in ("host", "cuda"):
+            sinks = [CollectSink(), CollectSink()]
+            with open_source(two_clips[0]) as a, open_source(two_clips[1]) as b:
+                stats = gpu_pipeline.run_streams(backend, [a, b], [[sinks[0]], [sinks[1]]], options, stage=stage)
+            runs[stage] = (stats, sinks)
+    assert runs["cuda"][0].frames == 10 and runs["cuda"][0].ticks == 6
+    for host_sink, cuda_sink in zip(runs["host"][1], runs["cuda"][1]):
+        assert agreement([host_sink.pictures], [cuda_sink.pictures]) >= 0.99
