@@ -59,8 +59,9 @@ class TensorRTRunner:
     """Execution context + bound device buffers + the stream it runs on.
 
     ``batch``: the largest batch to allocate for (dynamic engines: capped by the profile's
-    maximum; default 1, what the video pipeline uses). The input buffer is written by the
-    preprocessing kernel, the output buffer read by the postprocessing kernels.
+    maximum; default: the profile's minimum; the GPU video pipeline grows it, once, to its number
+    of streams). The input buffer is written by the preprocessing kernel (image j at j images'
+    offset), the output buffer read by the postprocessing kernels.
 
     ``runtime_cache``: a TensorRT-RTX runtime cache file, loaded now and saved at :meth:`close`
     (None: no cache; ignored by engines without ``create_runtime_config``).
