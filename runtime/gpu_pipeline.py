@@ -19,10 +19,11 @@ the CPU pipeline. Per-stage GPU times come from CUDA events (``upload``, ``prepr
 ``infer``, ``postprocess``, ``download``); ``decode`` and ``encode`` are host times, as in
 :class:`deeplab_trt.runtime.pipeline.Stats`, which this returns too.
 
-Optional CUDA graphs (``cuda_graph=True``): after the first frame (which also runs TensorRT's
-``execute_async_v3`` once outside capture, as TensorRT requires), each slot's kernel +
-inference sequence is captured once and replayed; the per-stage split is then reported as
-one ``infer`` time (events cannot be recorded inside the captured sequence).
+Optional CUDA graphs (``cuda_graph=True``): after the first full tick (which also runs TensorRT's
+``execute_async_v3`` once outside capture, as TensorRT requires), each slot's full tick (every
+stream's kernels + the one batched inference) is captured once and replayed; a partial tick runs
+eagerly (:class:`CudaStage`). The per-stage split of a replayed tick is reported as one ``infer``
+time (events cannot be recorded inside the captured sequence).
 
 The orchestration is independent of CUDA: :class:`HostStage` runs the numpy references behind
 the same slot interface; it is the CPU stage of ``deeplab-trt run``, so CI runs this very loop.
@@ -142,28 +143,39 @@ class HostStage:
 # ----------------------------------------------------------------------------------------------
 # CUDA stage
 # ----------------------------------------------------------------------------------------------
-class _Slot:
+class _StreamBuffers:
+    """One stream's frame (pinned + device, or mapped on zero-copy), picture and labels in a slot."""
+
     def __init__(self, api, height: int, width: int, label_dtype: np.dtype, zero_copy: bool):
-        nbytes = height * width * 3
-        self.host = api.PinnedBuffer(nbytes, mapped=zero_copy)
+        self.height, self.width = height, width
+        self.nbytes = height * width * 3
+        self.host = api.PinnedBuffer(self.nbytes, mapped=zero_copy)
         self.host_frame = self.host.array((height, width, 3), np.uint8)
         if zero_copy:
             self.device_frame = None
             self.frame_ptr = self.host.device_ptr
             self.host_out = self.host_frame  # rendered in place, read by the host after the last event
         else:
-            self.device_frame = api.DeviceBuffer(nbytes)
+            self.device_frame = api.DeviceBuffer(self.nbytes)
             self.frame_ptr = self.device_frame.ptr
-            self.out = api.PinnedBuffer(nbytes)
+            self.out = api.PinnedBuffer(self.nbytes)
             self.host_out = self.out.array((height, width, 3), np.uint8)
         self.labels = api.DeviceBuffer(height * width * label_dtype.itemsize)
+
+
+class _Slot:
+    """One tick in flight: a buffer set per stream, the events of the tick, the slot's graph."""
+
+    def __init__(self, api, sizes: Sequence[tuple[int, int]], label_dtype: np.dtype, zero_copy: bool):
+        self.buffers = [_StreamBuffers(api, h, w, label_dtype, zero_copy) for w, h in sizes]
         ev = api.Event
         self.up_start, self.up_end = ev(), ev()
         self.pre_start, self.pre_end, self.infer_end = ev(), ev(), ev()
         self.post_end = ev(blocking_sync=zero_copy)
         self.down_end = ev(blocking_sync=True)
-        self.graph = None
+        self.graph = None  # captured for a full tick (every stream, in order)
         self.graphed = False  # whether the last submit replayed the graph (no per-stage events)
+        self.streams: tuple[int, ...] = ()  # the stream indices of the tick in flight
 
     def close(self) -> None:
         if self.graph is not None:
@@ -181,13 +193,31 @@ class _Slot:
 
 
 class CudaStage:
-    """Kernels + a :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` on three streams."""
+    """Kernels + a :class:`~deeplab_trt.runtime.cuda.inference.DeviceInference` on three streams.
+
+    One tick (``submit(slot, frames)``, at most one frame per stream) is one batched inference:
+    each frame is uploaded into its stream's buffer, preprocessed into image j of the batch
+    (j: its position in the tick; the geometry is its stream's), the model runs once, and image
+    j's output is turned into labels and rendered into the frame's buffer. A dynamic inference
+    runs ``max(k, min)`` images for a tick of k (``set_batch`` only when that changes; buffers
+    are grown once, here, for a full tick, so no tick reallocates what earlier ones still use); a
+    fixed one runs its batch, the rest of it ignored padding. A tick larger than the inference
+    takes is a :class:`ToolkitError`, here for the number of streams.
+
+    CUDA graphs (``cuda_graph=True``): a slot's graph records a *full* tick (every stream, in
+    order, at the full batch), captured once the inference has run that batch eagerly since its
+    last shape change (TensorRT's rule: one eager ``execute_async_v3`` per shape before capture);
+    a partial tick (a stream without a frame this time) runs eagerly. One stream is the special
+    case where every tick is full: a graph per slot after the first frame, as before batching.
+    Why not graphs per tick size: the ticks of a steady run are full, and N graphs per slot would
+    multiply captures for the rare partial tick.
+    """
 
     def __init__(
         self,
         inference,
         options: RunOptions,
-        frame_size: tuple[int, int],
+        frame_sizes: Sequence[tuple[int, int]],
         *,
         slots: int = DEFAULT_SLOTS,
         device_index: int = 0,
@@ -195,12 +225,24 @@ class CudaStage:
         zero_copy: bool | None = None,
         kernels=None,
     ):
+        """Args:
+        inference: the model step (a DeviceInference: TensorRT's runner, a host adapter, ...).
+        options: mode, alpha and resize policy.
+        frame_sizes: (w, h) of each stream's frames, in stream order.
+        slots: ticks in flight.
+        device_index: the CUDA device.
+        cuda_graph: replay each slot's full tick as a CUDA graph (see the class docstring).
+        zero_copy: mapped frames rendered in place (None: the device decides; integrated GPUs).
+        kernels: the kernels to launch (None: this device's).
+        """
         from deeplab_trt.runtime.cuda import api
         from deeplab_trt.runtime.cuda.kernels import get_kernels, label_dtype_for
 
         refusal = getattr(inference, "graph_refusal", None) if cuda_graph else None
         if refusal:
             raise ToolkitError(refusal)  # asked for, and this engine can never do it: say so, do not ignore it
+        if not frame_sizes:
+            raise ToolkitError("the GPU stage needs at least one stream")
         self.api = api
         self.device_index = device_index
         self.device = api.use_device(device_index)
@@ -211,69 +253,93 @@ class CudaStage:
         self.slots = max(1, int(slots))
         self.name = inference.name
         self.kernels = kernels or get_kernels(device_index)
-        self.width, self.height = int(frame_size[0]), int(frame_size[1])
-        self.geo = Geometry.compute((self.height, self.width), self.spec.input_size, options.policy)
+        self.sizes = [(int(w), int(h)) for w, h in frame_sizes]
+        self.geos = [Geometry.compute((h, w), self.spec.input_size, options.policy) for w, h in self.sizes]
         self.label_dtype = np.dtype(label_dtype_for(self.spec))
+        self.full_batch = self._batch_for(len(self.sizes))
+        self._set_batch(self.full_batch)  # allocate for a full tick now, not under a tick in flight
         self.compute = api.Stream()
         self.upload = api.Stream()
         self.download = api.Stream()
-        self._slots = [_Slot(api, self.height, self.width, self.label_dtype, self.zero_copy) for _ in range(self.slots)]
+        self._slots = [_Slot(api, self.sizes, self.label_dtype, self.zero_copy) for _ in range(self.slots)]
         self.use_graph = bool(cuda_graph)
         if self.use_graph and not inference.capturable:
             log.info("CUDA graphs off: %s cannot be captured", self.name)
             self.use_graph = False
-        self._eager_frames = 0
+        self._warm = False  # whether the inference ran eagerly at its current batch (capture needs it)
         log.info(
-            "GPU pipeline on %s: %d slots, %s, %s",
+            "GPU pipeline on %s: %d stream(s), batch %d, %d slots, %s, %s",
             self.device.describe(),
+            len(self.sizes),
+            self.full_batch,
             self.slots,
             "zero-copy mapped frames" if self.zero_copy else "pinned upload/download streams",
-            "CUDA graphs" if self.use_graph else "eager launches",
+            "CUDA graphs (full ticks)" if self.use_graph else "eager launches",
         )
 
     def bind_thread(self) -> None:
         self.api.use_device(self.device_index)
 
-    # ---- the per-frame GPU sequence (what a graph captures) -------------------------------
+    # ---- batch ------------------------------------------------------------------------------
+    def _batch_for(self, k: int) -> int:
+        """The batch the inference runs for a tick of ``k`` images (padded up to its minimum)."""
+        lo, hi = self.inference.batch_limits
+        if k > hi:
+            raise ToolkitError(f"{self.name}: {k} streams in one tick exceed the model's largest batch ({hi})")
+        return max(k, lo)
+
+    def _set_batch(self, n: int) -> None:
+        if self.inference.input.shape[0] != n:
+            self.inference.set_batch(n)
+            self._warm = False
+
+    # ---- the per-tick GPU sequence (what a graph captures) --------------------------------
     def _gpu_work(self, s: _Slot, stream, timed: bool) -> None:
         inf = self.inference
-        self.kernels.preprocess(
-            s.frame_ptr,
-            self.height,
-            self.width,
-            inf.input.ptr,
-            self.spec,
-            self.geo,
-            out_dtype=inf.input.dtype,
-            bgr=True,
-            stream=stream.handle,
-        )
+        in_step = int(np.prod(inf.input.shape[1:])) * inf.input.dtype.itemsize
+        out_shape = tuple(inf.output.shape[1:])
+        out_step = int(np.prod(out_shape)) * inf.output.dtype.itemsize
+        for j, i in enumerate(s.streams):
+            b = s.buffers[i]
+            self.kernels.preprocess(
+                b.frame_ptr,
+                b.height,
+                b.width,
+                inf.input.ptr + j * in_step,
+                self.spec,
+                self.geos[i],
+                out_dtype=inf.input.dtype,
+                bgr=True,
+                stream=stream.handle,
+            )
         if timed:
             s.pre_end.record(stream)
         inf.enqueue(stream)
         if timed:
             s.infer_end.record(stream)
-        self.kernels.labels_from_output(
-            inf.output.ptr,
-            inf.output.shape[1:],
-            inf.output.dtype,
-            self.spec,
-            self.geo,
-            s.labels.ptr,
-            label_dtype=self.label_dtype,
-            stream=stream.handle,
-        )
-        self.kernels.render(
-            s.frame_ptr,
-            self.height,
-            self.width,
-            s.labels.ptr,
-            self.spec,
-            mode=self.options.mode,
-            alpha=self.options.alpha,
-            label_dtype=self.label_dtype,
-            stream=stream.handle,
-        )
+        for j, i in enumerate(s.streams):
+            b = s.buffers[i]
+            self.kernels.labels_from_output(
+                inf.output.ptr + j * out_step,
+                out_shape,
+                inf.output.dtype,
+                self.spec,
+                self.geos[i],
+                b.labels.ptr,
+                label_dtype=self.label_dtype,
+                stream=stream.handle,
+            )
+            self.kernels.render(
+                b.frame_ptr,
+                b.height,
+                b.width,
+                b.labels.ptr,
+                self.spec,
+                mode=self.options.mode,
+                alpha=self.options.alpha,
+                label_dtype=self.label_dtype,
+                stream=stream.handle,
+            )
 
     def _capture(self, s: _Slot) -> None:
         try:
@@ -288,34 +354,55 @@ class CudaStage:
                     other.graph.close()
                     other.graph = None
 
-    def submit(self, slot: int, frame: np.ndarray) -> None:
+    def _check(self, frames: Sequence[tuple[int, np.ndarray]]) -> tuple[int, ...]:
+        """The tick's stream indices, after checking every frame (nothing is queued for a bad tick)."""
+        streams = tuple(int(i) for i, _ in frames)
+        if not frames or any(not 0 <= i < len(self.sizes) for i in streams) or list(streams) != sorted(set(streams)):
+            raise ToolkitError(f"a tick holds at most one frame per stream, in stream order; got streams {streams}")
+        for i, frame in frames:
+            w, h = self.sizes[i]
+            if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
+                raise ToolkitError(
+                    f"stream {i}: frame size changed mid-stream ({w}x{h} → {frame.shape[1]}x{frame.shape[0]})"
+                    if frame.ndim == 3 and frame.dtype == np.uint8
+                    else f"stream {i}: expected a {h}x{w}x3 uint8 frame, got {frame.shape} {frame.dtype}"
+                )
+        return streams
+
+    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
         s = self._slots[slot]
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ToolkitError(
-                f"frame size changed mid-stream ({self.width}x{self.height} → {frame.shape[1]}x{frame.shape[0]})"
-            )
-        if self.use_graph and s.graph is None and self._eager_frames > 0:
+        streams = self._check(frames)
+        self._set_batch(self._batch_for(len(streams)))
+        s.streams = streams
+        full = len(streams) == len(self.sizes)
+        if self.use_graph and full and s.graph is None and self._warm:
             self._capture(s)
-        np.copyto(s.host_frame, frame)
+        for i, frame in frames:
+            np.copyto(s.buffers[i].host_frame, frame)
         if not self.zero_copy:
             s.up_start.record(self.upload)
-            self.api.copy_async(s.frame_ptr, s.host_frame, s.host.nbytes, self.upload)
+            for i in streams:
+                b = s.buffers[i]
+                self.api.copy_async(b.frame_ptr, b.host_frame, b.nbytes, self.upload)
             s.up_end.record(self.upload)
             self.compute.wait(s.up_end)
         s.pre_start.record(self.compute)
-        if s.graph is not None:
-            s.graph.launch(self.compute)
+        graph = s.graph if full else None
+        s.graphed = graph is not None
+        if graph is not None:
+            graph.launch(self.compute)
         else:
             self._gpu_work(s, self.compute, timed=True)
-            self._eager_frames += 1
+            self._warm = True
         s.post_end.record(self.compute)
         if not self.zero_copy:
             self.download.wait(s.post_end)
-            self.api.copy_async(s.host_out, s.frame_ptr, s.host.nbytes, self.download)
+            for i in streams:
+                b = s.buffers[i]
+                self.api.copy_async(b.host_out, b.frame_ptr, b.nbytes, self.download)
             s.down_end.record(self.download)
-        s.graphed = s.graph is not None
 
-    def finish(self, slot: int) -> tuple[np.ndarray, dict[str, float]]:
+    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
         s = self._slots[slot]
         last = s.post_end if self.zero_copy else s.down_end
         last.synchronize()
@@ -329,7 +416,7 @@ class CudaStage:
             times["preprocess"] = s.pre_start.elapsed_ms(s.pre_end) / 1e3
             times["infer"] = s.pre_end.elapsed_ms(s.infer_end) / 1e3
             times["postprocess"] = s.infer_end.elapsed_ms(s.post_end) / 1e3
-        return s.host_out, times
+        return [s.buffers[i].host_out for i in s.streams], times
 
     def close(self) -> None:
         for stream in (self.compute, self.upload, self.download):
@@ -369,38 +456,14 @@ def make_stage(
             from deeplab_trt.runtime.cuda.inference import HostBackendInference
 
             inference = HostBackendInference(backend, batch=len(sources))
-    if len(sources) > 1:
-        raise ToolkitError("the GPU pipeline takes one stream for now (batch > 1 is on its way)")
-    return _OneStream(
-        CudaStage(
-            inference,
-            options,
-            sources[0].size,
-            slots=slots or DEFAULT_SLOTS,
-            device_index=device_index,
-            cuda_graph=cuda_graph,
-        )
+    return CudaStage(
+        inference,
+        options,
+        [source.size for source in sources],
+        slots=slots or DEFAULT_SLOTS,
+        device_index=device_index,
+        cuda_graph=cuda_graph,
     )
-
-
-class _OneStream:
-    """TEMPORARY: the single-frame CudaStage behind the tick interface (until CudaStage takes ticks)."""
-
-    def __init__(self, inner):
-        self.inner, self.slots, self.name = inner, inner.slots, inner.name
-
-    def bind_thread(self) -> None:
-        self.inner.bind_thread()
-
-    def submit(self, slot: int, frames: Sequence[tuple[int, np.ndarray]]) -> None:
-        self.inner.submit(slot, frames[0][1])
-
-    def finish(self, slot: int) -> tuple[list[np.ndarray], dict[str, float]]:
-        picture, times = self.inner.finish(slot)
-        return [picture], times
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def run_video(

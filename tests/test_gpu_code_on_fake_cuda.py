@@ -94,6 +94,7 @@ class FakeContext:
         self.addresses = {}
         self.batch = None
         self.executions = 0
+        self.batches: list[int] = []  # the batch of each execution
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = int(ptr)
@@ -107,13 +108,14 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
-        n = self.batch if self.engine.dynamic else 1
+        n = self.batch if self.engine.dynamic else self.engine.fixed
         return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
 
     def execute_async_v3(self, stream):
         if self.engine.fake.context() != self.device:
             return False  # TensorRT: enqueue from a thread whose current CUDA context is another one fails
-        n = self.batch if self.engine.dynamic else 1
+        n = self.batch if self.engine.dynamic else self.engine.fixed
+        self.batches.append(n)
         src, dst = self.addresses["input"], self.addresses["logits"]
         self.executions += 1
 
@@ -128,6 +130,7 @@ class FakeContext:
 
 class FakeEngine:
     num_io_tensors = 2
+    fixed = 1  # the batch of a static (dynamic=False) engine
 
     def __init__(self, fake, dynamic=True):
         self.fake, self.dynamic = fake, dynamic
@@ -144,7 +147,7 @@ class FakeEngine:
         return FakeTrt.DataType.FLOAT
 
     def get_tensor_shape(self, name):
-        n = -1 if self.dynamic else 1
+        n = -1 if self.dynamic else self.fixed
         return (n, 3, 32, 48) if name == "input" else (n, 6, 4, 6)
 
     def get_tensor_profile_shape(self, name, profile):

@@ -164,6 +164,7 @@ class ConstantInference:
 
     capturable = True
     name = "constant"
+    batch_limits = (1, 1)  # a fixed batch of one (no set_batch)
 
     def __init__(self, spec, logits: np.ndarray):
         from deeplab_trt.runtime.cuda import api

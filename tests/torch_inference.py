@@ -41,6 +41,7 @@ def tiny_spec(num_classes: int = 5, size=(64, 96)) -> ModelSpec:
 
 class TorchInference:
     capturable = False
+    batch_limits = (1, 1)  # a fixed batch of one (no set_batch)
 
     def __init__(self, model, spec: ModelSpec, dtype=np.float32):
         import torch

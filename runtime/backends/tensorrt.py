@@ -59,8 +59,9 @@ class TensorRTRunner:
     """Execution context + bound device buffers + the stream it runs on.
 
     ``batch``: the largest batch to allocate for (dynamic engines: capped by the profile's
-    maximum; default 1, what the video pipeline uses). The input buffer is written by the
-    preprocessing kernel, the output buffer read by the postprocessing kernels.
+    maximum; default: the profile's minimum; the GPU video pipeline grows it, once, to its number
+    of streams). The input buffer is written by the preprocessing kernel (image j at j images'
+    offset), the output buffer read by the postprocessing kernels.
 
     ``runtime_cache``: a TensorRT-RTX runtime cache file, loaded now and saved at :meth:`close`
     (None: no cache; ignored by engines without ``create_runtime_config``).
@@ -142,7 +143,7 @@ class TensorRTRunner:
         self.capacity = 0
         self.batch = 0
         self._allocate(alloc)
-        self.set_batch(1 if self.dynamic else alloc)
+        self.set_batch(self.min_batch if self.dynamic else alloc)  # the smallest the profile allows (1 as a rule)
 
     # ---- binding and shapes ---------------------------------------------------------------
     def _allocate(self, n: int) -> None:
@@ -189,6 +190,11 @@ class TensorRTRunner:
         self.input = DeviceArray(in_buf.ptr, in_shape, self.input_dtype, owner=in_buf, device_id=in_buf.device_id)
         out_buf = self._buffers[self.output_name]
         self.output = DeviceArray(out_buf.ptr, out_shape, self.output_dtype, owner=out_buf, device_id=out_buf.device_id)
+
+    @property
+    def batch_limits(self) -> tuple[int, int]:
+        """(min, max) batch :meth:`set_batch` accepts: the profile's range, or the fixed batch twice."""
+        return self.min_batch, self.max_batch
 
     def set_batch(self, n: int) -> None:
         """Use batch ``n`` from now on (dynamic engines: ``set_input_shape``; buffers stay bound,
