@@ -518,22 +518,27 @@ class LockstepSource(Source):
     free-running run that follows gives the pipelined throughput instead.
     """
 
-    def __init__(self, inner, timeout_s: float = 600.0):
-        self.inner, self.timeout_s = inner, timeout_s
+    def __init__(self, inner, timeout_s: float = 600.0, between: Callable[[], None] | None = None):
+        self.inner, self.timeout_s, self.between = inner, timeout_s, between
         for name in ("description", "size", "fps", "frame_count", "kind", "is_live"):
             setattr(self, name, getattr(inner, name, None))
         self.is_live = False
         self.read_times: list[float] = []
+        self.read_cpu: list[float] = []  # process CPU seconds at each read (all threads)
         self._released = threading.Event()
         self._released.set()
 
     def read(self) -> np.ndarray | None:
+        """The next frame once the previous one reached the sink; ``between`` runs first, while the loop is idle."""
         if not self._released.wait(self.timeout_s):
             return None
         self._released.clear()
+        if self.between is not None:
+            self.between()
         frame = self.inner.read()
         if frame is not None:
             self.read_times.append(time.perf_counter())
+            self.read_cpu.append(time.process_time())
         return frame
 
     def close(self) -> None:
@@ -550,10 +555,12 @@ class TimingSink(Sink):
     def __init__(self, source: LockstepSource | None = None):
         self.source = source
         self.write_times: list[float] = []
+        self.write_cpu: list[float] = []  # process CPU seconds at each write
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
         self.write_times.append(time.perf_counter())
+        self.write_cpu.append(time.process_time())
         self.frames += 1
         if self.source is not None:
             self.source._released.set()
