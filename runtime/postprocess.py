@@ -237,15 +237,51 @@ def _overlay_tables(alpha, lut_bytes: bytes):
     return frame_term.reshape(1, 256), np.ascontiguousarray(colour_term).reshape(1, 256, 3)
 
 
+@functools.lru_cache(maxsize=16, typed=True)
+def _is_rounded_mean(alpha) -> bool:
+    """Whether the overlay formula at ``alpha`` is ``ceil((frame + colour) / 2)`` for every pair of bytes.
+
+    Why: at alpha 0.5 (the default) ``frame * 0.5 + colour * 0.5 + 0.5`` is exact in float32 and
+    truncates to that mean, which uint8 arithmetic gives without widening: ``(f | c) - ((f ^ c) >> 1)``
+    (``f | c = (f & c) + (f ^ c)``). Checked on all 256 x 256 pairs with the formula's own float
+    arithmetic (as :func:`_overlay_tables` is), so any other alpha, or a promotion that would round
+    differently, keeps the float path.
+    """
+    values = np.arange(256, dtype=np.uint8)
+    f, c = values[:, None], values[None, :]
+    want = (f.astype(np.float32) * (1.0 - alpha) + c.astype(np.float32) * alpha + 0.5).astype(np.uint8)
+    return bool(np.array_equal(want, (f | c) - ((f ^ c) >> 1)))
+
+
+def _rounded_mean_overlay(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``ceil((frame + lut[labels]) / 2)`` per byte, in uint8, in row bands (see :func:`_is_rounded_mean`)."""
+    out = np.empty(frame.shape, np.uint8)
+
+    def blend_rows(r0: int, r1: int) -> None:
+        f, dst = frame[r0:r1], out[r0:r1]
+        colour = colorize(labels[r0:r1], lut)
+        np.bitwise_xor(f, colour, out=dst)
+        np.right_shift(dst, 1, out=dst)
+        np.bitwise_or(f, colour, out=colour)
+        np.subtract(colour, dst, out=dst)
+
+    in_row_bands(frame.shape[0], blend_rows)
+    return out
+
+
 def overlay(frame: np.ndarray, labels: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Alpha blend: ``uint8(frame * (1 - alpha) + colour * alpha + 0.5)`` (the CUDA kernel's formula).
 
-    Fast path (bit-identical, ~2.5x faster): the two products come from 256-entry float32
-    tables (:func:`_overlay_tables`) via ``cv2.LUT``, then numpy adds in place and casts, in
-    row bands on all cores (:func:`in_row_bands`).
+    Fast paths (bit-identical), in row bands on all cores (:func:`in_row_bands`): at alpha 0.5 the
+    formula is a rounded-up mean of two bytes, three uint8 operations (:func:`_is_rounded_mean`,
+    ~3x faster than the tables); otherwise the two products come from 256-entry float32 tables
+    (:func:`_overlay_tables`) via ``cv2.LUT``, then numpy adds in place and casts (~2.5x faster
+    than the formula).
     """
     tables = None
     if _lut_ready(labels, lut) and frame.dtype == np.uint8 and frame.shape == labels.shape + (3,):
+        if _is_rounded_mean(alpha):
+            return _rounded_mean_overlay(frame, labels, lut)
         tables = _overlay_tables(alpha, np.ascontiguousarray(lut[:256]).tobytes())
     if tables is None:
         colour = lut[labels].astype(np.float32)

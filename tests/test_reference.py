@@ -101,7 +101,8 @@ def many_bands(monkeypatch):
 
 @pytest.mark.parametrize("frame_hw", FRAME_SIZES + [(4, 9), (1000, 64)])
 @pytest.mark.parametrize("policy", ["stretch", "letterbox"])
-def test_banded_postprocess_is_bit_identical(many_bands, frame_hw, policy):
+@pytest.mark.parametrize("alpha", [np.float32(0.4), np.float32(0.5), 0.5])
+def test_banded_postprocess_is_bit_identical(many_bands, frame_hw, policy, alpha):
     """Labels and overlay computed in parallel row bands equal the one-band oracle, byte for byte
     (bands split low-res rows between threads and must not drop or double a boundary row)."""
     from deeplab_trt.runtime.postprocess import overlay, palette_bgr
@@ -113,8 +114,23 @@ def test_banded_postprocess_is_bit_identical(many_bands, frame_hw, policy):
     np.testing.assert_array_equal(labels, upsample_then_argmax(logits, geo))
     frame = rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8)
     lut = palette_bgr(make_spec(classes=6))
-    want = (frame.astype(np.float32) * 0.6 + lut[labels].astype(np.float32) * np.float32(0.4) + 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(overlay(frame, labels, lut, np.float32(0.4)), want)
+    colour = lut[labels].astype(np.float32)
+    want = (frame.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(overlay(frame, labels, lut, alpha), want)
+
+
+@pytest.mark.parametrize("alpha", [0.5, np.float32(0.5), 0.25, np.float32(0.7)])
+def test_overlay_equals_the_formula_on_every_pair_of_bytes(alpha):
+    """Every (frame byte, colour byte) pair once: the uint8 mean at 0.5 and the tables elsewhere are the formula."""
+    from deeplab_trt.runtime.postprocess import overlay
+
+    values = np.arange(256, dtype=np.uint8)
+    frame = np.repeat(values[:, None, None], 256, axis=1).repeat(3, axis=2)  # row r: byte r
+    labels = np.tile(values, (256, 1))  # column c: class c, whose colour is (c, 255 - c, c)
+    lut = np.stack([values, 255 - values, values], axis=1)
+    colour = lut[labels].astype(np.float32)
+    want = (frame.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(overlay(frame, labels, lut, alpha), want)
 
 
 def test_logits_and_labels_heads_agree_with_each_other():
