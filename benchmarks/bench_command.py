@@ -54,7 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="also measure N streams batched in one process vs N sequential runs (aggregate FPS, ratio, "
-        "per-stream latency; --e2e-frames frames per stream; the model's batch must hold N)",
+        "per-stream latency; N synthetic streets of --e2e-frames frames each; the model's batch must hold N)",
     )
     p.add_argument(
         "--stream-repeats", type=int, default=3, metavar="R", help="interleaved repeats of --streams (default 3)"
