@@ -85,6 +85,8 @@ class BenchConfig:
     iterations: int = 50
     warmup: int = 5
     batch: int = 1
+    streams: int | None = None  # N streams batched vs N sequential runs (stream_throughput.measure)
+    stream_repeats: int = 3
     video: Path | None = None
     e2e_frames: int | None = None  # default: ``iterations``
     calibration_frames: int = 64
@@ -126,9 +128,11 @@ def validate(cfg: BenchConfig) -> None:
     cfg.precisions = parse_precisions(cfg.precisions)
     if cfg.backend not in BACKENDS:
         raise ToolkitError(f"--backend {cfg.backend}: expected one of {', '.join(BACKENDS)}")
-    for name in ("iterations", "batch", "calibration_frames", "fidelity_frames"):
+    for name in ("iterations", "batch", "calibration_frames", "fidelity_frames", "stream_repeats"):
         if int(getattr(cfg, name)) < 1:
             raise ToolkitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.streams is not None and cfg.streams < 1:
+        raise ToolkitError(f"--streams {cfg.streams}: must be at least 1")
     if cfg.warmup < 0:
         raise ToolkitError(f"--warmup {cfg.warmup}: must be 0 or more")
     if cfg.e2e_frames is not None and cfg.e2e_frames < 0:
@@ -389,7 +393,8 @@ class Preparer:
 
         label = detect(self.flavour).label
         dyn = spec_from_onnx(self.cfg.model).extra.get("dynamic_batch")
-        batch = (int(dyn[0]), max(int(dyn[0]), self.cfg.batch), max(int(dyn[0]), self.cfg.batch)) if dyn else None
+        most = max(int(dyn[0]), self.cfg.batch, self.cfg.streams or 1) if dyn else 0
+        batch = (int(dyn[0]), most, most) if dyn else None
         key = _key(CACHE_VERSION, sha256_file(g.path), precision, label, batch, gpu_info().get("gpu"))
         path, cached, secs = _cached(
             self.root / f"{self.stem}.{precision}.{key}.engine",
@@ -701,6 +706,8 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
         "iterations": cfg.iterations,
         "warmup": cfg.warmup,
         "batch": cfg.batch,
+        "streams": cfg.streams,
+        "stream_repeats": cfg.stream_repeats,
         "input_size": [spec.input_height, spec.input_width],
         "head": spec.head,
         "num_classes": spec.num_classes,
@@ -735,7 +742,11 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
         prepared = preparer.prepare(precision)
         gc.collect()
         with PeakMemory(gpu=backend == "tensorrt") as mem:
-            be = _open(prepared.path, backend, cfg.batch)
+            be = _open(prepared.path, backend, max(cfg.batch, cfg.streams or 1))
+            if cfg.streams:  # before anything is measured: a one-line error saying how to get a model that can
+                from deeplab_trt.runtime.pipeline import check_batch_capacity
+
+                check_batch_capacity(be, cfg.streams, str(model))
             dtype = np.dtype(getattr(be, "input_dtype", np.float32))
             batch = _input_batch(fid_frames, spec, cfg.batch, dtype)
             samples, source = measure_inference(be, batch, cfg.warmup, cfg.iterations, cfg.progress, precision)
@@ -745,6 +756,7 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
                 if e2e_n
                 else {"e2e_latency_ms": None, "throughput_fps": None, "stage_ms": None}
             )
+            streams = measure_streams(be, spec, cfg, e2e_n) if cfg.streams else None
             _close(be)
             del be
             gc.collect()
@@ -762,6 +774,7 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
             "peak_gpu_memory_mb": None if mem.gpu_mb is None else round(mem.gpu_mb, 1),
             "layers": layer_counts(preparer.graph(precision).path, backend, flavour),
             **fid,
+            "streams": streams,
         }
         report["results"][precision] = result
         if on_result:
@@ -770,6 +783,29 @@ def run_bench(cfg: BenchConfig, on_result: Callable[[str, dict], None] | None = 
     report["results"] = {p: report["results"][p] for p in cfg.precisions}
     report["int8_over_fp16"] = int8_fp16_ratio(report["results"])
     return report
+
+
+def measure_streams(backend, spec: ModelSpec, cfg: BenchConfig, frames: int) -> dict:
+    """``--streams N``: N synthetic streets batched in one process vs N sequential runs, ``frames`` each.
+
+    The one implementation (:func:`deeplab_trt.benchmarks.stream_throughput.measure`), on this
+    precision's backend; its frames are the benchmark's synthetic streets at the model's size (not
+    ``--video``: N distinct streams are needed).
+    """
+    from deeplab_trt.benchmarks import stream_throughput as st
+
+    n = int(cfg.streams or 1)
+    frames_by_stream = st.stream_frames(spec.input_height, spec.input_width, n, min(max(frames, 1), 16))
+    return st.measure(
+        backend,
+        frames_by_stream,
+        [n],
+        frames=max(frames, 1),
+        repeats=cfg.stream_repeats,
+        warmup=cfg.warmup,
+        infer_iterations=min(cfg.iterations, 10),
+        model=str(cfg.model),
+    )[0]
 
 
 def int8_fp16_ratio(results: dict[str, dict]) -> float | None:

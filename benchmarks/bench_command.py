@@ -49,6 +49,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=50, help="timed inference runs per precision (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--batch", type=int, default=1, help="inference batch size (default 1)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        metavar="N",
+        help="also measure N streams batched in one process vs N sequential runs (aggregate FPS, ratio, "
+        "per-stream latency; N synthetic streets of --e2e-frames frames each; the model's batch must hold N)",
+    )
+    p.add_argument(
+        "--stream-repeats", type=int, default=3, metavar="R", help="interleaved repeats of --streams (default 3)"
+    )
     p.add_argument("--video", type=Path, help="video for the end-to-end run (default: a synthetic street video)")
     p.add_argument(
         "--e2e-frames",
@@ -95,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         warmup=args.warmup,
         batch=args.batch,
+        streams=args.streams,
+        stream_repeats=args.stream_repeats,
         video=args.video,
         e2e_frames=args.e2e_frames,
         calibration_frames=args.calibration_frames,
@@ -110,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"bench: {precision}: infer p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
             + (f", {r['throughput_fps']:.1f} FPS" if r.get("throughput_fps") else "")
-            + (f", agreement {r['agreement'] * 100:.2f}%" if r.get("agreement") is not None else ""),
+            + (f", agreement {r['agreement'] * 100:.2f}%" if r.get("agreement") is not None else "")
+            + (
+                f", {r['streams']['streams']} streams batched/sequential {r['streams']['ratio_spread']['median']:.3f}x"
+                if r.get("streams")
+                else ""
+            ),
             file=sys.stderr,
             flush=True,
         )

@@ -106,8 +106,8 @@ def cache_root(explicit: Path | None = None) -> Path:
     return toolkit_cache_root()
 
 
-def cached_onnx_name(cache: Path) -> Path:
-    """Where the demo export lives in ``cache``: keyed by the weights' SHA-256 and the toolkit version."""
+def cached_onnx_name(cache: Path, dynamic_batch: tuple[int, int, int] | None = None) -> Path:
+    """Where the demo export lives in ``cache``: keyed by the weights' SHA-256, the toolkit version and the batch."""
     from deeplab_trt.builder.models import DEMO_PATH
     from deeplab_trt.runtime import __version__
     from deeplab_trt.runtime.errors import ToolkitError
@@ -117,30 +117,37 @@ def cached_onnx_name(cache: Path) -> Path:
             f"{DEMO_PATH}: the demo model's weights are not installed "
             "(python -m deeplab_trt.benchmarks.train_demo trains them)"
         )
-    return cache / "demo" / f"demo-{sha256_file(DEMO_PATH)[:16]}-v{__version__}-lowres.onnx"
+    batch = "" if dynamic_batch is None else "-batch" + "-".join(map(str, dynamic_batch))
+    return cache / "demo" / f"demo-{sha256_file(DEMO_PATH)[:16]}-v{__version__}-lowres{batch}.onnx"
 
 
-def demo_onnx_path(cache: Path, progress: bool = True) -> Path:
+def demo_onnx_path(cache: Path, progress: bool = True, *, dynamic_batch: tuple[int, int, int] | None = None) -> Path:
     """The demo model as ONNX (low-res head), made on first use and cached.
 
     Made from the shipped ONNX template and the checkpoint's weights
     (:mod:`deeplab_trt.builder.demo_asset`: numpy only, no torch, the export's graph and weights
     byte for byte) when the template was derived from this checkpoint; exported with torch
     otherwise (a retrained checkpoint whose template was not regenerated).
+
+    Args:
+        cache: the toolkit cache root (:func:`cache_root`).
+        progress: say on stderr when the slow torch export runs.
+        dynamic_batch: ``(min, opt, max)`` for a model with a symbolic batch dimension (several
+            streams batched in one inference); default: batch 1, the demo's own.
     """
     from deeplab_trt.builder import demo_asset
     from deeplab_trt.builder.models import DEMO_PATH
 
-    path = cached_onnx_name(cache)
+    path = cached_onnx_name(cache, dynamic_batch)
     if not path.exists():
         if demo_asset.source_sha256() == sha256_file(DEMO_PATH):
-            demo_asset.expand_onnx(demo_asset.DEMO_ONNX_PATH, path, checkpoint=DEMO_PATH)
+            demo_asset.expand_onnx(demo_asset.DEMO_ONNX_PATH, path, checkpoint=DEMO_PATH, dynamic_batch=dynamic_batch)
         else:
             from deeplab_trt.builder.export import export_onnx
 
             if progress:
                 print(f"exporting the demo model to {path} (once)", file=sys.stderr)
-            export_onnx(path, model="demo", head="lowres", progress=False)
+            export_onnx(path, model="demo", head="lowres", dynamic_batch=dynamic_batch, progress=False)
     return path
 
 

@@ -19,7 +19,8 @@ JSON schema ``deeplab-trt-bench/1`` (keys marked * may be ``null`` when not meas
         "iterations": int, "warmup": int, "batch": int, "input_size": [H, W],
         "head": str, "num_classes": int, "video"*: str, "data": [str],
         "calibration_frames": int, "fidelity_frames": int, "fidelity_source": str,
-        "e2e_frames": int, "cache_dir": str
+        "e2e_frames": int, "cache_dir": str,
+        "streams"*: int, "stream_repeats": int          # bench --streams N
       },
       "results": {
         "<precision>": {                                 # fp32, fp16, int8 (those asked for)
@@ -35,7 +36,18 @@ JSON schema ``deeplab-trt-bench/1`` (keys marked * may be ``null`` when not meas
           "peak_gpu_memory_mb"*: float,                  # peak device memory in use (GPU runs)
           "agreement"*: float,                           # pixel agreement with fp32 labels, 0..1
           "miou_vs_fp32"*: float,                        # mIoU of labels against fp32 labels
-          "miou_vs_gt"*: float                           # mIoU against ground truth labels
+          "miou_vs_gt"*: float,                          # mIoU against ground truth labels
+          "streams"*: {                                  # bench --streams N (stream_throughput.measure)
+            "streams": N, "frames_per_stream": int,
+            "batched"|"sequential": {
+              "fps": [float], "fps_spread": {"median","min","max"},   # aggregate FPS per repeat
+              "frames": [int], "mean_batch": float,                    # frames per repeat, frames / inferences
+              "latency_ms": {"p50","p99","max"},                      # per frame, all streams and repeats
+              "per_stream_latency_ms": [{"p50","p99","max"}]
+            },
+            "ratio": [float], "ratio_spread": {"median","min","max"},  # batched / sequential FPS per repeat
+            "inference"*: {"batch_1_ms", "batch_n_ms", "speedup"}       # backend.infer only: N x t1 / tN
+          }
         }
       }
     }
@@ -148,7 +160,27 @@ def format_table(report: dict) -> str:
         f"({cfg.get('fidelity_source')}; ground truth {str(cfg.get('ground_truth', '?')).split(':')[0]})"
     )
     out.append(ratio_line(report))
+    out += stream_lines(report)
     return "\n".join(out)
+
+
+def stream_rows(report: dict) -> list[tuple[str, dict]]:
+    """``(precision, entry)`` for each precision of a ``bench --streams N`` report that measured N streams."""
+    return [(p, r["streams"]) for p, r in report["results"].items() if r.get("streams")]
+
+
+def stream_lines(report: dict) -> list[str]:
+    """The ``--streams N`` table of a bench report (nothing without ``--streams``)."""
+    rows = stream_rows(report)
+    if not rows:
+        return []
+    n, frames = rows[0][1]["streams"], rows[0][1]["frames_per_stream"]
+    repeats = len(rows[0][1]["ratio"])
+    return [
+        "",
+        f"{n} streams, {frames} frames each: one batched process vs {n} sequential runs ({repeats} interleaved repeats)",
+        *stream_table(rows, "precision"),
+    ]
 
 
 def ratio_line(report: dict) -> str:
@@ -181,6 +213,7 @@ def format_markdown(report: dict) -> str:
         "head",
         "num_classes",
         "batch",
+        "streams",
         "iterations",
         "warmup",
         "e2e_frames",
@@ -213,6 +246,8 @@ def format_markdown(report: dict) -> str:
         "compare label maps with the fp32 model's on the same frames."
     )
     lines.append("")
+    if stream_rows(report):
+        lines += [*stream_lines(report)[1:], ""]
     return "\n".join(lines)
 
 
@@ -242,7 +277,12 @@ def write_plot(report: dict, path: str | Path) -> Path:
     results = report["results"]
     names = list(results)
     xs = list(range(len(names)))
-    fig, (ax_lat, ax_fid) = plt.subplots(1, 2, figsize=(11, 4.2))
+    streams = stream_rows(report)
+    if streams:  # a second row: batched vs sequential streams per precision
+        fig, ((ax_lat, ax_fid), (ax_fps, ax_slat)) = plt.subplots(2, 2, figsize=(11, 8.4))
+        draw_streams(ax_fps, ax_slat, streams, f"precision ({report.get('config', {}).get('streams')} streams)")
+    else:
+        fig, (ax_lat, ax_fid) = plt.subplots(1, 2, figsize=(11, 4.2))
 
     series = [("latency_ms", "inference"), ("e2e_latency_ms", "end-to-end")]
     present = [(k, label) for k, label in series if any(results[n].get(k) for n in names)]
@@ -284,8 +324,108 @@ def write_plot(report: dict, path: str | Path) -> Path:
     device = env.get("gpu") or env.get("cpu", "")
     fig.suptitle(f"{Path(str(cfg.get('model', ''))).name} - {cfg.get('backend')} on {device}", fontsize=10)
     fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+# ----------------------------------------------------------------------------- several streams
+STREAM_HEADERS = (
+    "batched FPS",
+    "sequential FPS",
+    "batched / sequential (min-max)",
+    "mean batch",
+    "batched latency p50 / p99 ms",
+    "sequential latency p50 / p99 ms",
+    "infer-only speedup",
+)
+
+
+def _latency(side: dict) -> str:
+    lat = side.get("latency_ms") or {}
+    return f"{_fmt(lat.get('p50'), '.0f')} / {_fmt(lat.get('p99'), '.0f')}"
+
+
+def stream_row(entry: dict) -> list[str]:
+    """The cells of one N-streams measurement (:func:`deeplab_trt.benchmarks.stream_throughput.measure`)."""
+    b, s, ratio = entry["batched"], entry["sequential"], entry["ratio_spread"]
+    inference = entry.get("inference") or {}
+    return [
+        _fmt(b["fps_spread"]["median"], ".1f"),
+        _fmt(s["fps_spread"]["median"], ".1f"),
+        f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})",
+        _fmt(b["mean_batch"], ".2f"),
+        _latency(b),
+        _latency(s),
+        _fmt(inference.get("speedup"), ".2f") + ("x" if inference.get("speedup") is not None else ""),
+    ]
+
+
+def stream_table(rows: list[tuple[str, dict]], first: str) -> list[str]:
+    """Markdown table lines of N-streams measurements, one row per ``(label, entry)`` (``first``: the label column).
+
+    FPS are medians over the repeats (aggregate: all streams' frames / wall time); the ratio is
+    taken within each repeat; latency is per frame, pooled over the streams and repeats.
+    """
+    headers = [first, *STREAM_HEADERS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":--"] + ["--:"] * len(STREAM_HEADERS)) + "|"]
+    return lines + ["| " + " | ".join([label, *stream_row(entry)]) + " |" for label, entry in rows]
+
+
+def draw_streams(ax_fps, ax_lat, rows: list[tuple[str, dict]], xlabel: str) -> None:
+    """Two panels for N-streams measurements: aggregate FPS (median, whiskers min-max) and latency (p50, whisker p99)."""
+    labels = [f"{label}\n{entry['ratio_spread']['median']:.2f}x" for label, entry in rows]  # the ratio under each
+    xs = list(range(len(rows)))
+    width = 0.4
+    for j, side in enumerate(("batched", "sequential")):
+        pos = [x + (j - 0.5) * width for x in xs]
+        spreads = [entry[side]["fps_spread"] for _, entry in rows]
+        med = [sp["median"] for sp in spreads]
+        ax_fps.bar(
+            pos,
+            med,
+            width,
+            label=side,
+            yerr=[[m - sp["min"] for m, sp in zip(med, spreads)], [sp["max"] - m for m, sp in zip(med, spreads)]],
+            capsize=3,
+        )
+        p50 = [(entry[side]["latency_ms"] or {}).get("p50") or 0.0 for _, entry in rows]
+        p99 = [(entry[side]["latency_ms"] or {}).get("p99") or 0.0 for _, entry in rows]
+        ax_lat.bar(
+            pos,
+            p50,
+            width,
+            label=side,
+            yerr=[[0.0] * len(rows), [max(0.0, b - a) for a, b in zip(p50, p99)]],
+            capsize=3,
+        )
+    for ax, title, ylabel in (
+        (ax_fps, "Aggregate throughput", "frames/s, all streams (median, whiskers min-max)"),
+        (ax_lat, "Per-stream latency", "ms per frame (bar p50, whisker p99)"),
+    ):
+        ax.set_xticks(xs, labels)
+        ax.set_xlabel(f"{xlabel}; batched / sequential FPS", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def write_stream_plot(result: dict, path: str | Path) -> Path:
+    """PNG of a stream-throughput sweep (``python -m deeplab_trt.benchmarks.stream_throughput --plot``)."""
+    plt = pyplot(purpose="stream_throughput --plot")
+    fig, (ax_fps, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    draw_streams(ax_fps, ax_lat, [(str(e["streams"]), e) for e in result["results"]], "streams (N)")
+    cfg, env = result.get("config", {}), result.get("environment", {})
+    fig.suptitle(
+        f"N streams batched in one process vs N sequential runs\n{Path(str(cfg.get('model', ''))).name} - "
+        f"{cfg.get('backend')} on {env.get('gpu') or env.get('cpu', '')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return _save(fig, plt, path)

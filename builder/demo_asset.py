@@ -25,11 +25,22 @@ The template is derived from ``demo_model.pt`` by :func:`write_demo_onnx` (needs
 
 It records the checkpoint's SHA-256, so a retrained checkpoint without a regenerated template is
 noticed (the demo then exports with torch, as it did before this file existed).
+
+``expand_onnx(..., dynamic_batch=(1, 8, 8))`` gives the same model with a symbolic batch dimension,
+as ``export_onnx(dynamic_batch=...)`` would (the multi-stream benchmark batches N streams in one
+inference). Why no second template: the graph holds no batch-sized constant (its one shape-dependent
+op, the ASPP pooling branch's ``Resize``, takes the batch from ``Shape`` of its input), so only the
+declared input/output dimension and the metadata change. Measured with ONNX Runtime CPU: each
+image of a batch of 1, 2, 4 or 8 gives bit for bit its batch-1 output, the torch export with a
+dynamic batch gives the same outputs bit for bit and the same metadata, and the fixed-batch file
+the same labels (its logits differ by an ulp or two: ORT plans static shapes its own way);
+``tests/test_demo_asset.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +49,7 @@ import numpy as np
 
 from deeplab_trt.builder.torch_checkpoint import read_state_dict
 from deeplab_trt.runtime.atomic import atomic_path
+from deeplab_trt.runtime.cli_types import parse_batch_range
 from deeplab_trt.runtime.engine_record import sha256_file
 from deeplab_trt.runtime.errors import InvalidModelError
 
@@ -59,7 +71,9 @@ def source_sha256(path: Path = DEMO_ONNX_PATH) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == SOURCE_KEY), None)
 
 
-def expand_onnx(source: Path, output: Path, *, checkpoint: Path | None = None) -> None:
+def expand_onnx(
+    source: Path, output: Path, *, checkpoint: Path | None = None, dynamic_batch: tuple[int, int, int] | None = None
+) -> None:
     """Write ``source`` (the template) to ``output`` with its weights filled in and folded.
 
     The placeholders get their tensors from ``checkpoint``; then the ``Cast``/``Mul`` nodes
@@ -70,9 +84,12 @@ def expand_onnx(source: Path, output: Path, *, checkpoint: Path | None = None) -
         source: the template (:data:`DEMO_ONNX_PATH`).
         output: where the plain FP32 ONNX goes.
         checkpoint: the ``.pt`` the template was derived from (default: the demo checkpoint).
+        dynamic_batch: ``(min, opt, max)``: a symbolic batch dimension, the range recorded as
+            ``export_onnx(dynamic_batch=...)`` records it (:func:`set_dynamic_batch`); default: batch 1.
     """
     import onnx
 
+    dyn = parse_batch_range(dynamic_batch, flag="dynamic_batch")
     if checkpoint is None:
         from deeplab_trt.builder.models import DEMO_PATH
 
@@ -86,8 +103,37 @@ def expand_onnx(source: Path, output: Path, *, checkpoint: Path | None = None) -
     props = [p for p in model.metadata_props if p.key != SOURCE_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
+    if dyn is not None:
+        set_dynamic_batch(model, dyn)
     with atomic_path(output) as tmp:
         onnx.save(model, str(tmp))
+
+
+def set_dynamic_batch(model, batch_range: tuple[int, int, int]) -> None:
+    """Make ``model``'s batch dimension symbolic (in place) and record the range in its metadata.
+
+    What ``export_onnx(dynamic_batch=...)`` writes: input and output dimension 0 named ``batch``,
+    ``extra["dynamic_batch"] = [min, opt, max]`` in place of ``extra["batch"]``, and ``batch`` as the
+    first entry of ``extra["output_shape"]``. Only for a graph that takes its batch from its input
+    (the demo graph does: see the module docstring).
+
+    Args:
+        model: the expanded demo ONNX (``onnx.ModelProto``).
+        batch_range: ``(min, opt, max)``, the optimization profile an engine builder will use.
+    """
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "batch"
+    for prop in model.metadata_props:
+        if prop.key == "extra":
+            extra = {  # where the export puts it, in place of "batch"
+                ("dynamic_batch" if k == "batch" else k): (list(batch_range) if k == "batch" else v)
+                for k, v in json.loads(prop.value).items()
+            }
+            if isinstance(extra.get("output_shape"), list):
+                extra["output_shape"][0] = "batch"
+            prop.value = json.dumps(extra)
 
 
 def fill_weights(model, state_dict: dict[str, np.ndarray], *, source: Path) -> None:
