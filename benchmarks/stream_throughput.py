@@ -43,6 +43,7 @@ import numpy as np
 
 from deeplab_trt.runtime.cli_types import frame_size
 from deeplab_trt.runtime.errors import ToolkitError
+from deeplab_trt.runtime.latency import LatencyHistogram
 
 SCHEMA = "deeplab-trt-streams/1"
 #: batched aggregate FPS / sequential aggregate FPS the issue asks for
@@ -83,7 +84,7 @@ def batched_run(backend, frames_by_stream: Sequence[list[np.ndarray]], n: int, c
         "frames": stats.frames,
         "wall_s": stats.wall_s,
         "ticks": stats.ticks,
-        "latency_s": [s.latency_s for s in stats.streams],
+        "latency": [s.latency for s in stats.streams],
     }
 
 
@@ -97,15 +98,8 @@ def sequential_runs(backend, frames_by_stream: Sequence[list[np.ndarray]], n: in
         "frames": sum(s.frames for s in runs),
         "wall_s": sum(s.wall_s for s in runs),
         "ticks": sum(s.ticks for s in runs),
-        "latency_s": [s.streams[0].latency_s for s in runs],
+        "latency": [s.streams[0].latency for s in runs],
     }
-
-
-def _percentiles(seconds: Sequence[float]) -> dict[str, float | None]:
-    if not seconds:
-        return {"p50": None, "p99": None, "max": None}
-    ms = np.asarray(seconds) * 1e3
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
@@ -121,8 +115,10 @@ def summarise(runs: Sequence[dict], n: int) -> dict:
         "fps_spread": _spread(fps),
         "frames": [r["frames"] for r in runs],
         "mean_batch": sum(r["frames"] for r in runs) / ticks if ticks else 0.0,
-        "latency_ms": _percentiles([t for r in runs for stream in r["latency_s"] for t in stream]),
-        "per_stream_latency_ms": [_percentiles([t for r in runs for t in r["latency_s"][i]]) for i in range(n)],
+        "latency_ms": LatencyHistogram.merged(h for r in runs for h in r["latency"]).summary_ms(),
+        "per_stream_latency_ms": [
+            LatencyHistogram.merged(r["latency"][i] for r in runs).summary_ms() for i in range(n)
+        ],
     }
 
 

@@ -33,6 +33,16 @@ class LatencyHistogram:
         self.count += 1
         self.max_s = max(self.max_s, seconds)
 
+    @classmethod
+    def merged(cls, histograms) -> LatencyHistogram:
+        """One histogram of every sample of ``histograms`` (e.g. streams and repeats pooled)."""
+        out = cls()
+        for h in histograms:
+            out.counts += h.counts
+            out.count += h.count
+            out.max_s = max(out.max_s, h.max_s)
+        return out
+
     def percentile(self, q: float) -> float | None:
         """The ``q``-th percentile (0–100) in seconds: the geometric centre of its bin (``None`` when empty)."""
         if not self.count:
