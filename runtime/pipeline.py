@@ -153,15 +153,7 @@ class Stats:
             if st.dropped:
                 line += f"; dropped {st.dropped} live frames"
             lines.append(line)
-            for out in st.outputs:
-                ow, oh = out["size"]
-                lines.append(f"    wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
-            if st.source_status is not None:
-                ss = st.source_status
-                lines.append(
-                    f"    source: {ss['reconnects']} reconnect(s), {ss['gap_s']:.1f} s without frames; "
-                    f"ended: {ss['end_reason']}"
-                )
+            lines += _written_lines(st.outputs, st.source_status, indent="    ")
         return lines
 
     def report_lines(self) -> list[str]:
@@ -184,17 +176,25 @@ class Stats:
         ]
         if self.dropped:
             lines.append(f"dropped {self.dropped} live frames (the pipeline was slower than the source)")
-        for out in self.outputs:
-            ow, oh = out["size"]
-            lines.append(f"wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
-        if self.source_status is not None:
-            st = self.source_status
-            lines.append(
-                f"source: {st['reconnects']} reconnect(s), {st['gap_s']:.1f} s without frames; ended: {st['end_reason']}"
-            )
+        lines += _written_lines(self.outputs, self.source_status)
         if self.interrupted:
             lines.append("interrupted (Ctrl-C): stopped early; what was written is finalised")
         return lines
+
+
+def _written_lines(outputs: list[dict], source_status: dict | None, indent: str = "") -> list[str]:
+    """The summary's lines for the files a stream wrote and a live source's drops."""
+    lines = []
+    for out in outputs:
+        ow, oh = out["size"]
+        lines.append(f"{indent}wrote {out['path']}: {out['frames']} frames, {ow}x{oh}, {out['fps']:g} fps")
+    if source_status is not None:
+        st = source_status
+        lines.append(
+            f"{indent}source: {st['reconnects']} reconnect(s), {st['gap_s']:.1f} s without frames; "
+            f"ended: {st['end_reason']}"
+        )
+    return lines
 
 
 def run_streams(

@@ -71,7 +71,7 @@ class TickGatherer:
     def _take(self, index: int, stop: threading.Event, deadline: float) -> TickFrame | None:
         reader = self.readers[index]
         try:
-            item = reader.next(stop) if not reader.source.is_live else reader.next_before(deadline, stop)
+            item = reader.next(stop, deadline=deadline if reader.source.is_live else None)
         except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream, not the run
             if len(self.readers) == 1:
                 raise

@@ -375,7 +375,7 @@ class BackgroundReader:
     """
 
     _END = object()
-    #: what :meth:`next_before` returns when no frame came before the deadline
+    #: what :meth:`next` returns when no frame came before its deadline
     LATE = object()
 
     def __init__(self, source: Source, max_frames: int | None = None, queue_size: int = 4):
@@ -420,29 +420,16 @@ class BackgroundReader:
             return
         self._put(self._END)
 
-    def next(self, stop: threading.Event | None = None) -> tuple[np.ndarray, float] | None:
-        """The next ``(frame, decode_s)``; None at the end of the source or once ``stop`` is set."""
+    def next(self, stop: threading.Event | None = None, *, deadline: float | None = None):
+        """The next ``(frame, decode_s)``; None at the end of the source or once ``stop`` is set; with
+        ``deadline`` (``perf_counter`` time), :attr:`LATE` when no frame is there by then (a tick of several
+        streams waits for a live one only so long: ``runtime/ticks.py``)."""
         while stop is None or not stop.is_set():
+            timeout = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.perf_counter()))
             try:
-                item = self.queue.get(timeout=0.1)
+                item = self.queue.get(timeout=timeout)
             except queue.Empty:
-                continue
-            if item is self._END:
-                return None
-            if isinstance(item, BaseException):
-                raise item
-            return item
-        return None
-
-    def next_before(self, deadline: float, stop: threading.Event | None = None):
-        """Like :meth:`next`, but :attr:`LATE` when no frame is there by ``deadline`` (``perf_counter`` time).
-
-        Why: a tick of several streams waits for a live stream only so long (``runtime/ticks.py``)."""
-        while stop is None or not stop.is_set():
-            try:
-                item = self.queue.get(timeout=min(0.1, max(0.0, deadline - time.perf_counter())))
-            except queue.Empty:
-                if time.perf_counter() >= deadline:
+                if deadline is not None and time.perf_counter() >= deadline:
                     return self.LATE
                 continue
             if item is self._END:

@@ -160,6 +160,25 @@ class _Stream:
         self.server.server_close()
 
 
+def _serve_twice(port: int, frames: int) -> threading.Thread:
+    """Serve ``frames`` frames, stop, come back ~1 s later with ``frames`` more, then stop for good."""
+    first = _Stream(port, frames=frames)
+
+    def restart():
+        while first.served < frames:
+            time.sleep(0.05)
+        first.stop()
+        time.sleep(1.0)
+        second = _Stream(port, frames=frames)
+        while second.served < frames:
+            time.sleep(0.05)
+        second.stop()
+
+    server = threading.Thread(target=restart, daemon=True)
+    server.start()
+    return server
+
+
 def test_run_survives_an_http_stream_restart(tmp_path, onnx_factory):
     """The server stops after its frames and is back ~1 s later: the run reconnects, goes on, counts
     the gap, and ends when the stream is gone for good (bounded attempts)."""
@@ -167,20 +186,7 @@ def test_run_survives_an_http_stream_restart(tmp_path, onnx_factory):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/live.ts"
-    first = _Stream(port, frames=30)
-
-    def restart():
-        while first.served < 30:
-            time.sleep(0.05)
-        first.stop()
-        time.sleep(1.0)
-        second = _Stream(port, frames=30)
-        while second.served < 30:
-            time.sleep(0.05)
-        second.stop()
-
-    server = threading.Thread(target=restart, daemon=True)
-    server.start()
+    server = _serve_twice(port, frames=30)
     stats_path = tmp_path / "stats.json"
     t0 = time.monotonic()
     rc = main(
@@ -219,20 +225,7 @@ def test_a_live_stream_that_drops_does_not_stop_a_file_beside_it(tmp_path, onnx_
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/live.ts"
-    first = _Stream(port, frames=20)
-
-    def restart():
-        while first.served < 20:
-            time.sleep(0.05)
-        first.stop()
-        time.sleep(1.0)
-        second = _Stream(port, frames=20)
-        while second.served < 20:
-            time.sleep(0.05)
-        second.stop()
-
-    server = threading.Thread(target=restart, daemon=True)
-    server.start()
+    server = _serve_twice(port, frames=20)
     clip = write_video(tmp_path / "file.avi", 12, (128, 72), fourcc="MJPG")
     model = onnx_factory(head="lowres", height=64, width=128, num_classes=5, dynamic_batch=(1, 2, 4))
     stats_path = tmp_path / "stats.json"

@@ -331,19 +331,12 @@ def test_client_mode_run_equals_a_local_run(server, dynamic_onnx, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(stats.read_text())
 
-    def frames(path: Path) -> list[np.ndarray]:
-        cap, out = cv2.VideoCapture(str(path)), []
-        while (got := cap.read())[0]:
-            out.append(got[1])
-        cap.release()
-        return out
-
     local = run(tmp_path / "local.mkv", str(dynamic_onnx))
     for url in (f"grpc://{server.grpc_url}", f"http://{server.http_url}"):
         remote = run(tmp_path / "remote.mkv", "--triton", url)
         assert remote["frames"] == local["frames"] == 10 and set(remote["ms_per_frame"]) >= {"infer", "encode"}
         assert "triton" in remote["backend"]
-        got, want = frames(tmp_path / "remote.mkv"), frames(tmp_path / "local.mkv")
+        got, want = _decoded(tmp_path / "remote.mkv"), _decoded(tmp_path / "local.mkv")
         assert len(got) == len(want) == 10 and all(np.array_equal(a, b) for a, b in zip(got, want)), url
 
 
