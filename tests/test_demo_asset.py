@@ -41,27 +41,49 @@ def _metadata(path):
     return onnx.load(str(path), load_external_data=False).metadata_props
 
 
-def _serialized(path):
-    """The file's bytes once the checkpoint is named by its repository path (the export names it by this machine's)."""
+def _graph_and_metadata(path):
+    """The file's bytes without its initializers' data, the checkpoint named by its repository path
+    (the export names it by this machine's)."""
     import onnx
 
     model = onnx.load(str(path))
     for prop in model.metadata_props:
         prop.value = prop.value.replace(str(DEMO_PATH), "builder/assets/demo_model.pt")
+    for tensor in model.graph.initializer:
+        tensor.ClearField("raw_data")
     return model.SerializeToString()
 
 
+def _initializers(path):
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
 def test_shipped_onnx_equals_the_export_of_the_checkpoint(tmp_path, demo_onnx):
+    """Same graph, metadata, initializer names and types, weights and labels as a torch export made here.
+
+    Byte for byte where torch's CPU kernels round as on the machine that made the template (an
+    AVX2 x86-64: ``demo_asset.write_demo_onnx`` checks that there); elsewhere the exporter's
+    BatchNorm fold rounds otherwise (measured on an AVX-512 AMD EPYC: 105 of 140 initializers
+    differ, by at most 256 ulp, 2.3e-5 relative) while the expansion is numpy's IEEE arithmetic on
+    every machine, so the weights are compared to 1e-4 relative and the labels must agree.
+    """
     pytest.importorskip("torch", reason="the export needs torch")
     from deeplab_trt.benchmarks.scenes import SceneGenerator
 
     expanded = tmp_path / "expanded.onnx"
     demo_asset.expand_onnx(demo_asset.DEMO_ONNX_PATH, expanded, checkpoint=DEMO_PATH)
-    assert demo_asset._weights(expanded) == demo_asset._weights(demo_onnx)  # name, dtype, shape, bytes
-    assert _serialized(expanded) == _serialized(demo_onnx)  # graph, metadata: the whole file
+    assert _graph_and_metadata(expanded) == _graph_and_metadata(demo_onnx)  # graph, metadata, initializer types
+    got, want = _initializers(expanded), _initializers(demo_onnx)
+    assert got.keys() == want.keys()
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        np.testing.assert_allclose(got[name], array, rtol=1e-4, atol=1e-8, err_msg=name)
     frames = [frame for frame, _ in SceneGenerator(256, 512, seed=10_000_000).video_frames(3, index=16)]
-    for got, want in zip(_labels(expanded, frames), _labels(demo_onnx, frames)):
-        np.testing.assert_array_equal(got, want)
+    for labels, export_labels in zip(_labels(expanded, frames), _labels(demo_onnx, frames)):
+        assert (labels == export_labels).mean() >= 0.9999  # identical here (measured), on a tie a pixel may flip
 
 
 def test_the_template_is_small_and_names_checkpoint_tensors():
@@ -163,7 +185,9 @@ def test_dynamic_batch_demo_gives_each_image_its_batch_1_output(tmp_path, street
 
 @pytest.mark.slow
 def test_dynamic_batch_demo_equals_the_dynamic_export(tmp_path, onnx_factory, street_batch):
-    """The template made dynamic is the checkpoint's export with ``--dynamic-batch``: same outputs, same metadata."""
+    """The template made dynamic is the checkpoint's export with ``--dynamic-batch``: same outputs (to the
+    rounding of the export's BatchNorm fold, :func:`test_shipped_onnx_equals_the_export_of_the_checkpoint`),
+    same metadata."""
     pytest.importorskip("torch", reason="the export needs torch")
     import onnx
 
@@ -172,8 +196,10 @@ def test_dynamic_batch_demo_equals_the_dynamic_export(tmp_path, onnx_factory, st
     )
     dynamic = tmp_path / "dynamic.onnx"
     demo_asset.expand_onnx(demo_asset.DEMO_ONNX_PATH, dynamic, checkpoint=DEMO_PATH, dynamic_batch=(1, 8, 8))
-    for n in (1, 8):
-        np.testing.assert_array_equal(_outputs(dynamic, street_batch[:n]), _outputs(export, street_batch[:n]))
+    for n in (1, 8):  # bit for bit where the export's BatchNorm fold rounds as the template's (see above)
+        ours_out, export_out = _outputs(dynamic, street_batch[:n]), _outputs(export, street_batch[:n])
+        np.testing.assert_allclose(ours_out, export_out, rtol=0, atol=1e-4)
+        assert (ours_out.argmax(axis=1) == export_out.argmax(axis=1)).mean() >= 0.9999
     ours = {p.key: p.value for p in onnx.load(str(dynamic), load_external_data=False).metadata_props}
     theirs = {p.key: p.value for p in _metadata(export)}
     assert ours == {k: v.replace(str(DEMO_PATH), "builder/assets/demo_model.pt") for k, v in theirs.items()}

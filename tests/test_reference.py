@@ -90,11 +90,11 @@ def many_bands(monkeypatch):
     """Row bands of 3 rows on 5 threads, whatever this machine's core count: every band edge case runs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from deeplab_trt.runtime import postprocess
+    from deeplab_trt.runtime import bands
 
     pool = ThreadPoolExecutor(5)
-    monkeypatch.setattr(postprocess, "_band_pool", lambda: (pool, 5))
-    monkeypatch.setattr(postprocess, "MIN_ROWS_PER_BAND", 3)
+    monkeypatch.setattr(bands, "_band_pool", lambda: (pool, 5))
+    monkeypatch.setattr(bands, "MIN_ROWS_PER_BAND", 3)
     yield
     pool.shutdown()
 
@@ -117,6 +117,50 @@ def test_banded_postprocess_is_bit_identical(many_bands, frame_hw, policy, alpha
     colour = lut[labels].astype(np.float32)
     want = (frame.astype(np.float32) * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(overlay(frame, labels, lut, alpha), want)
+
+
+def test_first_max_index_is_argmax_with_its_tie_and_nan_rules():
+    """The vectorised argmax over the class axis: ties go to the first class, -0.0 == 0.0, NaN as numpy."""
+    from deeplab_trt.runtime.postprocess import first_max_index
+
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.normal(size=(21, 500)).astype(np.float32),
+        np.round(rng.normal(size=(4, 3, 200))).astype(np.float32),  # many exact ties
+        np.array([[0.0, -0.0, 1.0], [-0.0, 0.0, 1.0]], np.float32),
+        rng.normal(size=(300, 50)).astype(np.float32),  # > 255 classes: wider ranks
+        np.full((3, 4), np.inf, np.float32),
+    ]
+    nan = rng.normal(size=(6, 40)).astype(np.float32)
+    nan[2, 5:9] = np.nan
+    nan[4, 7:20] = np.nan
+    cases.append(nan)
+    for values in cases:
+        for dtype in (np.uint8, np.int32) if values.shape[0] <= 256 else (np.int32,):
+            got = first_max_index(values, dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, values.argmax(axis=0))
+
+
+@pytest.mark.parametrize("frame_hw", [(512, 1024), (333, 517), (100, 37), (1, 1), (700, 30)])
+@pytest.mark.parametrize("policy", ["stretch", "letterbox"])
+def test_upsample_argmax_on_noisy_logits_in_small_blend_chunks(monkeypatch, frame_hw, policy):
+    """Noisy logits (most cells on a boundary), ties, NaN and > 256 classes, blended a few segments at
+    a time so every chunk edge is crossed: the labels equal the naive oracle's bit for bit."""
+    from deeplab_trt.runtime import postprocess
+
+    monkeypatch.setattr(postprocess, "BLEND_FLOATS", 4096)
+    rng = np.random.default_rng(11)
+    ties = np.round(rng.normal(size=(4, 32, 64))).astype(np.float32)
+    nan = rng.normal(size=(6, 32, 64)).astype(np.float32)
+    nan[2, 5:9, 7:30] = np.nan
+    many = np.round(rng.normal(size=(300, 8, 16))).astype(np.float32)
+    for logits in (rng.normal(size=(21, 32, 64)).astype(np.float32), ties, nan, many):
+        geo = Geometry.compute(frame_hw, (logits.shape[1] * 16, logits.shape[2] * 16), policy)
+        got = upsample_argmax(logits, geo)
+        want = upsample_then_argmax(logits, geo)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("alpha", [0.5, np.float32(0.5), 0.25, np.float32(0.7)])
@@ -247,6 +291,20 @@ def test_preprocess_equals_per_pixel_bilinear(frame_hw, input_hw):
     rgb = bilinear_half_pixel(frame.astype(np.float64), *input_hw)[:, :, ::-1]
     expect = ((rgb / 255.0 - np.array(spec.mean)) / np.array(spec.std)).transpose(2, 0, 1)
     np.testing.assert_allclose(x[0], expect, atol=2e-5)
+
+
+@pytest.mark.parametrize("frame_hw", [(64, 128), (37, 53), (200, 90)])
+@pytest.mark.parametrize("policy", ["stretch", "letterbox"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_banded_preprocess_is_bit_identical(monkeypatch, many_bands, frame_hw, policy, dtype):
+    """Preprocessing in row bands on several threads writes the same bytes as one band."""
+    from deeplab_trt.runtime import preprocess as module
+
+    spec = make_spec(64, 128)
+    frame = np.random.default_rng(5).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
+    banded, _ = preprocess(frame, spec, policy, dtype)
+    monkeypatch.setattr(module, "in_row_bands", lambda rows, work: work(0, rows))
+    np.testing.assert_array_equal(banded, preprocess(frame, spec, policy, dtype)[0])
 
 
 def test_preprocess_constant_colour_mean_std_and_channel_order():
