@@ -96,8 +96,9 @@ def preprocess(
 
     def normalise_rows(r0: int, r1: int) -> None:
         scratch = np.empty((r1 - r0, geo.width), np.float32) if cast else None
+        planes = cv2.split(src[r0:r1])  # contiguous channels: faster to read than every third byte
         for c in range(3):
-            channel = src[r0:r1, :, 2 - c if flip else c]
+            channel = planes[2 - c if flip else c]
             dst = content[c, r0:r1] if scratch is None else scratch
             np.subtract(channel, mean[c], out=dst, dtype=np.float32)
             np.multiply(dst, inv_std[c], out=dst)
