@@ -184,13 +184,15 @@ def _one_winner(top: np.ndarray, diff: np.ndarray, w_first: np.ndarray, w_last: 
     blending.
     """
     tol2 = 2e-5 * (np.abs(top) + np.abs(diff)).max(axis=0)
-    winner = None
-    for w in (w_first, w_last):
+
+    def leader(w: np.ndarray) -> np.ndarray:
+        """Per segment at row weight ``w``: the class ahead of all others by more than ``2 * tol``, or -1."""
         ends = top + diff * w
         alone = np.count_nonzero(ends >= ends.max(axis=0) - tol2, axis=0) == 1
-        k = np.where(alone, first_max_index(ends), -1)
-        winner = k if winner is None else np.where(k == winner, k, -1)
-    return winner
+        return np.where(alone, first_max_index(ends), -1)
+
+    at_first = leader(w_first)
+    return np.where(at_first == leader(w_last), at_first, -1)
 
 
 def _fill_segments(flat, width, labels, first, count, cols) -> None:
