@@ -22,6 +22,19 @@ def test_each_pair_ratio_uses_the_inference_times_before_and_after_it():
     assert lock.ratios == pytest.approx([1.1, 1.05])
 
 
+def test_pooled_runs_pair_within_each_run_and_report_each_runs_median():
+    a = Lockstep([100.0, 100.0, 100.0], [104.0, 106.0], [1.0] * 3, [1.0] * 2, {"infer": 100.0, "preprocess": 1.0})
+    b = Lockstep([200.0, 200.0], [220.0], [1.0] * 2, [1.0], {"infer": 200.0, "preprocess": 4.0})
+    pooled = Lockstep.pooled([a, b])
+    assert pooled.ratios == pytest.approx([1.04, 1.06, 1.10])  # b's pair is not averaged with a's last probe
+    assert pooled.run_medians == pytest.approx([1.05, 1.10]) and pooled.run_pairs == [2, 1]
+    assert pooled.stage_ms == pytest.approx({"infer": 400 / 3, "preprocess": 2.0})
+    lines, met = report(pooled, [(100.0, 100.0)])
+    assert not met  # the pooled pairs' median is 1.06
+    assert any("each of 2 runs: 1.050 1.100 (1 of 2 <= 1.05)" in line for line in lines)
+    assert not any("each of" in line for line in report(a, [(100.0, 100.0)])[0])  # one run: no per-run line
+
+
 def test_one_noisy_pair_does_not_decide_the_verdict():
     lock = Lockstep(infer_ms=[100.0] * 4, e2e_ms=[104.0, 104.0, 200.0], infer_cpu_ms=[1.0] * 4, e2e_cpu_ms=[1.0] * 3)
     lines, met = report(lock, [(105.0, 100.0), (99.0, 100.0), (150.0, 100.0)])
@@ -54,7 +67,10 @@ def test_pipelined_rounds_drop_the_warm_up_round(backend):
 
 
 def test_command_runs_on_a_given_onnx(onnx_factory, capsys):
-    assert main(["--model", str(onnx_factory()), "--pairs", "2", "--rounds", "1", "--per-round", "2"]) == 0
+    assert (
+        main(["--model", str(onnx_factory()), "--pairs", "2", "--runs", "2", "--rounds", "1", "--per-round", "2"]) == 0
+    )
     out = capsys.readouterr().out
-    assert "latency ratio, lockstep end-to-end / inference alone, per pair (n=2)" in out
+    assert "latency ratio, lockstep end-to-end / inference alone, per pair (n=4)" in out
+    assert "median lockstep ratio of each of 2 runs:" in out
     assert "load average" in out and "target: median lockstep ratio <= 1.05" in out
