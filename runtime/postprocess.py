@@ -126,9 +126,10 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     whose top tap is i. Along a segment only the row weight changes, so per segment ``top = a +
     (b - a) * wx`` (row i) and ``diff = (c + (d - c) * wx) - top`` (row i + 1) are computed once,
     and each pixel is ``top + diff * wy`` -- :func:`_blend`'s float32 operations on the same
-    operands in the same order, so the labels are identical. One thread: split across cores
-    (row bands) it measured slower, the GIL hand-offs outweighing the ~1 ms of work; blending
-    only the classes that can win on a segment measured slower too.
+    operands in the same order, so the labels are identical. Only the classes that can win in some
+    boundary cell are blended (:func:`_classes_that_can_win`), and a segment that one class leads
+    at both ends takes it unblended (:func:`_one_winner`). One thread: split across cores (row
+    bands) it measured slower, the GIL hand-offs outweighing the ~1 ms of work.
     """
     logits = np.asarray(lowres, dtype=np.float32)
     c, h, w = logits.shape
@@ -146,10 +147,13 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     seg_row, seg_col = np.nonzero(cell_mixed.take(x0, axis=1) & (rows_of > 0)[:, None])
     if len(seg_row) == 0:  # mixed cells only in low-res rows no output row samples
         return out
-    lt = np.ascontiguousarray(logits.transpose(1, 2, 0)).reshape(h * w, c)  # one pixel's C logits contiguous
+    finite = bool(np.isfinite(logits).all())
+    kept = _classes_that_can_win(logits, cell_mixed) if finite else None  # None: all C
+    candidates = logits if kept is None else logits.take(kept, axis=0)
+    lt = np.ascontiguousarray(candidates.transpose(1, 2, 0)).reshape(h * w, -1)  # one pixel's logits contiguous
 
     def gather(pixels: np.ndarray) -> np.ndarray:
-        """The C logits of low-res ``pixels`` (flat indices) as C x segments."""
+        """The candidate classes' logits of low-res ``pixels`` (flat indices) as classes x segments."""
         return np.ascontiguousarray(lt.take(pixels, axis=0).T)
 
     below = np.minimum(seg_row + 1, h - 1) * w
@@ -160,16 +164,38 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     diff = a + (gather(below + right) - a) * wx_seg - top
     first, count = band[seg_row], rows_of[seg_row]
     flat = out.reshape(-1)
-    if np.isfinite(logits).all():
+    classes = np.arange(c, dtype=dtype) if kept is None else kept.astype(dtype)  # row k of top/diff: class classes[k]
+    if finite:
         winner = _one_winner(top, diff, wy[first], wy[first + count - 1])
         sure = winner >= 0
-        _fill_segments(flat, out.shape[1], winner[sure].astype(dtype), first[sure], count[sure], seg_col[sure])
+        _fill_segments(flat, out.shape[1], classes[winner[sure]], first[sure], count[sure], seg_col[sure])
         unsure = np.flatnonzero(~sure)
         top, diff = top.take(unsure, axis=1), diff.take(unsure, axis=1)
         first, count, seg_col = first[unsure], count[unsure], seg_col[unsure]
     if len(first):
-        _blend_segments(flat, out.shape[1], top, diff, wy, first, count, seg_col, dtype)
+        _blend_segments(flat, out.shape[1], top, diff, wy, first, count, seg_col, classes)
     return out
+
+
+def _classes_that_can_win(logits: np.ndarray, cell_mixed: np.ndarray) -> np.ndarray:
+    """The classes (ascending) that can be the argmax at some pixel of a mixed cell of finite ``logits``.
+
+    Why it is exact: a pixel's blended logit is a convex combination of its cell's 4 corners, up to
+    float32 rounding (~1e-6 of the largest ``|logit|``, M). A class whose largest corner is below
+    ``max over classes of (smallest corner)`` by more than 1e-4 M is below that class's computed
+    value at every pixel of the cell -- by more than the margin of :func:`_one_winner` too -- so
+    dropping it changes no label and no tie. Random-weight or real, a frame's boundaries involve a
+    few of the C classes: blending only those is C/K times less work. Kept classes stay in
+    ascending order, so a first maximum among them is the first maximum over all classes.
+    """
+    c, h, w = logits.shape
+    pad = np.empty((c, h + 1, w + 1), np.float32)  # edge-replicated, as the clamped taps
+    pad[:, :h, :w], pad[:, :h, w], pad[:, h] = logits, logits[:, :, -1], pad[:, h - 1]
+    a, b, d, e = pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]
+    high = np.maximum(np.maximum(a, b), np.maximum(d, e))[:, cell_mixed]  # C x mixed cells
+    low = np.minimum(np.minimum(a, b), np.minimum(d, e))[:, cell_mixed]
+    margin = 1e-4 * float(np.abs(logits).max())
+    return np.flatnonzero((high >= low.max(axis=0) - margin).any(axis=1))
 
 
 def _one_winner(top: np.ndarray, diff: np.ndarray, w_first: np.ndarray, w_last: np.ndarray) -> np.ndarray:
@@ -203,25 +229,25 @@ def _fill_segments(flat, width, labels, first, count, cols) -> None:
         flat[rows * width + cols[sel]] = labels[sel]
 
 
-def _blend_segments(flat, width, top, diff, wy, first, count, cols, dtype) -> None:
-    """Labels of the pixels of column segments: ``argmax_c(top[c] + diff[c] * wy[row])`` as ``dtype``.
+def _blend_segments(flat, width, top, diff, wy, first, count, cols, classes) -> None:
+    """Labels of the pixels of column segments: ``classes[argmax_k(top[k] + diff[k] * wy[row])]``.
 
-    ``top``, ``diff``: C x segments. Segments of one length are C x rows x segments arrays (the
-    class axis leading, so the max over C runs along the rest), at most :data:`BLEND_FLOATS`
-    values at a time.
+    ``top``, ``diff``: K x segments, row k for class ``classes[k]`` (ascending). Segments of
+    one length are K x rows x segments arrays (the class axis leading, so the max over K runs
+    along the rest), at most :data:`BLEND_FLOATS` values at a time.
     """
-    c = top.shape[0]
-    scratch = np.empty(max(BLEND_FLOATS, c * int(count.max())), np.float32)
+    k = top.shape[0]
+    scratch = np.empty(max(BLEND_FLOATS, k * int(count.max())), np.float32)
     for n in np.unique(count):
         same = np.flatnonzero(count == n)
-        step = len(scratch) // (c * int(n))
+        step = len(scratch) // (k * int(n))
         for start in range(0, len(same), step):
             sel = same[start : start + step]
             rows = first[sel] + np.arange(n)[:, None]  # n x segments
-            values = scratch[: c * n * len(sel)].reshape(c, n, len(sel))
+            values = scratch[: k * n * len(sel)].reshape(k, n, len(sel))
             np.multiply(diff.take(sel, axis=1)[:, None, :], wy[rows], out=values)
             values += top.take(sel, axis=1)[:, None, :]  # top + diff * wy
-            flat[rows * width + cols[sel]] = first_max_index(values, dtype)
+            flat[rows * width + cols[sel]] = classes[first_max_index(values, np.intp)]
 
 
 def label_dtype_for(spec: ModelSpec) -> np.dtype:

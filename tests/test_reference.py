@@ -163,6 +163,27 @@ def test_upsample_argmax_on_noisy_logits_in_small_blend_chunks(monkeypatch, fram
         np.testing.assert_array_equal(got, want)
 
 
+def test_only_classes_that_can_win_a_boundary_cell_are_blended():
+    """Two regions (classes 0 and 1) meet mid-frame; class 2 is high only along the boundary (it wins
+    there, mid-blend), class 3 is far below everywhere (dropped); the labels equal the oracle's."""
+    from deeplab_trt.runtime.postprocess import _classes_that_can_win, first_max_index
+
+    h, w = 8, 16
+    logits = np.zeros((4, h, w), np.float32)
+    logits[0, :, : w // 2], logits[1, :, w // 2 :] = 10.0, 10.0
+    logits[2, :, w // 2 - 1 : w // 2 + 1] = 9.0  # under 10 at the corners, over the 0/1 blend's 5 between them
+    logits[3] = -50.0
+    low = first_max_index(logits, np.uint8)
+    pad = np.pad(low, ((0, 1), (0, 1)), mode="edge")
+    mixed = (pad[:-1, :-1] != pad[:-1, 1:]) | (pad[:-1, :-1] != pad[1:, :-1]) | (pad[:-1, :-1] != pad[1:, 1:])
+    assert list(_classes_that_can_win(logits, mixed)) == [0, 1, 2]
+    for frame_hw in [(64, 128), (37, 91)]:
+        geo = Geometry.compute(frame_hw, (h * 8, w * 8), "stretch")
+        labels = upsample_argmax(logits, geo)
+        np.testing.assert_array_equal(labels, upsample_then_argmax(logits, geo))
+        assert set(np.unique(labels)) == {0, 1, 2}
+
+
 @pytest.mark.parametrize("alpha", [0.5, np.float32(0.5), 0.25, np.float32(0.7)])
 def test_overlay_equals_the_formula_on_every_pair_of_bytes(alpha):
     """Every (frame byte, colour byte) pair once: the uint8 mean at 0.5 and the tables elsewhere are the formula."""
