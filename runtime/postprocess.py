@@ -108,6 +108,16 @@ def first_max_index(values: np.ndarray, dtype=np.int64) -> np.ndarray:
 BLEND_FLOATS = 1 << 18
 
 
+def _pad_edge(a: np.ndarray) -> np.ndarray:
+    """``a`` with one more row and column, edge-replicated (``np.pad(mode="edge")`` on the last two axes,
+    as the taps clamp), so ``pad[..., i:i+2, j:j+2]`` are cell (i, j)'s 4 corners."""
+    h, w = a.shape[-2:]
+    pad = np.empty(a.shape[:-2] + (h + 1, w + 1), a.dtype)
+    pad[..., :h, :w], pad[..., :h, w] = a, a[..., -1]
+    pad[..., h, :] = pad[..., h - 1, :]
+    return pad
+
+
 @functools.lru_cache(maxsize=32)
 def _lowres_taps(geo: Geometry, h: int, w: int):
     """Bilinear taps of an h x w map onto ``geo``'s frame and, per low-res row i, the output rows
@@ -136,8 +146,7 @@ def upsample_argmax(lowres: np.ndarray, geo: Geometry) -> np.ndarray:
     dtype = np.uint8 if c <= 256 else np.int32
     low = first_max_index(logits, dtype)
     y0, wy, x0, x1, wx, band = _lowres_taps(geo, h, w)
-    pad = np.empty((h + 1, w + 1), dtype)  # edge-replicated, as np.pad(mode="edge") and the clamped taps
-    pad[:h, :w], pad[:h, w], pad[h] = low, low[:, -1], pad[h - 1]
+    pad = _pad_edge(low)
     corner = pad[:-1, :-1]
     cell_mixed = (corner != pad[:-1, 1:]) | (corner != pad[1:, :-1]) | (corner != pad[1:, 1:])
     out = low.take(x0, axis=1).take(y0, axis=0)
@@ -188,9 +197,7 @@ def _classes_that_can_win(logits: np.ndarray, cell_mixed: np.ndarray) -> np.ndar
     few of the C classes: blending only those is C/K times less work. Kept classes stay in
     ascending order, so a first maximum among them is the first maximum over all classes.
     """
-    c, h, w = logits.shape
-    pad = np.empty((c, h + 1, w + 1), np.float32)  # edge-replicated, as the clamped taps
-    pad[:, :h, :w], pad[:, :h, w], pad[:, h] = logits, logits[:, :, -1], pad[:, h - 1]
+    pad = _pad_edge(logits)
     a, b, d, e = pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]
     high = np.maximum(np.maximum(a, b), np.maximum(d, e))[:, cell_mixed]  # C x mixed cells
     low = np.minimum(np.minimum(a, b), np.minimum(d, e))[:, cell_mixed]
@@ -221,11 +228,21 @@ def _one_winner(top: np.ndarray, diff: np.ndarray, w_first: np.ndarray, w_last: 
     return np.where(at_first == leader(w_last), at_first, -1)
 
 
+def _by_length(first, count, floats_per_row: int = 0):
+    """``(sel, rows)`` for the column segments grouped by length: ``rows`` (n x len(sel)) are the output
+    rows of segments ``sel``; with ``floats_per_row``, at most :data:`BLEND_FLOATS` // it rows x segments
+    per group (at least one segment)."""
+    for n in np.unique(count):
+        same = np.flatnonzero(count == n)
+        step = max(1, BLEND_FLOATS // (floats_per_row * int(n))) if floats_per_row else len(same)
+        for start in range(0, len(same), step):
+            sel = same[start : start + step]
+            yield sel, first[sel] + np.arange(n)[:, None]
+
+
 def _fill_segments(flat, width, labels, first, count, cols) -> None:
     """Every pixel of each column segment gets its segment's label."""
-    for n in np.unique(count):
-        sel = np.flatnonzero(count == n)
-        rows = first[sel] + np.arange(n)[:, None]  # n x segments
+    for sel, rows in _by_length(first, count):
         flat[rows * width + cols[sel]] = labels[sel]
 
 
@@ -238,16 +255,11 @@ def _blend_segments(flat, width, top, diff, wy, first, count, cols, classes) -> 
     """
     k = top.shape[0]
     scratch = np.empty(max(BLEND_FLOATS, k * int(count.max())), np.float32)
-    for n in np.unique(count):
-        same = np.flatnonzero(count == n)
-        step = len(scratch) // (k * int(n))
-        for start in range(0, len(same), step):
-            sel = same[start : start + step]
-            rows = first[sel] + np.arange(n)[:, None]  # n x segments
-            values = scratch[: k * n * len(sel)].reshape(k, n, len(sel))
-            np.multiply(diff.take(sel, axis=1)[:, None, :], wy[rows], out=values)
-            values += top.take(sel, axis=1)[:, None, :]  # top + diff * wy
-            flat[rows * width + cols[sel]] = classes[first_max_index(values, np.intp)]
+    for sel, rows in _by_length(first, count, floats_per_row=k):
+        values = scratch[: k * rows.size].reshape((k,) + rows.shape)
+        np.multiply(diff.take(sel, axis=1)[:, None, :], wy[rows], out=values)
+        values += top.take(sel, axis=1)[:, None, :]  # top + diff * wy
+        flat[rows * width + cols[sel]] = classes[first_max_index(values, np.intp)]
 
 
 def label_dtype_for(spec: ModelSpec) -> np.dtype:
